@@ -1,0 +1,73 @@
+"""Scanning a folder-per-class image tree."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as given; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The images of a data directory: parallel lists of paths and labels, and the class names."""
+
+    root: Path
+    class_names: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+    def class_counts(self) -> list[int]:
+        counts = [0] * len(self.class_names)
+        for label in self.labels:
+            counts[label] += 1
+        return counts
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _in_hidden_folder(path: Path, class_dir: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(class_dir).parts[:-1])
+
+
+def scan_image_folder(data_dir: str | Path) -> ImageFolder:
+    """Collect the images below ``data_dir``, one sub-folder per class.
+
+    Class folders are sorted by name (so labels do not depend on the file system's order);
+    images are searched recursively inside each class folder, with extensions compared
+    case-insensitively; hidden files and folders are ignored. Raises :class:`DataError` when
+    the folder is missing, has fewer than two classes, or a class folder holds no image.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} does not exist or is not a folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+    if not class_dirs:
+        raise DataError(f"--data-dir {root} holds no class folders (expected one sub-folder of images "
+                        "per class)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    empty: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        images = sorted(p for p in class_dir.rglob("*")
+                        if _is_image(p) and not _in_hidden_folder(p, class_dir))
+        if not images:
+            empty.append(class_dir.name)
+        paths.extend(images)
+        labels.extend([label] * len(images))
+    if empty:
+        raise DataError(f"--data-dir {root}: class folder(s) with no image: {', '.join(empty)} "
+                        f"(image types: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if len(class_dirs) < 2:
+        raise DataError(f"--data-dir {root} holds only one class ({class_dirs[0].name}); "
+                        "classification needs at least two class folders")
+    return ImageFolder(root=root, class_names=[d.name for d in class_dirs], paths=paths, labels=labels)

@@ -1,0 +1,162 @@
+"""Decode-once image cache and the dataset that serves it (DESIGN.md §8).
+
+Each image is decoded, padded to a square and resized to ``img_size`` once per run, then kept
+as a uint8 tensor (one channel for grayscale, three for colour) while the RAM budget allows;
+images past the budget are decoded again on each access. Augmentation runs on these tensors.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
+
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Larger images are refused: decoding one would take gigabytes (PIL's own bomb check is 179 MP).
+MAX_PIXELS = 300_000_000
+
+
+class ImageDecodeError(RuntimeError):
+    """An image file could not be decoded."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Grayscale of any bit depth → ``L``; anything else → ``RGB`` (alpha composited on black)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit and float radiographs: stretch the actual range to 0..255.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode in ("1", "L"):
+        return img.convert("L")
+    if img.mode == "LA":
+        return img.convert("L")
+    if img.mode in ("RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(path: str | Path, img_size: int) -> torch.Tensor:
+    """Read ``path`` into a uint8 tensor (C, img_size, img_size), C = 1 for grayscale, 3 for colour.
+
+    The whole image is kept: it is scaled so its longer side is ``img_size`` and padded
+    with black to a square, so no anatomy is cropped away and nothing is distorted.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(f"{width}x{height} pixels is more than {MAX_PIXELS:,}")
+            # JPEG can decode at a reduced scale directly: bounded memory for huge files.
+            img.draft(img.mode, (img_size, img_size))
+            img = ImageOps.exif_transpose(img)
+            img = _to_8bit(img)
+            img.load()
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt or truncated files
+        raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
+    scale = img_size / max(img.size)
+    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    img = img.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    canvas = Image.new(img.mode, (img_size, img_size), 0)
+    canvas.paste(img, ((img_size - new_size[0]) // 2, (img_size - new_size[1]) // 2))
+    array = np.asarray(canvas, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class ImageCache:
+    """Decoded images by index; ``None`` entries are re-decoded on access (past the RAM budget)."""
+
+    paths: list[Path]
+    img_size: int
+    images: list[torch.Tensor | None]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, index: int) -> torch.Tensor:
+        cached = self.images[index]
+        return cached if cached is not None else decode_image(self.paths[index], self.img_size)
+
+    def subset(self, keep: Sequence[int]) -> "ImageCache":
+        return ImageCache([self.paths[i] for i in keep], self.img_size, [self.images[i] for i in keep])
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(t.numel() for t in self.images if t is not None)
+
+
+def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int,
+                      threads: int = 4) -> tuple[ImageCache, list[tuple[Path, str]]]:
+    """Decode every image once (in threads: PIL releases the GIL while decoding).
+
+    Returns the cache of the readable images and the ``(path, reason)`` of the unreadable ones,
+    so the caller decides whether to skip or stop.
+    """
+    budget = budget_mb * 2**20
+    used = 0
+    images: list[torch.Tensor | None] = []
+    kept_paths: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+
+    def decode(path: Path) -> torch.Tensor | str:
+        try:
+            return decode_image(path, img_size)
+        except ImageDecodeError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for path, result in zip(paths, pool.map(decode, paths)):
+            if isinstance(result, str):
+                failures.append((Path(path), result))
+                continue
+            kept_paths.append(Path(path))
+            if used + result.numel() <= budget:
+                images.append(result)
+                used += result.numel()
+            else:
+                images.append(None)
+    cache = ImageCache(kept_paths, img_size, images)
+    n_cached = sum(t is not None for t in images)
+    log.info("Decoded %d images at %dx%d: %d cached in RAM (%.1f MiB), %d read from disk each time",
+             len(kept_paths), img_size, img_size, n_cached, used / 2**20, len(kept_paths) - n_cached)
+    return cache, failures
+
+
+class CachedImageDataset(Dataset):
+    """``(image, label, index)`` for the given cache indices; ``index`` maps predictions back to files."""
+
+    def __init__(self, cache: ImageCache, indices: Sequence[int], labels: Sequence[int],
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None,
+                 to_input: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.cache = cache
+        self.indices = list(indices)
+        self.labels = labels
+        self.augment = augment
+        self.to_input = to_input
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        index = self.indices[position]
+        image = self.cache.get(index)
+        if self.augment is not None:
+            image = self.augment(image)
+        return self.to_input(image), self.labels[index], index

@@ -1,0 +1,57 @@
+"""Class descriptions: from a JSON file and/or a template with ``{class_name}``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from utils.io import read_json
+from utils.logging_setup import get_logger
+
+from data.folder import DataError
+
+log = get_logger(__name__)
+
+
+def _as_text_list(value: object, class_name: str, path: Path) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise DataError(f"--class-texts-file {path}: the value of '{class_name}' must be a string or a "
+                        "list of strings")
+    texts = [t.strip() for t in texts]
+    if not texts or not all(texts):
+        raise DataError(f"--class-texts-file {path}: '{class_name}' has an empty description")
+    return texts
+
+
+def load_class_texts(class_names: Sequence[str], texts_file: str | Path | None,
+                     template: str | None) -> list[list[str]]:
+    """One or more descriptions per class, in class order.
+
+    A class found in ``texts_file`` uses its descriptions there; any other class uses
+    ``template``. Without a template every class must be in the file (the error names the
+    missing ones). Without either, the class name itself is the description.
+    """
+    from_file: dict[str, list[str]] = {}
+    if texts_file is not None:
+        path = Path(texts_file)
+        data = read_json(path, "--class-texts-file")
+        if not isinstance(data, dict):
+            raise DataError(f"--class-texts-file {path} must hold a JSON object mapping class names to texts")
+        from_file = {name: _as_text_list(value, name, path) for name, value in data.items()}
+        extra = sorted(set(from_file) - set(class_names))
+        if extra:
+            log.warning("--class-texts-file %s describes classes that are not in the data: %s",
+                        path, ", ".join(extra))
+        missing = [name for name in class_names if name not in from_file]
+        if missing and template is None:
+            raise DataError(f"--class-texts-file {path} lacks class(es) {', '.join(missing)}; add them or "
+                            "give --text-template")
+    result = []
+    for name in class_names:
+        if name in from_file:
+            result.append(from_file[name])
+        elif template is not None:
+            result.append([template.replace("{class_name}", name)])
+        else:
+            result.append([name])
+    return result

@@ -1,0 +1,309 @@
+"""The run configuration: one dataclass, the CLI built from it, JSON merging and validation.
+
+Precedence (DESIGN.md §7): dataclass defaults < one JSON config entry < explicit CLI flags.
+JSON keys are the flag names in snake_case. Every problem is a :class:`ConfigError` whose
+message names the flag or key and, for a misspelt name, suggests the closest valid one.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from utils.io import read_json
+from utils.metrics import MONITOR_METRICS
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is meant to be shown to the user as is."""
+
+
+GROUPS = {
+    "data": "data",
+    "model": "model",
+    "training": "training",
+    "cv": "cross-validation",
+    "imbalance": "class imbalance",
+    "system": "system",
+}
+
+
+def _opt(default: Any, help: str, group: str, *, choices: Sequence[str] | None = None,
+         flag: str | None = None, negate: bool = False) -> Any:
+    """A dataclass field with what the CLI needs to expose it.
+
+    ``negate`` marks a True-by-default boolean that the CLI switches off with ``flag``
+    (``amp`` ↔ ``--no-amp``).
+    """
+    meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None,
+            "flag": flag, "negate": negate}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every parameter of a training run, with its default (see README for the full story)."""
+
+    # data
+    data_dir: Optional[str] = _opt(None, "Folder with one sub-folder of images per class.", "data")
+    class_texts_file: Optional[str] = _opt(
+        None, "JSON file mapping each class name to a description or a list of descriptions.", "data")
+    text_template: Optional[str] = _opt(
+        None, "Description for classes missing from --class-texts-file, e.g. 'an X-ray of {class_name}'.",
+        "data")
+    img_size: int = _opt(224, "Square input size in pixels.", "data")
+    augmentation: str = _opt("standard", "Training augmentation (none: resize only; minimal: small "
+                             "shifts/rotations; standard: crop, flip, rotation, brightness/contrast).",
+                             "data", choices=("none", "minimal", "standard"))
+    cache_mb: int = _opt(4096, "RAM budget (MiB) for decoded images; beyond it images are re-read "
+                         "from disk.", "data")
+    # model
+    image_encoder: str = _opt("resnet18", "Image encoder name; add ':pretrained' for ImageNet weights.",
+                              "model")
+    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, a HuggingFace name, or "
+                             "hf:<name or folder>.", "model")
+    embed_dim: int = _opt(512, "Dimension of the shared image-text embedding.", "model")
+    temperature: float = _opt(0.07, "Initial softmax temperature (the learnable logit scale starts at "
+                              "1/temperature).", "model")
+    freeze_image: bool = _opt(False, "Keep the image backbone's weights fixed (only its projection trains).",
+                              "model")
+    freeze_text: bool = _opt(False, "Keep the text encoder's weights fixed; class texts are then encoded "
+                             "once per fold.", "model")
+    loss: str = _opt("symmetric", "symmetric: image->class plus class->image contrastive loss; "
+                     "ce: image->class cross-entropy only.", "model", choices=("symmetric", "ce"))
+    # training
+    batch_size: int = _opt(32, "Images per training step.", "training")
+    epochs: int = _opt(100, "Training epochs per fold.", "training")
+    learning_rate: float = _opt(1e-4, "Peak learning rate of AdamW.", "training")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases, norms, logit scale).",
+                               "training")
+    image_lr_mult: float = _opt(1.0, "Learning-rate multiplier for the image backbone (projections keep "
+                                "the base rate).", "training")
+    text_lr_mult: float = _opt(1.0, "Learning-rate multiplier for the text encoder.", "training")
+    warmup_epochs: float = _opt(1.0, "Linear learning-rate warm-up before the cosine decay, in epochs.",
+                                "training")
+    seed: int = _opt(42, "Seed of model initialisation, sampling and augmentation.", "training")
+    monitor: str = _opt("balanced_accuracy", "Validation metric that picks checkpoint_best.pth.",
+                        "training", choices=MONITOR_METRICS)
+    save_best: bool = _opt(True, "Do not write checkpoint_best.pth.", "training", flag="--no-save-best",
+                           negate=True)
+    # cross-validation
+    use_cv: bool = _opt(False, "Run K-fold cross-validation (otherwise one train/validation split).", "cv")
+    n_splits: int = _opt(5, "Number of folds with --use-cv.", "cv")
+    random_state: int = _opt(42, "Seed of the fold assignment.", "cv")
+    val_fraction: float = _opt(0.2, "Validation fraction of the single split used without --use-cv.", "cv")
+    # class imbalance
+    use_weighted_sampling: bool = _opt(False, "Draw training images with class-balancing weights.",
+                                       "imbalance")
+    weight_method: str = _opt("inverse_freq", "How class weights follow class counts n_c: inverse_freq "
+                              "1/n_c, inverse_sqrt 1/sqrt(n_c), balanced N/(C*n_c).", "imbalance",
+                              choices=("inverse_freq", "inverse_sqrt", "balanced"))
+    weight_smooth_factor: float = _opt(1.0, "Exponent s on the weights (weight**s): 0 uniform, 1 the full "
+                                       "method.", "imbalance")
+    # system
+    output_dir: Optional[str] = _opt(None, "Run folder (default checkpoints/clip_models/<image>_<text>).",
+                                     "system")
+    num_workers: int = _opt(4, "Data-loader worker processes.", "system")
+    gpu_id: int = _opt(0, "CUDA device index (the CPU is used when CUDA is not available).", "system")
+    amp: bool = _opt(True, "Disable mixed precision on CUDA.", "system", flag="--no-amp", negate=True)
+    overwrite: bool = _opt(False, "Replace the results already in --output-dir.", "system")
+    log_file: Optional[str] = _opt(None, "Log file (default logs/clip_training/<image>_<text>_gpu<id>_"
+                                   "<time>.log).", "system")
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("checkpoints") / "clip_models" / run_name(self.image_encoder, self.text_encoder)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys of the user's guide example that differ from our field names.
+KEY_ALIASES = {"image_encoder_name": "image_encoder", "text_encoder_name": "text_encoder",
+               "use_amp": "amp"}
+# Keys whose boolean value means the opposite of the field.
+NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
+REQUIRED = ("data_dir",)
+
+
+def path_safe(name: str) -> str:
+    """``clip:ViT-B/32`` → ``clip_ViT-B_32``: encoder names as file-name parts."""
+    return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
+
+
+def run_name(image_encoder: str, text_encoder: str) -> str:
+    return f"{path_safe(image_encoder)}_{path_safe(text_encoder)}"
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def suggest(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or nothing."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+
+
+def coerce_value(name: str, value: Any, source: str) -> Any:
+    """Check a JSON value against the field's type (ints accepted as floats, nothing else converted)."""
+    tp = _field_types()[name]
+    optional = type(None) in typing.get_args(tp)
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    if value is None and optional:
+        return None
+    ok = (isinstance(value, bool) if base is bool
+          else isinstance(value, int) and not isinstance(value, bool) if base is int
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
+          else isinstance(value, str))
+    if not ok:
+        raise ConfigError(f"{source}: '{name}' must be {_type_name(tp)}, got {value!r}")
+    return float(value) if base is float else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, generated from :class:`TrainConfig` so flags and config keys cannot drift apart.
+
+    Defaults are suppressed in the namespace so that only flags the user typed override the
+    JSON config; help texts show the real defaults.
+    """
+    parser = argparse.ArgumentParser(
+        prog="train_clip.py",
+        description="Fine-tune a CLIP-style image-text model to classify images in one folder per "
+                    "class, with K-fold cross-validation.",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Precedence: defaults < --config entry < flags given on the command line.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON config: one object, or a list of objects "
+                        "with snake_case flag names as keys.")
+    parser.add_argument("--config-index", type=int, metavar="N",
+                        help="Which entry of a --config list to run (0-based; default 0 for a one-entry list).")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    types = _field_types()
+    for f in config_fields():
+        group = groups[f.metadata["group"]]
+        tp = types[f.name]
+        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        help_text = f.metadata["help"]
+        if base is bool:
+            action = "store_false" if f.metadata["negate"] else "store_true"
+            group.add_argument(_flag(f), dest=f.name, action=action, help=help_text)
+            continue
+        default = "" if f.default is None else f" (default: {f.default})"
+        group.add_argument(_flag(f), dest=f.name, type=base, choices=f.metadata["choices"],
+                           metavar=None if f.metadata["choices"] else f.name.upper(),
+                           help=help_text + default)
+    return parser
+
+
+def load_config_entry(path: str | Path, index: int | None) -> dict[str, Any]:
+    """One entry of a JSON config file (an object, or a list of objects)."""
+    data = read_json(path, "--config file")
+    if isinstance(data, dict):
+        entries = [data]
+    elif isinstance(data, list) and data and all(isinstance(e, dict) for e in data):
+        entries = data
+    else:
+        raise ConfigError(f"--config file {path} must hold an object or a non-empty list of objects")
+    if index is None:
+        if len(entries) > 1:
+            raise ConfigError(f"--config file {path} holds {len(entries)} configs: choose one with "
+                              f"--config-index 0..{len(entries) - 1}")
+        index = 0
+    if not 0 <= index < len(entries):
+        raise ConfigError(f"--config-index {index} is out of range: {path} holds {len(entries)} configs "
+                          f"(0..{len(entries) - 1})")
+    return entries[index]
+
+
+def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
+    """Map JSON keys to field names (aliases, negated keys), rejecting unknown ones."""
+    names = [f.name for f in config_fields()]
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in names:
+            out[key] = coerce_value(key, value, source)
+        elif key in KEY_ALIASES:
+            out[KEY_ALIASES[key]] = coerce_value(KEY_ALIASES[key], value, source)
+        elif key in NEGATED_KEYS:
+            out[NEGATED_KEYS[key]] = not coerce_value(NEGATED_KEYS[key], value, source)
+        else:
+            valid = names + list(KEY_ALIASES) + list(NEGATED_KEYS)
+            raise ConfigError(f"{source}: unknown key '{key}'{suggest(key, valid)}")
+    return out
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse the command line (and the --config file it names) into a validated config."""
+    parser = build_parser()
+    namespace = vars(parser.parse_args(argv))
+    config_file = namespace.pop("config", None)
+    config_index = namespace.pop("config_index", None)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        source = f"--config file {config_file}"
+        values.update(normalise_keys(load_config_entry(config_file, config_index), source))
+    elif config_index is not None:
+        raise ConfigError("--config-index needs --config FILE")
+    values.update(namespace)
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks that do not need the data (those live in the data layer)."""
+    _check(cfg.data_dir is not None, "--data-dir is required (a folder with one sub-folder per class)")
+    for f in config_fields():
+        choices = f.metadata["choices"]
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{_flag(f)}: invalid choice '{value}'{suggest(str(value), choices)}; "
+                              f"expected one of {', '.join(choices)}")
+    _check(cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}")
+    _check(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
+    _check(cfg.learning_rate > 0, f"--learning-rate must be positive, got {cfg.learning_rate}")
+    _check(cfg.weight_decay >= 0, f"--weight-decay must be non-negative, got {cfg.weight_decay}")
+    _check(0 <= cfg.warmup_epochs <= cfg.epochs,
+           f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
+    _check(cfg.image_lr_mult >= 0, f"--image-lr-mult must be non-negative, got {cfg.image_lr_mult}")
+    _check(cfg.text_lr_mult >= 0, f"--text-lr-mult must be non-negative, got {cfg.text_lr_mult}")
+    _check(cfg.temperature > 0, f"--temperature must be positive, got {cfg.temperature}")
+    _check(cfg.embed_dim >= 1, f"--embed-dim must be at least 1, got {cfg.embed_dim}")
+    _check(cfg.img_size >= 16, f"--img-size must be at least 16 pixels, got {cfg.img_size}")
+    _check(cfg.cache_mb >= 0, f"--cache-mb must be non-negative, got {cfg.cache_mb}")
+    _check(cfg.n_splits >= 2, f"--n-splits must be at least 2, got {cfg.n_splits}")
+    _check(0 < cfg.val_fraction < 1, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
+    _check(cfg.weight_smooth_factor >= 0,
+           f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
+    _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
+    _check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
+    if cfg.text_template is not None:
+        _check("{class_name}" in cfg.text_template,
+               f"--text-template must contain '{{class_name}}', got {cfg.text_template!r}")

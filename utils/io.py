@@ -1,0 +1,120 @@
+"""Atomic file writes and safe checkpoint loading.
+
+Every file a run writes goes through :func:`atomic_write`: the bytes land in a temporary
+file in the target's directory, are flushed to disk, and replace the target in one
+``os.replace``. A crash at any moment therefore leaves either the old file or the new one,
+never a torn mix (DESIGN.md §6).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or holds unexpected content."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; move it over ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform allows opening a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as pretty UTF-8 JSON (non-ASCII kept readable) atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV file atomically (UTF-8, so Chinese class names survive)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    with atomic_write(path, "w") as handle:
+        handle.write(buffer.getvalue())
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
+                    before_replace: Callable[[], None] | None = None) -> None:
+    """``torch.save`` ``state`` atomically.
+
+    ``before_replace`` runs after the bytes are on disk but before the rename; tests use it
+    to simulate a crash in that window.
+    """
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+        if before_replace is not None:
+            before_replace()
+
+
+def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check it holds ``required_keys``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    missing = [key for key in required_keys if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a train_clip checkpoint")
+    return state
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a UTF-8 JSON file; errors name the file, the flag it came from and the position."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno}") from exc
