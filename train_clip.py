@@ -2,32 +2,36 @@
 """train_clip: fine-tune a CLIP-style image-text model on a folder-per-class dataset with K-fold CV.
 
 The story of a run (DESIGN.md §1): configuration → data scan and class texts → folds →
-for each fold: train, evaluate each epoch, keep the best and latest checkpoints →
-``cv_summary.json``. ``main`` stays thin; the steps are small functions below.
+for each fold: zero-shot baseline, train, evaluate each epoch, keep the best and latest
+checkpoints → ``cv_summary.json`` (→ held-out test ensemble). ``main`` stays thin; the steps
+are small functions below.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import os
+import random
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from data.folder import DataError, ImageFolder, scan_image_folder
 from data.folds import Fold, check_class_sizes, make_folds, make_holdout_split
-from data.images import CachedImageDataset, ImageCache, build_image_cache
-from data.sampling import weighted_sampler
+from data.images import CachedImageDataset, ImageCache, build_image_cache, duplicate_groups
+from data.sampling import SeededSampler, weighted_sampler
 from data.texts import load_class_texts
 from data.transforms import ToModelInput, build_augmentation
 from models.clip_model import CLIPClassifier, build_clip_model
@@ -36,19 +40,24 @@ from models.loss import class_contrastive_loss
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from models.text_encoders import resolve_text_encoder
 from utils.config import ConfigError, TrainConfig, config_from_args, run_name
-from utils.io import CheckpointError, save_checkpoint, write_csv, write_json
+from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
+                      write_json)
 from utils.logging_setup import setup_logging
 from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
 from utils.seeding import seed_everything, seed_worker
 
 log = logging.getLogger("train_clip")
 
-USER_ERRORS = (ConfigError, DataError, UnknownEncoderError, WeightsNotFoundError, CheckpointError)
 CHECKPOINT_FORMAT = "train_clip/1"
+LATEST_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "fold_state", "rng")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
+
+
+USER_ERRORS = (ConfigError, DataError, UnknownEncoderError, WeightsNotFoundError, CheckpointError, WriteError,
+               TrainingError)
 
 
 @dataclass
@@ -61,11 +70,28 @@ class Run:
     amp_dtype: torch.dtype | None  # None: full precision
     images: ImageFolder
     cache: ImageCache
-    labels: list[int]
     class_texts: list[list[str]]
     folds: list[Fold]
+    test_idx: list[int]
     model: CLIPClassifier
     initial_state: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def labels(self) -> list[int]:
+        return self.images.labels
+
+
+@dataclass
+class FoldState:
+    """What evolves during a fold; saved in ``checkpoint_latest.pth`` so a fold can resume."""
+
+    epoch: int = -1  # last finished epoch; 0 is the zero-shot evaluation before training
+    best_value: float = math.nan
+    best_epoch: int = -1
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_probs: list[list[float]] = field(default_factory=list)  # validation probabilities, fold order
+    epochs_since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +111,11 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autoc
                           enabled=amp_dtype is not None)
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
@@ -92,18 +123,15 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
     """One pass over ``loader``; returns the mean loss, the last learning rate and AMP-skipped steps."""
     model.train()
     total, count, skipped = 0.0, 0, 0
-    channels_last = device.type == "cuda"
     for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=None), 1):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             image_emb, class_emb, scale = model(images)
         loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; "
-                                     "lower --learning-rate or try --no-amp")
+            raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; "
+                                "the fold stopped and its last checkpoint is kept; lower --learning-rate "
+                                "or try --no-amp")
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
         scaler.scale(loss).backward()
@@ -127,11 +155,8 @@ def evaluate(model: CLIPClassifier, loader: DataLoader, device: torch.device,
     scale = model.scale()
     probs, labels, indices, loss_sum = [], [], [], 0.0
     for images, batch_labels, batch_indices in loader:
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            image_emb = model.encode_images(images)
+            image_emb = model.encode_images(to_device(images, device))
         logits = CLIPClassifier.logits(image_emb, class_emb, scale)
         loss_sum += F.cross_entropy(logits, batch_labels.to(device), reduction="sum").item()
         probs.append(logits.softmax(dim=1).cpu().numpy())
@@ -160,7 +185,7 @@ def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, 
             for (mult, decay), params in groups.items()]
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier per step: linear warm-up to 1, then cosine decay to 0."""
     def factor(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:
@@ -170,105 +195,199 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
+def largest_fitting_batch(try_batch: Callable[[int], None], start: int) -> int:
+    """Halve from ``start`` until ``try_batch(n)`` runs without CUDA running out of memory; 0 if none."""
+    size = start
+    while size >= 1:
+        try:
+            try_batch(size)
+            return size
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size //= 2
+    return 0
+
+
+def out_of_memory_error(run: Run, model: CLIPClassifier) -> TrainingError:
+    """Probe which batch size fits, and say so."""
+    cfg = run.cfg
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+
+    def try_batch(size: int) -> None:
+        images = torch.randn(size, 3, cfg.img_size, cfg.img_size, device=run.device)
+        with autocast(run.device, run.amp_dtype):
+            image_emb, class_emb, scale = model(to_device(images, run.device))
+        labels = torch.zeros(size, dtype=torch.long, device=run.device)
+        class_contrastive_loss(image_emb, class_emb, labels, scale).backward()
+        model.zero_grad(set_to_none=True)
+
+    fits = largest_fitting_batch(try_batch, cfg.batch_size // 2)
+    advice = (f"a batch of {fits} fits: rerun with --batch-size {fits}" if fits
+              else "not even a batch of 1 fits: use a smaller --img-size or encoder")
+    return TrainingError(f"CUDA out of memory at --batch-size {cfg.batch_size} on {run.device}; {advice}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-number state (saved with each latest checkpoint so a resumed fold continues exactly)
+# ---------------------------------------------------------------------------------------------
+def capture_rng(sampler_generator: torch.Generator) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "sampler": sampler_generator.get_state()}
+
+
+def restore_rng(state: dict[str, Any], sampler_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    sampler_generator.set_state(state["sampler"])
+
+
 # ---------------------------------------------------------------------------------------------
 # A fold
 # ---------------------------------------------------------------------------------------------
-def make_loaders(run: Run, fold: Fold, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
+def make_loaders(run: Run, fold: Fold, generator: torch.Generator) -> tuple[DataLoader, DataLoader, SeededSampler]:
+    """Training loader (shuffled or class-weighted, seeded augmentation) and validation loader."""
     cfg = run.cfg
     to_input = ToModelInput()
     train_set = CachedImageDataset(run.cache, fold.train_idx, run.labels,
                                    build_augmentation(cfg.augmentation, cfg.img_size), to_input)
     val_set = CachedImageDataset(run.cache, fold.val_idx, run.labels, None, to_input)
-    sampler = None
     if cfg.use_weighted_sampling:
-        sampler = weighted_sampler([run.labels[i] for i in fold.train_idx], len(run.images.class_names),
-                                   cfg.weight_method, cfg.weight_smooth_factor, generator)
+        base = weighted_sampler([run.labels[i] for i in fold.train_idx], len(run.images.class_names),
+                                cfg.weight_method, cfg.weight_smooth_factor, generator)
+    else:
+        base = RandomSampler(train_set, generator=generator)
+    sampler = SeededSampler(base, cfg.seed + fold.number)
     common = dict(num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
                   persistent_workers=cfg.num_workers > 0, worker_init_fn=seed_worker)
     # drop_last: a last batch of one image would break BatchNorm and add noise.
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                              shuffle=sampler is None, drop_last=len(train_set) > cfg.batch_size,
-                              generator=generator, **common)
+                              drop_last=len(train_set) > cfg.batch_size,
+                              generator=torch.Generator().manual_seed(cfg.seed), **common)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, **common)
-    return train_loader, val_loader
+    return train_loader, val_loader, sampler
 
 
-def checkpoint_state(run: Run, fold: Fold, epoch: int, metrics: dict[str, float],
-                     best: tuple[float, int], training_state: dict[str, Any] | None) -> dict[str, Any]:
-    """A checkpoint of plain values and tensors only (loads with ``weights_only=True``)."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": run.model.state_dict(),
-        "fold": fold.number,
-        "epoch": epoch,
-        "metrics": metrics,
-        "best_metric": best[0],
-        "best_epoch": best[1],
-        "config": run.cfg.to_dict(),
-        "class_names": list(run.images.class_names),
-        "class_texts": run.class_texts,
-    }
-    if training_state is not None:
-        state.update(training_state)
-    return state
+def checkpoint_state(run: Run, fold: Fold, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """The part every checkpoint shares: plain values and tensors only (loads with ``weights_only``)."""
+    return {"format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "fold": fold.number, "epoch": epoch,
+            "metrics": metrics, "config": run.cfg.to_dict(), "class_names": list(run.images.class_names),
+            "class_texts": run.class_texts}
 
 
 def is_better(value: float, best: float) -> bool:
     return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
+def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict[str, float],
+                 val_loader: DataLoader, started: float, training: dict[str, Any]) -> None:
+    """Validate, update history and best-so-far, write history and checkpoints, log one line."""
+    cfg = run.cfg
+    fold_dir = run.output_dir / f"fold_{fold.number}"
+    probs, labels, indices, val_loss = evaluate(run.model, val_loader, run.device, run.amp_dtype)
+    metrics = classification_metrics(labels, probs)
+    row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3), "val_loss": val_loss,
+           **scalar_metrics(metrics)}
+    state.history.append(row)
+    state.epoch = epoch
+    improved = is_better(metrics[cfg.monitor], state.best_value)
+    if improved:
+        state.best_value, state.best_epoch, state.best_metrics = metrics[cfg.monitor], epoch, metrics
+        state.best_probs = probs[np.argsort(indices)].tolist()  # fold.val_idx is sorted too
+        state.epochs_since_best = 0
+    else:
+        state.epochs_since_best += 1
+    write_json(fold_dir / "history.json", state.history)
+    if improved and cfg.save_best:
+        save_checkpoint(fold_dir / "checkpoint_best.pth", checkpoint_state(run, fold, epoch, scalar_metrics(metrics)))
+    rng = capture_rng(training.pop("sampler_generator"))
+    save_checkpoint(fold_dir / "checkpoint_latest.pth", {
+        **checkpoint_state(run, fold, epoch, scalar_metrics(metrics)), **training, "fold_state": vars(state),
+        "rng": rng})
+    log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f  %.1fs%s",
+             fold.number, epoch, cfg.epochs, f"{stats['train_loss']:.4f}" if stats else "   -  ",
+             f"{stats['lr']:.2e}" if stats else "   -   ", metrics["accuracy"], metrics["balanced_accuracy"],
+             metrics["macro_f1"], row["seconds"], "  *best*" if improved else "")
+
+
+def fold_result_path(run: Run, fold: Fold) -> Path:
+    return run.output_dir / f"fold_{fold.number}" / "result.json"
+
+
+def load_fold_result(run: Run, fold: Fold) -> FoldResult:
+    saved = read_json(fold_result_path(run, fold), "fold result")
+    return FoldResult(fold.number, saved["best_epoch"], saved["metrics"], list(fold.val_idx),
+                      np.asarray(saved["val_probs"], dtype=np.float64))
+
+
 def run_fold(run: Run, fold: Fold) -> FoldResult:
     cfg, model, device = run.cfg, run.model, run.device
-    fold_dir = run.output_dir / f"fold_{fold.number}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and fold_result_path(run, fold).is_file():
+        log.info("Fold %d finished earlier: keeping its results", fold.number)
+        return load_fold_result(run, fold)
+    (run.output_dir / f"fold_{fold.number}").mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + fold.number)
     model.load_state_dict(run.initial_state)
     model.reset_text_cache()
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
-    train_loader, val_loader = make_loaders(run, fold, generator)
-
+    train_loader, val_loader, sampler = make_loaders(run, fold, generator)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.learning_rate)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
-    log.info("Fold %d/%d: %d training, %d validation images, %d steps per epoch",
-             fold.number, len(run.folds), len(fold.train_idx), len(fold.val_idx), steps_per_epoch)
+    state = FoldState()
 
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch = math.nan, 0
-    best_metrics: dict[str, Any] = {}
-    best_probs = np.zeros((0, model.n_classes))
-    for epoch in range(1, cfg.epochs + 1):
+    def training_state() -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "sampler_generator": generator}
+
+    latest = run.output_dir / f"fold_{fold.number}" / "checkpoint_latest.pth"
+    if cfg.resume and latest.is_file():
+        saved = load_checkpoint(latest, LATEST_KEYS)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state = FoldState(**saved["fold_state"])
+        restore_rng(saved["rng"], generator)
+        log.info("Fold %d: resuming after epoch %d", fold.number, state.epoch)
+    else:
+        log.info("Fold %d/%d: %d training, %d validation images, %d steps per epoch; epoch 0 is the "
+                 "zero-shot baseline (no training)", fold.number, len(run.folds), len(fold.train_idx),
+                 len(fold.val_idx), steps_per_epoch)
+        record_epoch(run, fold, state, 0, {}, val_loader, time.perf_counter(), training_state())
+
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if cfg.patience and state.epochs_since_best >= cfg.patience:
+            log.info("Fold %d: early stop, no improvement of %s for %d epochs", fold.number, cfg.monitor,
+                     cfg.patience)
+            break
         started = time.perf_counter()
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
-                                cfg.loss == "symmetric", epoch,
-                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
-        probs, labels, indices, val_loss = evaluate(model, val_loader, device, run.amp_dtype)
-        metrics = classification_metrics(labels, probs)
-        row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3),
-               "val_loss": val_loss, **scalar_metrics(metrics)}
-        history.append(row)
-        write_json(fold_dir / "history.json", history)
-
-        improved = is_better(metrics[cfg.monitor], best_value)
-        if improved:
-            best_value, best_epoch, best_metrics = metrics[cfg.monitor], epoch, metrics
-            best_probs = probs[np.argsort(indices)]  # align with the sorted fold.val_idx
-            if cfg.save_best:
-                save_checkpoint(fold_dir / "checkpoint_best.pth",
-                                checkpoint_state(run, fold, epoch, scalar_metrics(metrics),
-                                                 (best_value, best_epoch), None))
-        save_checkpoint(fold_dir / "checkpoint_latest.pth", checkpoint_state(
-            run, fold, epoch, scalar_metrics(metrics), (best_value, best_epoch),
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "history": history}))
-        log.info("fold %d epoch %3d/%d  loss %.4f  lr %.2e  acc %.4f  bal_acc %.4f  macro_f1 %.4f  "
-                 "%.1fs%s", fold.number, epoch, cfg.epochs, stats["train_loss"], stats["lr"],
-                 metrics["accuracy"], metrics["balanced_accuracy"], metrics["macro_f1"], row["seconds"],
-                 "  *best*" if improved else "")
-    log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, best_epoch, cfg.monitor, best_value)
-    return FoldResult(fold.number, best_epoch, best_metrics, list(fold.val_idx), best_probs)
+        sampler.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
+                                    cfg.loss == "symmetric", epoch,
+                                    description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
+        except torch.OutOfMemoryError:
+            raise out_of_memory_error(run, model) from None
+        record_epoch(run, fold, state, epoch, stats, val_loader, started, training_state())
+    write_json(fold_result_path(run, fold), {"fold": fold.number, "best_epoch": state.best_epoch,
+                                             "metrics": state.best_metrics, "val_probs": state.best_probs})
+    log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, state.best_epoch, cfg.monitor, state.best_value)
+    return FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx),
+                      np.asarray(state.best_probs, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,14 +412,22 @@ def select_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, amp_dtype
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:
     """Refuse to mix a new run into an old one; decided before anything is written."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"--output-dir {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--output-dir {output_dir} already holds results; choose another folder or "
-                              "pass --overwrite to replace them")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise ConfigError(f"--output-dir {output_dir} already holds results; continue them with --resume, "
+                          "replace them with --overwrite, or choose another folder")
 
 
 def clear_output_dir(output_dir: Path) -> None:
@@ -308,28 +435,56 @@ def clear_output_dir(output_dir: Path) -> None:
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, list[int], ImageFolder]:
-    """Decode every image once; unreadable files are skipped with a warning naming them."""
-    cache, failures = build_image_cache(images.paths, cfg.img_size, cfg.cache_mb, threads=max(1, cfg.num_workers))
-    if failures:
-        listed = "; ".join(f"{path} ({reason})" for path, reason in failures[:20])
-        more = f" and {len(failures) - 20} more" if len(failures) > 20 else ""
-        log.warning("Skipping %d unreadable image(s): %s%s", len(failures), listed, more)
-        failed = {path for path, _ in failures}
+def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, ImageFolder]:
+    """Decode every image once; unreadable files are skipped with a warning (fatal with --strict-images)."""
+    decoded = build_image_cache(images.paths, cfg.img_size, cfg.cache_mb, threads=max(1, cfg.num_workers))
+    if decoded.failures:
+        listed = "; ".join(f"{path} ({reason})" for path, reason in decoded.failures[:20])
+        more = f" and {len(decoded.failures) - 20} more" if len(decoded.failures) > 20 else ""
+        if cfg.strict_images:
+            raise DataError(f"--strict-images: {len(decoded.failures)} unreadable image(s): {listed}{more}")
+        log.warning("Skipping %d unreadable image(s): %s%s", len(decoded.failures), listed, more)
+        failed = {path for path, _ in decoded.failures}
         keep = [i for i, p in enumerate(images.paths) if p not in failed]
         images = ImageFolder(images.root, images.class_names, [images.paths[i] for i in keep],
                              [images.labels[i] for i in keep])
-    return cache, list(images.labels), images
+    warn_duplicates(images, decoded.hashes)
+    return decoded.cache, images
 
 
-def plan_folds(cfg: TrainConfig, images: ImageFolder) -> list[Fold]:
+def warn_duplicates(images: ImageFolder, hashes: Sequence[str]) -> None:
+    label_of = dict(zip(images.paths, images.labels))
+    for group in duplicate_groups(images.paths, hashes):
+        classes = sorted({images.class_names[label_of[p]] for p in group})
+        files = ", ".join(str(p.relative_to(images.root)) for p in group)
+        if len(classes) > 1:
+            log.warning("Identical images in different classes (%s): %s", ", ".join(classes), files)
+        else:
+            log.warning("Identical images within class %s (they can land in training and validation at "
+                        "once, inflating the score): %s", classes[0], files)
+
+
+def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
+    """Development and test indices; the test set is stratified and never seen by any fold."""
+    everything = list(range(len(images.labels)))
+    if cfg.test_fraction == 0:
+        return everything, []
+    check_class_sizes(images.labels, images.class_names, 2)
+    dev, test = train_test_split(everything, test_size=cfg.test_fraction, stratify=images.labels,
+                                 random_state=cfg.random_state)
+    return sorted(dev), sorted(test)
+
+
+def plan_folds(cfg: TrainConfig, images: ImageFolder, dev_idx: list[int]) -> list[Fold]:
+    dev_labels = [images.labels[i] for i in dev_idx]
     if cfg.use_cv:
-        check_class_sizes(images.labels, images.class_names, cfg.n_splits)
-        folds = make_folds(images.labels, cfg.n_splits, cfg.random_state)
+        check_class_sizes(dev_labels, images.class_names, cfg.n_splits)
+        local = make_folds(dev_labels, cfg.n_splits, cfg.random_state)
     else:
         log.info("Cross-validation is off (--use-cv not given): one stratified split with %.0f%% for "
                  "validation", 100 * cfg.val_fraction)
-        folds = make_holdout_split(images.labels, images.class_names, cfg.val_fraction, cfg.random_state)
+        local = make_holdout_split(dev_labels, images.class_names, cfg.val_fraction, cfg.random_state)
+    folds = [Fold(f.number, [dev_idx[i] for i in f.train_idx], [dev_idx[i] for i in f.val_idx]) for f in local]
     smallest = min(len(f.train_idx) for f in folds)
     if cfg.batch_size > smallest:
         raise DataError(f"--batch-size {cfg.batch_size} is larger than the smallest training fold "
@@ -337,19 +492,46 @@ def plan_folds(cfg: TrainConfig, images: ImageFolder) -> list[Fold]:
     return folds
 
 
+def relative_path(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def folds_document(cfg: TrainConfig, images: ImageFolder, folds: list[Fold], test_idx: list[int]) -> dict[str, Any]:
+    def paths(indices: Sequence[int]) -> list[str]:
+        return [relative_path(images.paths[i], images.root) for i in indices]
+
+    return {"mode": "cv" if cfg.use_cv else "holdout", "random_state": cfg.random_state,
+            "class_names": images.class_names, "test": paths(test_idx),
+            "folds": [{"fold": f.number, "train": paths(f.train_idx), "val": paths(f.val_idx)} for f in folds]}
+
+
+def check_resumable(run: Run) -> None:
+    """A resumed run must see the same images in the same folds."""
+    saved = read_json(run.output_dir / "folds.json", "folds file of the run")
+    if saved != folds_document(run.cfg, run.images, run.folds, run.test_idx):
+        raise ConfigError(f"--resume refused: the images under {run.cfg.data_dir} changed since the run in "
+                          f"{run.output_dir} started (its folds.json no longer matches)")
+
+
 def prepare_run(cfg: TrainConfig) -> Run:
     """Every check that can fail, before a single file is written."""
     resolve_image_encoder(cfg.image_encoder)
     resolve_text_encoder(cfg.text_encoder)
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
     images = scan_image_folder(cfg.data_dir)
     class_texts = load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
     if cfg.use_cv:
         check_class_sizes(images.labels, images.class_names, cfg.n_splits)
     output_dir = cfg.resolved_output_dir()
-    check_output_dir(output_dir, cfg.overwrite)
+    check_output_dir(cfg, output_dir)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
     device, amp_dtype = select_device(cfg)
+    configure_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     model = build_clip_model(cfg.image_encoder, cfg.text_encoder, cfg.embed_dim, cfg.temperature,
                              class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
@@ -357,43 +539,33 @@ def prepare_run(cfg: TrainConfig) -> Run:
     model.to(device)
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    cache, labels, images = decode_images(cfg, images)
-    folds = plan_folds(cfg, images)
-    return Run(cfg, output_dir, device, amp_dtype, images, cache, labels, class_texts, folds, model,
-               initial_state)
-
-
-def relative_path(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    cache, images = decode_images(cfg, images)
+    dev_idx, test_idx = split_off_test(cfg, images)
+    folds = plan_folds(cfg, images, dev_idx)
+    run = Run(cfg, output_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state)
+    if cfg.resume and (output_dir / "folds.json").is_file():
+        check_resumable(run)
+    return run
 
 
 def write_run_files(run: Run) -> None:
-    if run.output_dir.is_dir():
-        clear_output_dir(run.output_dir)  # only reached with --overwrite (checked in prepare_run)
+    if run.cfg.overwrite and run.output_dir.is_dir():
+        clear_output_dir(run.output_dir)
     write_json(run.output_dir / "config.json", run.cfg.to_dict())
-    write_json(run.output_dir / "folds.json", {
-        "mode": "cv" if run.cfg.use_cv else "holdout",
-        "random_state": run.cfg.random_state,
-        "class_names": run.images.class_names,
-        "folds": [{"fold": f.number,
-                   "train": [relative_path(run.images.paths[i], run.images.root) for i in f.train_idx],
-                   "val": [relative_path(run.images.paths[i], run.images.root) for i in f.val_idx]}
-                  for f in run.folds],
-    })
+    write_json(run.output_dir / "folds.json", folds_document(run.cfg, run.images, run.folds, run.test_idx))
 
 
 def summarise(run: Run, results: Sequence[FoldResult], wall_time: float) -> dict[str, Any]:
     names = run.images.class_names
     oof_idx = np.concatenate([r.val_idx for r in results])
     oof_probs = np.concatenate([r.val_probs for r in results])
-    oof_labels = np.asarray(run.labels)[oof_idx]
     fold_of = np.concatenate([[r.number] * len(r.val_idx) for r in results])
     order = np.argsort(oof_idx)
     write_csv(run.output_dir / "oof_predictions.csv",
               ["path", "fold", "true_class", "predicted_class"] + [f"prob_{n}" for n in names],
-              [[relative_path(run.images.paths[i], run.images.root), int(fold_of[j]), names[run.labels[i]],
-                names[int(oof_probs[j].argmax())]] + [f"{p:.6f}" for p in oof_probs[j]]
-               for j, i in ((j, int(oof_idx[j])) for j in order)])
+              [[relative_path(run.images.paths[oof_idx[j]], run.images.root), int(fold_of[j]),
+                names[run.labels[oof_idx[j]]], names[int(oof_probs[j].argmax())]]
+               + [f"{p:.6f}" for p in oof_probs[j]] for j in order])
     mean, std = mean_and_std([scalar_metrics(r.metrics) for r in results])
     summary = {
         "mode": "cv" if run.cfg.use_cv else "holdout",
@@ -405,23 +577,52 @@ def summarise(run: Run, results: Sequence[FoldResult], wall_time: float) -> dict
         "folds": [{"fold": r.number, "best_epoch": r.best_epoch, "metrics": r.metrics} for r in results],
         "mean": mean,
         "std": std,
-        "oof": classification_metrics(oof_labels, oof_probs),
+        "oof": classification_metrics(np.asarray(run.labels)[oof_idx], oof_probs),
         "wall_time_s": round(wall_time, 1),
     }
-    write_json(run.output_dir / "cv_summary.json", summary)
     return summary
+
+
+def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
+    """Mean probabilities of the best model of every fold on the held-out test set."""
+    cfg = run.cfg
+    loader = DataLoader(CachedImageDataset(run.cache, run.test_idx, run.labels, None, ToModelInput()),
+                        batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
+    probs_sum, labels = None, None
+    for result in results:
+        saved = load_checkpoint(run.output_dir / f"fold_{result.number}" / "checkpoint_best.pth", ("model",))
+        run.model.load_state_dict(saved["model"])
+        run.model.reset_text_cache()
+        probs, labels, indices, _ = evaluate(run.model, loader, run.device, run.amp_dtype)
+        probs_sum = probs if probs_sum is None else probs_sum + probs
+    probs = probs_sum / len(results)
+    names = run.images.class_names
+    write_csv(run.output_dir / "test_predictions.csv",
+              ["path", "true_class", "predicted_class"] + [f"prob_{n}" for n in names],
+              [[relative_path(run.images.paths[i], run.images.root), names[run.labels[i]],
+                names[int(p.argmax())]] + [f"{x:.6f}" for x in p] for i, p in zip(indices, probs)])
+    metrics = classification_metrics(labels, probs)
+    write_json(run.output_dir / "test_metrics.json", {
+        "n_images": len(run.test_idx), "ensemble_of_folds": [r.number for r in results],
+        "class_names": names, "metrics": metrics})
+    log.info("Held-out test set (%d images, ensemble of %d fold models): accuracy %.4f, balanced accuracy "
+             "%.4f, macro-F1 %.4f", len(run.test_idx), len(results), metrics["accuracy"],
+             metrics["balanced_accuracy"], metrics["macro_f1"])
+    return metrics
 
 
 def format_summary_table(summary: dict[str, Any]) -> str:
     folds = summary["folds"]
-    keys = [k for k in summary["mean"] if k != "ece"] + ["ece"]
+    keys = list(summary["mean"])
     header = f"{'metric':<20}{'mean ± std':>20}" + "".join(f"{'fold ' + str(f['fold']):>10}" for f in folds)
-    header += f"{'pooled':>10}"
+    header += f"{'pooled':>10}" + (f"{'test':>10}" if "test" in summary else "")
     lines = [header, "-" * len(header)]
     for key in keys:
         row = f"{key:<20}{summary['mean'][key]:>11.4f} ± {summary['std'][key]:<6.4f}"
         row += "".join(f"{f['metrics'][key]:>10.4f}" for f in folds)
         row += f"{summary['oof'].get(key, math.nan):>10.4f}"
+        if "test" in summary:
+            row += f"{summary['test'].get(key, math.nan):>10.4f}"
         lines.append(row)
     lines.append(f"best epochs: {', '.join(str(f['best_epoch']) for f in folds)}  "
                  f"(chosen on {summary['monitor']}); wall time {summary['wall_time_s']:.0f}s")
@@ -430,9 +631,13 @@ def format_summary_table(summary: dict[str, Any]) -> str:
 
 def run_training(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
-    write_run_files(run)
+    if not run.cfg.resume or not (run.output_dir / "config.json").is_file():
+        write_run_files(run)
     results = [run_fold(run, fold) for fold in run.folds]
     summary = summarise(run, results, time.perf_counter() - started)
+    if run.test_idx:
+        summary["test"] = scalar_metrics(evaluate_test_ensemble(run, results))
+    write_json(run.output_dir / "cv_summary.json", summary)
     log.info("Cross-validation summary (%s):\n%s", run.output_dir / "cv_summary.json",
              format_summary_table(summary))
     return summary
@@ -446,7 +651,7 @@ def default_log_file(cfg: TrainConfig) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:  # ConfigError, and read errors of the --config file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_file or default_log_file(cfg))
@@ -455,9 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         log.error("%s", exc)
         return 2
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        return 1
+    except KeyboardInterrupt:
+        log.error("Interrupted; continue with: python train_clip.py --resume --output-dir %s",
+                  cfg.resolved_output_dir())
+        return 130
     return 0
 
 

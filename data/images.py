@@ -6,10 +6,13 @@ images past the budget are decoded again on each access. Augmentation runs on th
 """
 from __future__ import annotations
 
+import hashlib
+import io
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +24,9 @@ from utils.logging_setup import get_logger
 log = get_logger(__name__)
 
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-# Larger images are refused: decoding one would take gigabytes (PIL's own bomb check is 179 MP).
-MAX_PIXELS = 300_000_000
+# Larger images are refused: decoding one would take gigabytes, times the decoding threads.
+# 100 MP is well above any radiograph (a 43x43 cm detector at 0.1 mm gives about 18 MP).
+MAX_PIXELS = 100_000_000
 
 
 class ImageDecodeError(RuntimeError):
@@ -48,14 +52,15 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(path: str | Path, img_size: int) -> torch.Tensor:
-    """Read ``path`` into a uint8 tensor (C, img_size, img_size), C = 1 for grayscale, 3 for colour.
+def decode_image(source: str | Path | BinaryIO, img_size: int) -> torch.Tensor:
+    """Read an image file (path or open binary file) into a uint8 tensor (C, img_size, img_size),
+    C = 1 for grayscale, 3 for colour.
 
     The whole image is kept: it is scaled so its longer side is ``img_size`` and padded
     with black to a square, so no anatomy is cropped away and nothing is distorted.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageDecodeError(f"{width}x{height} pixels is more than {MAX_PIXELS:,}")
@@ -102,22 +107,39 @@ class ImageCache:
         return sum(t.numel() for t in self.images if t is not None)
 
 
-def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int,
-                      threads: int = 4) -> tuple[ImageCache, list[tuple[Path, str]]]:
-    """Decode every image once (in threads: PIL releases the GIL while decoding).
+def read_and_decode(path: Path, img_size: int) -> tuple[torch.Tensor, str]:
+    """Decode ``path`` and hash its bytes (one read serves both); raises :class:`ImageDecodeError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror}") from exc
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return decode_image(io.BytesIO(data), img_size), hashlib.sha1(data).hexdigest()
 
-    Returns the cache of the readable images and the ``(path, reason)`` of the unreadable ones,
-    so the caller decides whether to skip or stop.
-    """
+
+@dataclass
+class DecodedImages:
+    """Result of :func:`build_image_cache`: the cache of readable images, their content hashes,
+    and ``(path, reason)`` for every unreadable file (the caller decides to skip or stop)."""
+
+    cache: ImageCache
+    hashes: list[str]
+    failures: list[tuple[Path, str]]
+
+
+def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, threads: int = 4) -> DecodedImages:
+    """Decode every image once (in threads: PIL releases the GIL while decoding)."""
     budget = budget_mb * 2**20
     used = 0
     images: list[torch.Tensor | None] = []
     kept_paths: list[Path] = []
+    hashes: list[str] = []
     failures: list[tuple[Path, str]] = []
 
-    def decode(path: Path) -> torch.Tensor | str:
+    def decode(path: Path) -> tuple[torch.Tensor, str] | str:
         try:
-            return decode_image(path, img_size)
+            return read_and_decode(path, img_size)
         except ImageDecodeError as exc:
             return str(exc)
 
@@ -126,7 +148,9 @@ def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int,
             if isinstance(result, str):
                 failures.append((Path(path), result))
                 continue
+            result, digest = result
             kept_paths.append(Path(path))
+            hashes.append(digest)
             if used + result.numel() <= budget:
                 images.append(result)
                 used += result.numel()
@@ -136,11 +160,25 @@ def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int,
     n_cached = sum(t is not None for t in images)
     log.info("Decoded %d images at %dx%d: %d cached in RAM (%.1f MiB), %d read from disk each time",
              len(kept_paths), img_size, img_size, n_cached, used / 2**20, len(kept_paths) - n_cached)
-    return cache, failures
+    return DecodedImages(cache, hashes, failures)
+
+
+def duplicate_groups(paths: Sequence[Path], hashes: Sequence[str]) -> list[list[Path]]:
+    """Groups of files with identical content (byte for byte), each group sorted."""
+    by_hash: dict[str, list[Path]] = defaultdict(list)
+    for path, digest in zip(paths, hashes):
+        by_hash[digest].append(Path(path))
+    return sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
 
 
 class CachedImageDataset(Dataset):
-    """``(image, label, index)`` for the given cache indices; ``index`` maps predictions back to files."""
+    """``(image, label, index)`` for the given cache indices; ``index`` maps predictions back to files.
+
+    A key is a position in ``indices``, or ``(position, seed)`` from
+    :class:`data.sampling.SeededSampler`: the augmentation then draws from a generator seeded
+    with ``seed``, so a sample's augmentation depends only on the run's seed, the epoch and its
+    place in the epoch — not on worker processes or where a resumed run restarted.
+    """
 
     def __init__(self, cache: ImageCache, indices: Sequence[int], labels: Sequence[int],
                  augment: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -154,9 +192,18 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        position, seed = key if isinstance(key, tuple) else (key, None)
         index = self.indices[position]
         image = self.cache.get(index)
         if self.augment is not None:
-            image = self.augment(image)
+            image = self._augment(image, seed)
         return self.to_input(image), self.labels[index], index
+
+    def _augment(self, image: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if seed is None:
+            return self.augment(image)
+        # torchvision's transforms draw from the global generator: fork it, so the seed stays local.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.augment(image)

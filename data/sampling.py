@@ -1,11 +1,11 @@
 """Class weights for imbalanced data and the weighted sampler built from them."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 
 WEIGHT_METHODS = ("inverse_freq", "inverse_sqrt", "balanced")
 
@@ -44,3 +44,28 @@ def weighted_sampler(labels: Sequence[int], n_classes: int, method: str, smooth_
     sample_weights = torch.as_tensor(per_class[np.asarray(labels)], dtype=torch.double)
     return WeightedRandomSampler(sample_weights, num_samples=len(labels), replacement=True,
                                  generator=generator)
+
+
+class SeededSampler(Sampler):
+    """Wraps a sampler to yield ``(position, augmentation_seed)`` keys.
+
+    The seed is derived from ``(base_seed, epoch, place in the epoch)``, so augmentations are
+    reproducible whatever the number of data-loader workers, and a resumed run draws the same
+    ones as an uninterrupted run. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, base: Sampler, base_seed: int) -> None:
+        self.base = base
+        self.base_seed = base_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seeds = np.random.SeedSequence([self.base_seed, self.epoch]).generate_state(len(self.base), dtype=np.uint64)
+        for position, seed in zip(self.base, seeds):
+            yield int(position), int(seed % 2**63)

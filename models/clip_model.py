@@ -74,9 +74,10 @@ class CLIPClassifier(nn.Module):
         device = self.logit_scale.device
         features = self._text_features(device)
         per_text = F.normalize(self.text_proj(features.to(self.text_proj.weight.dtype)), dim=-1)
-        sums = torch.zeros(self.n_classes, per_text.shape[1], device=device, dtype=per_text.dtype)
-        sums = sums.index_add(0, self._owner.to(device), per_text)
-        return F.normalize(sums, dim=-1)
+        # (C, T) one-hot ownership times (T, E): a deterministic sum per class (index_add is not
+        # deterministic on CUDA).
+        owner = F.one_hot(self._owner.to(device), self.n_classes).t().to(per_text.dtype)
+        return F.normalize(owner @ per_text, dim=-1)
 
     # -- images --------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,8 @@ class TrainConfig:
     augmentation: str = _opt("standard", "Training augmentation (none: resize only; minimal: small "
                              "shifts/rotations; standard: crop, flip, rotation, brightness/contrast).",
                              "data", choices=("none", "minimal", "standard"))
+    strict_images: bool = _opt(False, "Stop on an unreadable image instead of skipping it with a warning.",
+                               "data")
     cache_mb: int = _opt(4096, "RAM budget (MiB) for decoded images; beyond it images are re-read "
                          "from disk.", "data")
     # model
@@ -92,11 +94,17 @@ class TrainConfig:
                         "training", choices=MONITOR_METRICS)
     save_best: bool = _opt(True, "Do not write checkpoint_best.pth.", "training", flag="--no-save-best",
                            negate=True)
+    patience: int = _opt(0, "Stop a fold after this many epochs without improvement of --monitor "
+                         "(0: never stop early).", "training")
+    deterministic: bool = _opt(False, "Use deterministic algorithms only (slower on GPU): two runs with "
+                               "the same seed give the same numbers.", "training")
     # cross-validation
     use_cv: bool = _opt(False, "Run K-fold cross-validation (otherwise one train/validation split).", "cv")
     n_splits: int = _opt(5, "Number of folds with --use-cv.", "cv")
     random_state: int = _opt(42, "Seed of the fold assignment.", "cv")
     val_fraction: float = _opt(0.2, "Validation fraction of the single split used without --use-cv.", "cv")
+    test_fraction: float = _opt(0.0, "Hold out this stratified fraction as a test set before the folds are "
+                                "made; the fold models are scored on it as an ensemble at the end.", "cv")
     # class imbalance
     use_weighted_sampling: bool = _opt(False, "Draw training images with class-balancing weights.",
                                        "imbalance")
@@ -112,6 +120,10 @@ class TrainConfig:
     gpu_id: int = _opt(0, "CUDA device index (the CPU is used when CUDA is not available).", "system")
     amp: bool = _opt(True, "Disable mixed precision on CUDA.", "system", flag="--no-amp", negate=True)
     overwrite: bool = _opt(False, "Replace the results already in --output-dir.", "system")
+    resume: bool = _opt(False, "Continue the interrupted run in --output-dir (its config.json is the "
+                        "base; flags that change results must match it).", "system")
+    tensorboard: bool = _opt(False, "Also log to TensorBoard under OUTPUT_DIR/tensorboard (needs the "
+                             "tensorboard package).", "system")
     log_file: Optional[str] = _opt(None, "Log file (default logs/clip_training/<image>_<text>_gpu<id>_"
                                    "<time>.log).", "system")
 
@@ -129,7 +141,9 @@ KEY_ALIASES = {"image_encoder_name": "image_encoder", "text_encoder_name": "text
                "use_amp": "amp"}
 # Keys whose boolean value means the opposite of the field.
 NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
-REQUIRED = ("data_dir",)
+# Keys that do not change a run's numbers: they may differ when a run is resumed.
+NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
+                             "resume", "tensorboard"})
 
 
 def path_safe(name: str) -> str:
@@ -267,9 +281,32 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     elif config_index is not None:
         raise ConfigError("--config-index needs --config FILE")
     values.update(namespace)
+    if values.get("resume"):
+        values = merge_with_saved_run(values)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def merge_with_saved_run(values: dict[str, Any]) -> dict[str, Any]:
+    """For ``--resume``: the saved ``config.json`` is the base; explicit values that change results
+    must agree with it (the error names every differing key)."""
+    output_dir = TrainConfig(**values).resolved_output_dir()
+    saved_path = output_dir / "config.json"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {output_dir} holds no config.json, so there is no run to resume")
+    saved_entry = read_json(saved_path, "saved config")
+    if not isinstance(saved_entry, dict):
+        raise ConfigError(f"--resume: {saved_path} does not hold a config object")
+    saved = normalise_keys(saved_entry, str(saved_path))
+    differing = [key for key, value in values.items()
+                 if key not in NON_RESULT_KEYS and key in saved and saved[key] != value]
+    if differing:
+        details = ", ".join(f"{key} (run: {saved[key]!r}, now: {values[key]!r})" for key in differing)
+        raise ConfigError(f"--resume refused: the run in {output_dir} was started with other settings: "
+                          f"{details}; start a new run (another --output-dir or --overwrite) instead")
+    carried = {key: value for key, value in saved.items() if key not in ("overwrite", "resume", "log_file")}
+    return {**carried, **values}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -300,6 +337,11 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.cache_mb >= 0, f"--cache-mb must be non-negative, got {cfg.cache_mb}")
     _check(cfg.n_splits >= 2, f"--n-splits must be at least 2, got {cfg.n_splits}")
     _check(0 < cfg.val_fraction < 1, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
+    _check(0 <= cfg.test_fraction < 1, f"--test-fraction must be in [0, 1), got {cfg.test_fraction}")
+    _check(cfg.patience >= 0, f"--patience must be non-negative, got {cfg.patience}")
+    _check(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other")
+    _check(cfg.save_best or cfg.test_fraction == 0,
+           "--test-fraction needs the best checkpoints: drop --no-save-best")
     _check(cfg.weight_smooth_factor >= 0,
            f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
     _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")

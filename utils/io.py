@@ -23,6 +23,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or holds unexpected content."""
 
 
+class WriteError(RuntimeError):
+    """A file could not be written (disk full, permissions); its previous version is unchanged."""
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; move it over ``path`` on success.
@@ -39,9 +43,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
+                             "is unchanged") from exc
         raise
     _fsync_directory(target.parent)
 
@@ -80,10 +87,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
     ``before_replace`` runs after the bytes are on disk but before the rename; tests use it
     to simulate a crash in that window.
     """
-    with atomic_write(path, "wb") as handle:
-        torch.save(state, handle)
-        if before_replace is not None:
-            before_replace()
+    try:
+        with atomic_write(path, "wb") as handle:
+            torch.save(state, handle)
+            if before_replace is not None:
+                before_replace()
+    except WriteError:
+        raise
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
+        raise WriteError(f"cannot write {path}: {exc}; its previous version, if any, is unchanged") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) -> dict[str, Any]:
