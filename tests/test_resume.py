@@ -1,0 +1,198 @@
+"""Runs that survive: kill and resume, refusal rules, atomic saves, determinism, faults (issue 6)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_clip
+import utils.io
+from tests.helpers import make_image_tree
+from utils.io import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base_args(data: Path, text_encoder: Path, epochs: int = 3) -> list[str]:
+    return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "resnet18",
+            "--img-size", "32", "--epochs", str(epochs), "--batch-size", "4", "--num-workers", "0",
+            "--use-cv", "--n-splits", "2", "--learning-rate", "1e-3", "--augmentation", "standard",
+            "--use-weighted-sampling"]
+
+
+def comparable(summary: dict) -> dict:
+    return {key: summary[key] for key in ("folds", "mean", "std", "oof")}
+
+
+def histories_without_time(run_dir: Path, fold: int) -> list[dict]:
+    rows = json.loads((run_dir / f"fold_{fold}" / "history.json").read_text())
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_sigkill_in_fold_2_then_resume_matches_uninterrupted_run(tmp_path, tiny_text_encoder):
+    data = make_image_tree(tmp_path / "data", {"a": 8, "b": 8, "c": 8})
+    args = base_args(data, tiny_text_encoder)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    script = [sys.executable, str(ROOT / "train_clip.py")]
+
+    assert train_clip.main(args + ["--output-dir", str(tmp_path / "full"), "--log-file", str(tmp_path / "a.log")]) == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(script + args + ["--output-dir", str(killed), "--log-file", str(tmp_path / "b.log")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = killed / "fold_2" / "history.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if len(json.loads(history.read_text())) >= 2:  # epoch 0 and epoch 1 of fold 2 are done
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed in fold 2"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "cv_summary.json").exists()
+    assert (killed / "fold_1" / "result.json").exists()
+
+    resumed = subprocess.run(script + ["--resume", "--output-dir", str(killed), "--log-file", str(tmp_path / "c.log")],
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log_text = (tmp_path / "c.log").read_text()
+    assert "Fold 1 finished earlier" in log_text and "Fold 2: resuming after epoch" in log_text
+
+    full = json.loads((tmp_path / "full" / "cv_summary.json").read_text())
+    again = json.loads((killed / "cv_summary.json").read_text())
+    assert comparable(again) == comparable(full)
+    assert histories_without_time(killed, 2) == histories_without_time(tmp_path / "full", 2)
+
+
+def test_resume_refuses_changed_settings_and_names_them(tmp_path, tiny_text_encoder, capsys):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out = tmp_path / "run"
+    args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out)]
+    assert train_clip.main(args + ["--log-file", str(tmp_path / "1.log")]) == 0
+    before = (out / "cv_summary.json").read_bytes()
+    code = train_clip.main(["--resume", "--output-dir", str(out), "--learning-rate", "0.5", "--embed-dim", "16"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--resume refused" in err and "learning_rate" in err and "embed_dim" in err
+    assert (out / "cv_summary.json").read_bytes() == before
+
+
+def test_new_run_into_non_empty_output_dir_is_refused_and_touches_nothing(tmp_path, tiny_text_encoder, capsys):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
+    assert train_clip.main(args) == 2
+    assert "already holds results" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert train_clip.main(args + ["--overwrite"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "cv_summary.json").exists()
+
+
+def test_kill_between_write_and_replace_keeps_old_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint_latest.pth"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def crash() -> None:
+        raise KeyboardInterrupt  # what a Ctrl-C (or a kill) at this moment would do
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)}, before_replace=crash)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]  # no temporary left behind
+
+
+def test_deterministic_runs_give_identical_metrics(tmp_path, tiny_text_encoder):
+    data = make_image_tree(tmp_path / "data", {"a": 6, "b": 6})
+    summaries = []
+    for name in ("one", "two"):
+        args = base_args(data, tiny_text_encoder, epochs=2) + [
+            "--deterministic", "--output-dir", str(tmp_path / name), "--log-file", str(tmp_path / f"{name}.log")]
+        assert train_clip.main(args) == 0
+        summaries.append(json.loads((tmp_path / name / "cv_summary.json").read_text()))
+    torch.use_deterministic_algorithms(False)
+    assert comparable(summaries[0]) == comparable(summaries[1])
+
+
+def test_patience_stops_a_fold_early(tmp_path, tiny_text_encoder, monkeypatch):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    # A learning rate of zero never improves on the zero-shot epoch: patience 2 stops after epoch 2.
+    args = base_args(data, tiny_text_encoder, epochs=6) + [
+        "--learning-rate", "1e-12", "--patience", "2", "--output-dir", str(tmp_path / "run"),
+        "--log-file", str(tmp_path / "l.log")]
+    assert train_clip.main(args) == 0
+    epochs = [row["epoch"] for row in json.loads((tmp_path / "run" / "fold_1" / "history.json").read_text())]
+    summary = json.loads((tmp_path / "run" / "cv_summary.json").read_text())
+    best = summary["folds"][0]["best_epoch"]
+    assert epochs == list(range(0, best + 3))
+    assert "early stop" in (tmp_path / "l.log").read_text()
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, tiny_text_encoder,
+                                                                             monkeypatch, capsys):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    real_loss = train_clip.class_contrastive_loss
+    calls = {"n": 0}
+
+    def loss_turning_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss  # epoch 2, step 1 (1 step per epoch)
+
+    monkeypatch.setattr(train_clip, "class_contrastive_loss", loss_turning_nan)
+    out = tmp_path / "run"
+    args = base_args(data, tiny_text_encoder, epochs=3) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
+    assert train_clip.main(args) == 2
+    err = capsys.readouterr().err
+    assert "non-finite training loss" in err and "epoch 2, step 1" in err
+    latest = load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")
+    assert latest["epoch"] == 1
+
+
+def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_path, tiny_text_encoder,
+                                                                           monkeypatch, capsys):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def save_until_disk_full(obj, handle, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] > 3:  # epoch 0: best + latest; epoch 1: best, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(utils.io.torch, "save", save_until_disk_full)
+    out = tmp_path / "run"
+    args = base_args(data, tiny_text_encoder, epochs=2) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
+    assert train_clip.main(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "checkpoint_latest.pth" in err
+    monkeypatch.setattr(utils.io.torch, "save", real_save)
+    assert load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")["epoch"] == 0
+    assert not [p for p in (out / "fold_1").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_out_of_memory_probe_halves_until_a_batch_fits():
+    tried = []
+
+    def try_batch(size: int) -> None:
+        tried.append(size)
+        if size > 12:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert train_clip.largest_fitting_batch(try_batch, 64) == 8
+    assert tried == [64, 32, 16, 8]
+    assert train_clip.largest_fitting_batch(lambda n: (_ for _ in ()).throw(torch.OutOfMemoryError()), 4) == 0
