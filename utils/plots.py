@@ -6,12 +6,14 @@ and no display is needed. Settings (fonts) apply through :func:`matplotlib.rc_co
 duration of one picture only. Each PNG is written atomically.
 
 Class names may be Chinese. Matplotlib's default font (DejaVu Sans) has no CJK glyphs, so an
-installed CJK font is added as a fallback family when a label needs it; without one the labels
-show empty boxes and one warning says which font package to install.
+installed CJK font (Noto Sans CJK, WenQuanYi, Droid Sans Fallback, ...) is added as a fallback
+family when a label needs it; without one the labels show empty boxes and one warning says which
+font package to install.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
@@ -37,6 +39,9 @@ CJK_FONT_FAMILIES = (
     "Source Han Sans CN", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback",
     "AR PL UMing CN", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS",
 )
+# File-name fragments (lower case, no '-' or '_') of the font files of those families.
+CJK_FONT_FILE_HINTS = ("notosanscjk", "notoserifcjk", "notosanssc", "sourcehansans", "wqy", "droidsansfallback",
+                       "uming", "ukai", "simhei", "msyh", "pingfang", "arialuni")
 BASE_FONT = "DejaVu Sans"  # matplotlib's bundled default: always present
 DPI = 120
 # Beyond this many classes the confusion-matrix cells are too small to print numbers in.
@@ -61,9 +66,33 @@ def _is_cjk(ch: str) -> bool:
 
 
 def find_cjk_font() -> str | None:
-    """The first family of :data:`CJK_FONT_FAMILIES` that matplotlib knows, or None."""
+    """The first family of :data:`CJK_FONT_FAMILIES` that matplotlib can use, or None.
+
+    matplotlib's font list is a cache built when it first ran: a CJK font installed later is
+    not in it. Such fonts are looked for on disk by file name and registered.
+    """
+    family = _known_cjk_family()
+    if family is None and _register_cjk_font_files():
+        family = _known_cjk_family()
+    return family
+
+
+def _known_cjk_family() -> str | None:
     installed = {entry.name for entry in font_manager.fontManager.ttflist}
     return next((family for family in CJK_FONT_FAMILIES if family in installed), None)
+
+
+@functools.cache
+def _register_cjk_font_files() -> bool:
+    # Cached: the installed fonts do not change during a run, and scanning takes a while.
+    found = False
+    for path in font_manager.findSystemFonts():
+        name = Path(path).name.lower().replace("-", "").replace("_", "")
+        if any(hint in name for hint in CJK_FONT_FILE_HINTS):
+            with contextlib.suppress(Exception):  # an unreadable font file is just not used
+                font_manager.fontManager.addfont(path)
+                found = True
+    return found
 
 
 def font_settings(texts: Iterable[str]) -> dict[str, Any]:
@@ -76,11 +105,16 @@ def font_settings(texts: Iterable[str]) -> dict[str, Any]:
         return {"font.family": [BASE_FONT]}
     family = find_cjk_font()
     if family is None:
-        log.warning("No CJK font found: Chinese class names in the plots show as boxes. Install one "
-                    "(Debian/Ubuntu: apt-get install fonts-noto-cjk), then delete matplotlib's font "
-                    "cache (%s) so it is seen", matplotlib.get_cachedir())
+        _warn_no_cjk_font()
         return {"font.family": [BASE_FONT]}
     return {"font.family": [BASE_FONT, family]}
+
+
+@functools.cache
+def _warn_no_cjk_font() -> None:
+    # Cached so a run that draws several pictures says it once, not once per picture.
+    log.warning("No CJK font found: Chinese class names in the plots show as boxes; install one "
+                "(Debian/Ubuntu: apt-get install fonts-noto-cjk)")
 
 
 @contextlib.contextmanager
