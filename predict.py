@@ -287,10 +287,10 @@ def warn_failures(failures: Sequence[tuple[str, str]]) -> None:
 def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray, list[FoldModel], int]:
     """Names of the classified images, class names, their probabilities, the models, skipped count."""
     check_args(args)
+    checkpoints = checkpoint_paths(Path(args.run_dir), args.fold)
     new_names, new_texts = (load_new_class_texts(args.class_texts_file) if args.class_texts_file
                             else (None, None))
     files = list_images(Path(args.images))
-    checkpoints = checkpoint_paths(Path(args.run_dir), args.fold)
     device = select_device(args.gpu_id, args.cpu)
     models, class_names, img_size, config = load_models(checkpoints, device, new_texts)
     class_names = new_names or class_names
