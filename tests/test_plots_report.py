@@ -1,0 +1,175 @@
+"""Plots are valid PNG files drawn without pyplot state or warning spam; report.md shows the numbers."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils import plots
+from utils.io import write_csv, write_json
+from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
+from utils.report import load_histories, main as report_main, write_plots, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASS_NAMES = ["cat_a", "cat_b", "股骨柄A"]
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path} is not a PNG file"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def fake_predictions(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASS_NAMES), n)
+    probs = rng.dirichlet(np.ones(len(CLASS_NAMES)), n)
+    probs[np.arange(n), y] += 0.6  # mostly right, sometimes wrong
+    return y, probs / probs.sum(axis=1, keepdims=True)
+
+
+def fake_histories() -> dict[int, list[dict]]:
+    # Fold 1 has a zero-shot epoch 0 without train_loss; fold 2 has a NaN metric.
+    return {
+        1: [{"epoch": 0, "val_loss": 1.2, "balanced_accuracy": 0.34}]
+           + [{"epoch": e, "train_loss": 1.0 / e, "lr": 1e-4, "seconds": 1.0, "val_loss": 1.1 / e,
+               "balanced_accuracy": 1 - 0.5 / e} for e in (1, 2, 3)],
+        2: [{"epoch": e, "train_loss": 1.2 / e, "val_loss": 1.3 / e,
+             "balanced_accuracy": float("nan") if e == 2 else 1 - 0.6 / e} for e in (1, 2, 3)],
+    }
+
+
+def fake_summary(y: np.ndarray, probs: np.ndarray, test: bool = False) -> dict:
+    halves = [np.arange(0, len(y), 2), np.arange(1, len(y), 2)]
+    fold_metrics = [classification_metrics(y[idx], probs[idx]) for idx in halves]
+    mean, std = mean_and_std([scalar_metrics(m) for m in fold_metrics])
+    summary = {
+        "mode": "cv", "n_splits": 2, "monitor": "balanced_accuracy", "image_encoder": "resnet18",
+        "text_encoder": "hf:tiny", "class_names": CLASS_NAMES,
+        "folds": [{"fold": k + 1, "best_epoch": 3, "metrics": m} for k, m in enumerate(fold_metrics)],
+        "mean": mean, "std": std, "oof": classification_metrics(y, probs), "wall_time_s": 12.3,
+    }
+    if test:
+        y_test, p_test = fake_predictions(30, seed=1)
+        summary["test"] = classification_metrics(y_test, p_test)
+    return summary
+
+
+def test_each_plot_is_a_valid_png_without_warnings(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    matrix = classification_metrics(y, probs)["confusion_matrix"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a missing-glyph or font warning fails here
+        paths = [plots.plot_learning_curves(fake_histories(), "balanced_accuracy", tmp_path / "lc.png"),
+                 plots.plot_confusion_matrix(matrix, CLASS_NAMES, tmp_path / "cm.png"),
+                 plots.plot_roc_curves(y, probs, CLASS_NAMES, tmp_path / "sub" / "roc.png")]
+    for path in paths:
+        assert_png(path)
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["cm.png", "lc.png", "roc.png"]
+
+
+def test_roc_plot_survives_a_class_missing_from_the_labels(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    y[y == 2] = 0  # class 2 never occurs: its one-vs-rest curve is undefined
+    assert_png(plots.plot_roc_curves(y, probs, CLASS_NAMES, tmp_path / "roc.png"))
+
+
+def test_plots_reject_shapes_that_do_not_match_the_class_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="3 class names"):
+        plots.plot_confusion_matrix([[1, 2], [3, 4]], CLASS_NAMES, tmp_path / "cm.png")
+    with pytest.raises(ValueError, match="probabilities"):
+        plots.plot_roc_curves([0, 1], np.full((2, 2), 0.5), CLASS_NAMES, tmp_path / "roc.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_row_normalise_keeps_empty_rows_at_zero() -> None:
+    fractions = plots.row_normalise(np.array([[3, 1], [0, 0]]))
+    np.testing.assert_allclose(fractions, [[0.75, 0.25], [0.0, 0.0]])
+
+
+def test_cjk_labels_get_an_installed_cjk_font_as_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert plots.needs_cjk(["cat_a", "股骨柄A"]) and not plots.needs_cjk(["cat_a", "Hüfte"])
+    assert plots.font_settings(["cat_a"]) == {"font.family": [plots.BASE_FONT]}
+    monkeypatch.setattr(plots, "_known_cjk_family", lambda: "WenQuanYi Micro Hei")
+    assert plots.font_settings(["股骨柄A"]) == {"font.family": [plots.BASE_FONT, "WenQuanYi Micro Hei"]}
+
+
+def test_missing_cjk_font_warns_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(plots, "find_cjk_font", lambda: None)
+    plots._warn_no_cjk_font.cache_clear()
+    y, probs = fake_predictions()
+    logger = logging.getLogger("train_clip")
+    monkeypatch.setattr(logger, "propagate", True)  # let caplog see it whatever setup_logging did before
+    with caplog.at_level(logging.WARNING, logger="train_clip"):
+        plots.plot_confusion_matrix(np.eye(3, dtype=int), CLASS_NAMES, tmp_path / "cm.png")
+        plots.plot_roc_curves(y, probs, CLASS_NAMES, tmp_path / "roc.png")
+    plots._warn_no_cjk_font.cache_clear()
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "No CJK font" in messages[0]
+
+
+def test_report_shows_numbers_tables_and_pictures(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs, test=True)
+    made = write_plots(tmp_path, summary, fake_histories(), y, probs)
+    assert set(made) == {"learning_curves", "confusion_matrix", "roc_curves", "test_confusion_matrix"}
+    for relative in made.values():
+        assert not Path(relative).is_absolute()
+        assert_png(tmp_path / relative)
+    report = write_report(tmp_path, summary, made).read_text(encoding="utf-8")
+
+    for relative in made.values():
+        assert f"]({relative})" in report
+    bal = "balanced accuracy (monitored) | " + (f"{summary['mean']['balanced_accuracy']:.4f} ± "
+                                                 f"{summary['std']['balanced_accuracy']:.4f}")
+    assert bal in report
+    f1_row = next(line for line in report.splitlines() if line.startswith("| macro F1 |"))
+    cells = [c.strip() for c in f1_row.strip("|").split("|")]
+    expected = [summary["folds"][0]["metrics"]["macro_f1"], summary["folds"][1]["metrics"]["macro_f1"],
+                summary["oof"]["macro_f1"], summary["test"]["macro_f1"]]
+    assert cells[2:] == [f"{v:.4f}" for v in expected]
+    for name, stats in zip(CLASS_NAMES, summary["oof"]["per_class"]):
+        assert (f"| {name} | {stats['precision']:.4f} | {stats['recall']:.4f} | {stats['f1']:.4f} | "
+                f"{stats['support']} |") in report
+    assert "Per class (held-out test set" in report and "unbiased" in report
+
+
+def test_report_without_test_set_or_histories(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs)
+    summary["oof"]["roc_auc"] = float("nan")
+    made = write_plots(tmp_path, summary, {}, y, probs)
+    assert set(made) == {"confusion_matrix", "roc_curves"}
+    report = write_report(tmp_path, summary, made).read_text(encoding="utf-8")
+    assert "held-out test" not in report and "--test-fraction" in report
+    roc_row = next(line for line in report.splitlines() if line.startswith("| macro ROC-AUC"))
+    assert roc_row.rstrip(" |").endswith("n/a")
+
+
+def test_report_cli_rebuilds_from_run_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs)
+    write_json(tmp_path / "cv_summary.json", summary)
+    write_csv(tmp_path / "oof_predictions.csv", ["path", "fold", "true_class", "predicted_class"]
+              + [f"prob_{n}" for n in CLASS_NAMES],
+              [[f"{i}.png", 1, CLASS_NAMES[t], CLASS_NAMES[p.argmax()], *p] for i, (t, p) in enumerate(zip(y, probs))])
+    for fold, history in fake_histories().items():
+        write_json(tmp_path / f"fold_{fold}" / "history.json", history)
+    assert list(load_histories(tmp_path)) == [1, 2]
+
+    assert report_main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "plots/learning_curves.png" in report and "plots/roc_curves.png" in report
+    assert_png(tmp_path / "plots" / "roc_curves.png")
+
+    assert report_main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "cv_summary.json" in err[-1]

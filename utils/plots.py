@@ -1,0 +1,259 @@
+"""Pictures of a run: learning curves, confusion matrix, one-vs-rest ROC curves.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects drawn by the Agg canvas: pyplot and
+its global figure registry are never touched, so nothing leaks between calls or into a notebook,
+and no display is needed. Settings (fonts) apply through :func:`matplotlib.rc_context` for the
+duration of one picture only. Each PNG is written atomically.
+
+Class names may be Chinese. Matplotlib's default font (DejaVu Sans) has no CJK glyphs, so an
+installed CJK font (Noto Sans CJK, WenQuanYi, Droid Sans Fallback, ...) is added as a fallback
+family when a label needs it; without one the labels show empty boxes and one warning says which
+font package to install.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
+
+from utils.io import atomic_write
+from utils.logging_setup import get_logger
+from utils.metrics import macro_roc_auc
+
+log = get_logger(__name__)
+
+# Families that cover Chinese, in order of preference (Linux packages first, then macOS/Windows).
+CJK_FONT_FAMILIES = (
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans SC", "Source Han Sans SC",
+    "Source Han Sans CN", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback",
+    "AR PL UMing CN", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS",
+)
+# File-name fragments (lower case, no '-' or '_') of the font files of those families.
+CJK_FONT_FILE_HINTS = ("notosanscjk", "notoserifcjk", "notosanssc", "sourcehansans", "wqy", "droidsansfallback",
+                       "uming", "ukai", "simhei", "msyh", "pingfang", "arialuni")
+BASE_FONT = "DejaVu Sans"  # matplotlib's bundled default: always present
+DPI = 120
+# Beyond this many classes the confusion-matrix cells are too small to print numbers in.
+MAX_ANNOTATED_CLASSES = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Fonts
+# ---------------------------------------------------------------------------------------------
+def needs_cjk(texts: Iterable[str]) -> bool:
+    """Whether any text holds a character from the CJK blocks (DejaVu Sans has none of them)."""
+    return any(_is_cjk(ch) for text in texts for ch in text)
+
+
+def _is_cjk(ch: str) -> bool:
+    code = ord(ch)
+    return (0x2E80 <= code <= 0x9FFF      # radicals, punctuation, kana, CJK unified ideographs
+            or 0xAC00 <= code <= 0xD7AF   # Hangul syllables
+            or 0xF900 <= code <= 0xFAFF   # compatibility ideographs
+            or 0xFF00 <= code <= 0xFFEF   # full-width forms
+            or 0x20000 <= code <= 0x3FFFF)  # extension ideographs
+
+
+def find_cjk_font() -> str | None:
+    """The first family of :data:`CJK_FONT_FAMILIES` that matplotlib can use, or None.
+
+    matplotlib's font list is a cache built when it first ran: a CJK font installed later is
+    not in it. Such fonts are looked for on disk by file name and registered.
+    """
+    family = _known_cjk_family()
+    if family is None and _register_cjk_font_files():
+        family = _known_cjk_family()
+    return family
+
+
+def _known_cjk_family() -> str | None:
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    return next((family for family in CJK_FONT_FAMILIES if family in installed), None)
+
+
+@functools.cache
+def _register_cjk_font_files() -> bool:
+    # Cached: the installed fonts do not change during a run, and scanning takes a while.
+    found = False
+    for path in font_manager.findSystemFonts():
+        name = Path(path).name.lower().replace("-", "").replace("_", "")
+        if any(hint in name for hint in CJK_FONT_FILE_HINTS):
+            with contextlib.suppress(Exception):  # an unreadable font file is just not used
+                font_manager.fontManager.addfont(path)
+                found = True
+    return found
+
+
+def font_settings(texts: Iterable[str]) -> dict[str, Any]:
+    """rcParams for a picture whose labels are ``texts``: a CJK fallback font when they need one.
+
+    matplotlib (3.6+) falls back glyph by glyph along the ``font.family`` list, so Latin text
+    keeps the default font and only the CJK characters come from the CJK font.
+    """
+    if not needs_cjk(texts):
+        return {"font.family": [BASE_FONT]}
+    family = find_cjk_font()
+    if family is None:
+        _warn_no_cjk_font()
+        return {"font.family": [BASE_FONT]}
+    return {"font.family": [BASE_FONT, family]}
+
+
+@functools.cache
+def _warn_no_cjk_font() -> None:
+    # Cached so a run that draws several pictures says it once, not once per picture.
+    log.warning("No CJK font found: Chinese class names in the plots show as boxes; install one "
+                "(Debian/Ubuntu: apt-get install fonts-noto-cjk)")
+
+
+@contextlib.contextmanager
+def _picture(texts: Iterable[str]) -> Iterator[None]:
+    """Fonts for this picture only; missing-glyph warnings are silenced (warned once above)."""
+    with matplotlib.rc_context(font_settings(texts)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+        warnings.filterwarnings("ignore", message=r".*Font family .* not found")
+        yield
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, out_path: str | os.PathLike) -> Path:
+    """Render ``figure`` to ``out_path`` atomically (a crash leaves no half-written PNG)."""
+    out_path = Path(out_path)
+    with atomic_write(out_path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning curves
+# ---------------------------------------------------------------------------------------------
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the rows that hold a finite ``key`` (the zero-shot epoch 0 has no train_loss)."""
+    epochs, values = [], []
+    for row in history:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
+            epochs.append(row["epoch"])
+            values.append(float(value))
+    return epochs, values
+
+
+def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], monitor: str,
+                         out_path: str | os.PathLike) -> Path:
+    """Per fold: training and validation loss (left) and the monitored metric (right) by epoch.
+
+    ``histories`` maps a fold number to its ``history.json`` rows. Keys missing from a row, or
+    NaN, are left out of that curve, so an epoch-0 (zero-shot) row shows on the validation
+    curves only.
+    """
+    with _picture([]):
+        figure = _new_figure(11, 4.2)
+        loss_ax, metric_ax = figure.subplots(1, 2)
+        colors = matplotlib.colormaps["tab10"]
+        for i, (fold, history) in enumerate(sorted(histories.items())):
+            color = colors(i % 10)
+            for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
+                epochs, values = _series(history, key)
+                if epochs:
+                    loss_ax.plot(epochs, values, style, color=color, marker=".",
+                                 label=f"fold {fold} {label}")
+            epochs, values = _series(history, monitor)
+            if epochs:
+                metric_ax.plot(epochs, values, "-", color=color, marker=".", label=f"fold {fold}")
+                best = int(np.argmax(values))
+                metric_ax.plot(epochs[best], values[best], "*", color=color, markersize=12)
+        loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
+        metric_ax.set(title=f"Validation {monitor} (★ best)", xlabel="epoch", ylabel=monitor)
+        for ax in (loss_ax, metric_ax):
+            ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+        return save_png(figure, out_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Confusion matrix
+# ---------------------------------------------------------------------------------------------
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the recall of each true class on the diagonal); empty rows stay 0."""
+    sums = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, sums, out=np.zeros(matrix.shape, dtype=np.float64), where=sums > 0)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
+                          out_path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
+    """Counts (left) and row-normalised fractions (right); rows are true classes, columns predictions."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {counts.shape} does not match {n} class names")
+    fractions = row_normalise(counts)
+    side = max(4.0, 0.55 * n + 2.5)
+    with _picture(class_names):
+        figure = _new_figure(2 * side + 1, side)
+        figure.suptitle(title)
+        for ax, values, subtitle, fmt, vmax in (
+                (figure.add_subplot(1, 2, 1), counts, "counts", "d", max(int(counts.max()), 1)),
+                (figure.add_subplot(1, 2, 2), fractions, "fraction of each true class", ".2f", 1.0)):
+            image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+            figure.colorbar(image, ax=ax, shrink=0.8)
+            ax.set(title=subtitle, xlabel="predicted class", ylabel="true class",
+                   xticks=range(n), yticks=range(n))
+            ax.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor")
+            ax.set_yticklabels(class_names)
+            if n <= MAX_ANNOTATED_CLASSES:
+                for (row, col), value in np.ndenumerate(values):
+                    ax.text(col, row, format(value, fmt), ha="center", va="center", fontsize="small",
+                            color="white" if value > 0.6 * vmax else "black")
+        return save_png(figure, out_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC curves
+# ---------------------------------------------------------------------------------------------
+def plot_roc_curves(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                    out_path: str | os.PathLike, title: str = "One-vs-rest ROC curves") -> Path:
+    """One ROC curve per class (that class against all others), its AUC in the legend.
+
+    A class without both positives and negatives has no ROC curve; the legend says so.
+    The title carries the macro AUC as ``cv_summary.json`` computes it.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
+        raise ValueError(f"expected {len(y_true)} x {len(class_names)} probabilities, got {probs.shape}")
+    with _picture(class_names):
+        figure = _new_figure(6.5, 5.5)
+        ax = figure.add_subplot()
+        colors = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20"]
+        for k, name in enumerate(class_names):
+            positives = y_true == k
+            if positives.all() or not positives.any():
+                ax.plot([], [], color="grey", label=f"{name} (not defined: one-sided)")
+                continue
+            fpr, tpr, _ = roc_curve(positives, probs[:, k])
+            ax.plot(fpr, tpr, color=colors(k % colors.N), label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+        macro = macro_roc_auc(y_true, probs)
+        ax.set(title=f"{title}\nmacro AUC {macro:.3f}", xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+        return save_png(figure, out_path)
