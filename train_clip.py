@@ -44,6 +44,7 @@ from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, s
                       write_json)
 from utils.logging_setup import setup_logging
 from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
+from utils.report import report_from_run_dir
 from utils.seeding import seed_everything, seed_worker
 
 log = logging.getLogger("train_clip")
@@ -291,7 +292,7 @@ def is_better(value: float, best: float) -> bool:
 
 
 def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict[str, float],
-                 val_loader: DataLoader, started: float, training: dict[str, Any]) -> None:
+                 val_loader: DataLoader, started: float, training: dict[str, Any], writer: Any = None) -> None:
     """Validate, update history and best-so-far, write history and checkpoints, log one line."""
     cfg = run.cfg
     fold_dir = run.output_dir / f"fold_{fold.number}"
@@ -301,7 +302,8 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
            **scalar_metrics(metrics)}
     state.history.append(row)
     state.epoch = epoch
-    improved = is_better(metrics[cfg.monitor], state.best_value)
+    # The first evaluation is the best so far even when the metric is undefined (NaN) there.
+    improved = state.best_epoch < 0 or is_better(metrics[cfg.monitor], state.best_value)
     if improved:
         state.best_value, state.best_epoch, state.best_metrics = metrics[cfg.monitor], epoch, metrics
         state.best_probs = probs[np.argsort(indices)].tolist()  # fold.val_idx is sorted too
@@ -309,6 +311,11 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
     else:
         state.epochs_since_best += 1
     write_json(fold_dir / "history.json", state.history)
+    if writer is not None:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, epoch)
+        writer.flush()
     if improved and cfg.save_best:
         save_checkpoint(fold_dir / "checkpoint_best.pth", checkpoint_state(run, fold, epoch, scalar_metrics(metrics)))
     rng = capture_rng(training.pop("sampler_generator"))
@@ -319,6 +326,15 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
              fold.number, epoch, cfg.epochs, f"{stats['train_loss']:.4f}" if stats else "   -  ",
              f"{stats['lr']:.2e}" if stats else "   -   ", metrics["accuracy"], metrics["balanced_accuracy"],
              metrics["macro_f1"], row["seconds"], "  *best*" if improved else "")
+
+
+def tensorboard_writer(run: Run, fold: Fold) -> Any:
+    """A TensorBoard writer for the fold with --tensorboard (the package was checked in prepare_run)."""
+    if not run.cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run.output_dir / "tensorboard" / f"fold_{fold.number}"))
 
 
 def fold_result_path(run: Run, fold: Fold) -> Path:
@@ -348,6 +364,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(device.type, enabled=run.amp_dtype == torch.float16)
     state = FoldState()
+    writer = tensorboard_writer(run, fold)
 
     def training_state() -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -367,7 +384,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         log.info("Fold %d/%d: %d training, %d validation images, %d steps per epoch; epoch 0 is the "
                  "zero-shot baseline (no training)", fold.number, len(run.folds), len(fold.train_idx),
                  len(fold.val_idx), steps_per_epoch)
-        record_epoch(run, fold, state, 0, {}, val_loader, time.perf_counter(), training_state())
+        record_epoch(run, fold, state, 0, {}, val_loader, time.perf_counter(), training_state(), writer)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.patience and state.epochs_since_best >= cfg.patience:
@@ -382,7 +399,9 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
                                     description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
         except torch.OutOfMemoryError:
             raise out_of_memory_error(run, model) from None
-        record_epoch(run, fold, state, epoch, stats, val_loader, started, training_state())
+        record_epoch(run, fold, state, epoch, stats, val_loader, started, training_state(), writer)
+    if writer is not None:
+        writer.close()
     write_json(fold_result_path(run, fold), {"fold": fold.number, "best_epoch": state.best_epoch,
                                              "metrics": state.best_metrics, "val_probs": state.best_probs})
     log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, state.best_epoch, cfg.monitor, state.best_value)
@@ -636,11 +655,21 @@ def run_training(run: Run) -> dict[str, Any]:
     results = [run_fold(run, fold) for fold in run.folds]
     summary = summarise(run, results, time.perf_counter() - started)
     if run.test_idx:
-        summary["test"] = scalar_metrics(evaluate_test_ensemble(run, results))
+        summary["test"] = evaluate_test_ensemble(run, results)
     write_json(run.output_dir / "cv_summary.json", summary)
     log.info("Cross-validation summary (%s):\n%s", run.output_dir / "cv_summary.json",
              format_summary_table(summary))
+    write_report_files(run.output_dir)
     return summary
+
+
+def write_report_files(output_dir: Path) -> None:
+    """Plots and report.md; a failure here is reported but does not undo the finished results."""
+    try:
+        log.info("Report: %s", report_from_run_dir(output_dir))
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.warning("Could not write the plots and report.md (results are complete; retry with "
+                    "'python -m utils.report %s'): %s", output_dir, exc)
 
 
 def default_log_file(cfg: TrainConfig) -> Path:
