@@ -165,8 +165,11 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
 
 
-def coerce_value(name: str, value: Any, source: str) -> Any:
-    """Check a JSON value against the field's type (ints accepted as floats, nothing else converted)."""
+def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
+    """Check a JSON value against the field's type (ints accepted as floats, nothing else converted).
+
+    ``key`` is the JSON key as written (an alias such as ``use_amp``), named in the error.
+    """
     tp = _field_types()[name]
     optional = type(None) in typing.get_args(tp)
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
@@ -177,7 +180,7 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
           else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
           else isinstance(value, str))
     if not ok:
-        raise ConfigError(f"{source}: '{name}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{source}: '{key or name}' must be {_type_name(tp)}, got {value!r}")
     return float(value) if base is float else value
 
 
@@ -245,9 +248,9 @@ def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
         if key in names:
             out[key] = coerce_value(key, value, source)
         elif key in KEY_ALIASES:
-            out[KEY_ALIASES[key]] = coerce_value(KEY_ALIASES[key], value, source)
+            out[KEY_ALIASES[key]] = coerce_value(KEY_ALIASES[key], value, source, key)
         elif key in NEGATED_KEYS:
-            out[NEGATED_KEYS[key]] = not coerce_value(NEGATED_KEYS[key], value, source)
+            out[NEGATED_KEYS[key]] = not coerce_value(NEGATED_KEYS[key], value, source, key)
         else:
             valid = names + list(KEY_ALIASES) + list(NEGATED_KEYS)
             raise ConfigError(f"{source}: unknown key '{key}'{suggest(key, valid)}")
