@@ -184,13 +184,25 @@ def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> 
     return float(value) if base is float else value
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line :class:`ConfigError`\ s instead of usage text and an exit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            unknown = next((word for word in message.split()[2:] if word.startswith("--")), None)
+            if unknown is not None:
+                hint = suggest(unknown.split("=", 1)[0], list(self._option_string_actions))
+        raise ConfigError(f"{message}{hint}; see --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, generated from :class:`TrainConfig` so flags and config keys cannot drift apart.
 
     Defaults are suppressed in the namespace so that only flags the user typed override the
     JSON config; help texts show the real defaults.
     """
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="train_clip.py",
         description="Fine-tune a CLIP-style image-text model to classify images in one folder per "
                     "class, with K-fold cross-validation.",
@@ -214,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(_flag(f), dest=f.name, action=action, help=help_text)
             continue
         default = "" if f.default is None else f" (default: {f.default})"
-        group.add_argument(_flag(f), dest=f.name, type=base, choices=f.metadata["choices"],
-                           metavar=None if f.metadata["choices"] else f.name.upper(),
+        # Choices are checked in validate(), which suggests the closest one (argparse does not).
+        choices = f.metadata["choices"]
+        group.add_argument(_flag(f), dest=f.name, type=base,
+                           metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
                            help=help_text + default)
     return parser
 
