@@ -327,13 +327,14 @@ def plan_folds(cfg: TrainConfig, images: ImageFolder) -> list[Fold]:
         check_class_sizes(images.labels, images.class_names, cfg.n_splits)
         folds = make_folds(images.labels, cfg.n_splits, cfg.random_state)
     else:
-        log.info("Cross-validation is off (--use-cv not given): one stratified split with %.0f%% for "
-                 "validation", 100 * cfg.val_fraction)
         folds = make_holdout_split(images.labels, images.class_names, cfg.val_fraction, cfg.random_state)
     smallest = min(len(f.train_idx) for f in folds)
     if cfg.batch_size > smallest:
         raise DataError(f"--batch-size {cfg.batch_size} is larger than the smallest training fold "
                         f"({smallest} images); lower --batch-size")
+    if not cfg.use_cv:
+        log.info("Cross-validation is off (--use-cv not given): one stratified split with %.0f%% for "
+                 "validation", 100 * cfg.val_fraction)
     return folds
 
 
@@ -343,10 +344,10 @@ def prepare_run(cfg: TrainConfig) -> Run:
     resolve_text_encoder(cfg.text_encoder)
     images = scan_image_folder(cfg.data_dir)
     class_texts = load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
-    if cfg.use_cv:
-        check_class_sizes(images.labels, images.class_names, cfg.n_splits)
     output_dir = cfg.resolved_output_dir()
     check_output_dir(output_dir, cfg.overwrite)
+    # Planned now so that a class too small to split fails before the model is built.
+    folds = plan_folds(cfg, images)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
     device, amp_dtype = select_device(cfg)
@@ -357,8 +358,9 @@ def prepare_run(cfg: TrainConfig) -> Run:
     model.to(device)
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    cache, labels, images = decode_images(cfg, images)
-    folds = plan_folds(cfg, images)
+    cache, labels, decoded = decode_images(cfg, images)
+    if decoded is not images:  # unreadable images were dropped: split what is left
+        images, folds = decoded, plan_folds(cfg, decoded)
     return Run(cfg, output_dir, device, amp_dtype, images, cache, labels, class_texts, folds, model,
                initial_state)
 
