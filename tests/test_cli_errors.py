@@ -132,6 +132,16 @@ def test_batch_larger_than_the_training_fold(tmp_path, out, capsys, tiny_text_en
     assert_refused(code, err, out, "--batch-size 64")
 
 
+def test_log_file_inside_the_output_dir_is_not_taken_for_results(tmp_path, out, capsys, tiny_text_encoder,
+                                                                   image_tree):
+    args = base_args(image_tree, out, tmp_path, tiny_text_encoder) + ["--use-cv", "--n-splits", "2"]
+    args[args.index("--log-file") + 1] = out / "train.log"
+    args[args.index("--batch-size") + 1] = "64"  # fails after the output-dir check
+    code, err = run_main(args, capsys)
+    assert code != 0 and "--batch-size 64" in err and "already holds results" not in err
+    assert [p.name for p in out.iterdir()] == ["train.log"]
+
+
 def test_existing_results_are_not_overwritten(tmp_path, out, capsys, tiny_text_encoder, image_tree):
     out.mkdir()
     (out / "cv_summary.json").write_text("{}", encoding="utf-8")

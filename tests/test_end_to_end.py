@@ -21,12 +21,13 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 EPOCHS = 2
 
 
-def train(root: Path, text_encoder: Path, *extra: str) -> tuple[Path, list[str]]:
+def train(root: Path, text_encoder: Path, *extra: str, log_file: Path | None = None) -> tuple[Path, list[str]]:
     data = root / "data"
     if not data.exists():
         make_image_tree(data, CLASSES)
     out = root / "out"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(root / "logs" / "run.log"),
+    log_file = log_file or root / "logs" / "run.log"
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(log_file),
             "--image-encoder", "resnet18", "--text-encoder", f"hf:{text_encoder}", "--img-size", "32",
             "--epochs", str(EPOCHS), "--batch-size", "4", "--num-workers", "0", "--augmentation", "minimal",
             "--embed-dim", "16", "--learning-rate", "1e-3", "--text-template", "an image of {class_name}", *extra]
@@ -53,7 +54,8 @@ def cv_run(tmp_path_factory, tiny_text_encoder):
 @pytest.fixture(scope="module")
 def holdout_run(tmp_path_factory, tiny_text_encoder):
     root = tmp_path_factory.mktemp("holdout")
-    out, argv = train(root, tiny_text_encoder)
+    # The log inside the run folder, as users like it: it must not count as earlier results.
+    out, argv = train(root, tiny_text_encoder, log_file=root / "out" / "logs" / "run.log")
     return root, out, argv
 
 
@@ -205,6 +207,15 @@ def test_run_without_cv_is_one_holdout_split(holdout_run):
     for name in ("checkpoint_best.pth", "checkpoint_latest.pth", "history.json"):
         assert (out / "fold_1" / name).is_file()
     assert not (out / "fold_2").exists()
-    assert "Cross-validation is off" in (root / "logs" / "run.log").read_text(encoding="utf-8")
+    assert "Cross-validation is off" in (out / "logs" / "run.log").read_text(encoding="utf-8")
     metrics, _ = evaluate_checkpoint(out / "fold_1" / "checkpoint_best.pth", root / "data", val)
     assert metrics["accuracy"] == summary["folds"][0]["metrics"]["accuracy"]
+
+
+def test_overwrite_clears_old_results_but_keeps_the_running_log(tmp_path):
+    out = tmp_path / "out"
+    for old in ("cv_summary.json", "fold_1/history.json", "logs/old.log", "logs/run.log"):
+        (out / old).parent.mkdir(parents=True, exist_ok=True)
+        (out / old).write_text("old", encoding="utf-8")
+    train_clip.clear_output_dir(out, keep=out / "logs" / "run.log")
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == ["logs/run.log"]
