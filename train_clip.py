@@ -293,19 +293,31 @@ def select_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, amp_dtype
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one; decided before anything is written."""
+def check_output_dir(output_dir: Path, overwrite: bool, log_file: Path | None = None) -> None:
+    """Refuse to mix a new run into an old one; decided before anything is written.
+
+    ``log_file`` may lie inside ``output_dir``: main has already opened it, so it is no result.
+    """
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"--output-dir {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--output-dir {output_dir} already holds results; choose another folder or "
-                              "pass --overwrite to replace them")
+    own_log = log_file.resolve() if log_file is not None else None
+    if output_dir.is_dir() and not overwrite and any(
+            not p.is_dir() and p.resolve() != own_log for p in output_dir.rglob("*")):
+        raise ConfigError(f"--output-dir {output_dir} already holds results; choose another folder or "
+                          "pass --overwrite to replace them")
 
 
-def clear_output_dir(output_dir: Path) -> None:
+def clear_output_dir(output_dir: Path, keep: Path | None = None) -> None:
+    """Delete everything in ``output_dir`` except the file ``keep`` (the log this run is writing)."""
+    keep = keep.resolve() if keep is not None else None
     for child in output_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        real_dir = child.is_dir() and not child.is_symlink()
+        if keep is not None and child.resolve() == keep:
+            continue
+        if keep is not None and real_dir and child.resolve() in keep.parents:
+            clear_output_dir(child, keep)
+            continue
+        shutil.rmtree(child) if real_dir else child.unlink()
 
 
 def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, list[int], ImageFolder]:
@@ -345,7 +357,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
     images = scan_image_folder(cfg.data_dir)
     class_texts = load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
     output_dir = cfg.resolved_output_dir()
-    check_output_dir(output_dir, cfg.overwrite)
+    check_output_dir(output_dir, cfg.overwrite, Path(cfg.log_file) if cfg.log_file else None)
     # Planned now so that a class too small to split fails before the model is built.
     folds = plan_folds(cfg, images)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
@@ -371,7 +383,8 @@ def relative_path(path: Path, root: Path) -> str:
 
 def write_run_files(run: Run) -> None:
     if run.output_dir.is_dir():
-        clear_output_dir(run.output_dir)  # only reached with --overwrite (checked in prepare_run)
+        # Only reached with --overwrite (checked in prepare_run).
+        clear_output_dir(run.output_dir, Path(run.cfg.log_file) if run.cfg.log_file else None)
     write_json(run.output_dir / "config.json", run.cfg.to_dict())
     write_json(run.output_dir / "folds.json", {
         "mode": "cv" if run.cfg.use_cv else "holdout",
