@@ -185,7 +185,7 @@ def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> 
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one-line :class:`ConfigError`\ s instead of usage text and an exit."""
+    """argparse that raises a one-line :class:`ConfigError` instead of printing usage and exiting."""
 
     def error(self, message: str) -> typing.NoReturn:
         hint = ""
