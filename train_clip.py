@@ -440,18 +440,35 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def own_log_file(cfg: TrainConfig) -> Path | None:
+    return Path(cfg.log_file).resolve() if cfg.log_file else None
+
+
 def check_output_dir(cfg: TrainConfig, output_dir: Path) -> None:
-    """Refuse to mix a new run into an old one; decided before anything is written."""
+    """Refuse to mix a new run into an old one; decided before anything is written.
+
+    The run's own log file may lie inside ``output_dir``: main has already opened it, so it is no result.
+    """
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"--output-dir {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (cfg.overwrite or cfg.resume):
+    own_log = own_log_file(cfg)
+    holds_results = output_dir.is_dir() and any(
+        not p.is_dir() and p.resolve() != own_log for p in output_dir.rglob("*"))
+    if holds_results and not (cfg.overwrite or cfg.resume):
         raise ConfigError(f"--output-dir {output_dir} already holds results; continue them with --resume, "
                           "replace them with --overwrite, or choose another folder")
 
 
-def clear_output_dir(output_dir: Path) -> None:
+def clear_output_dir(output_dir: Path, keep: Path | None = None) -> None:
+    """Delete everything in ``output_dir`` except the file ``keep`` (the log this run is writing)."""
     for child in output_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        real_dir = child.is_dir() and not child.is_symlink()
+        if keep is not None and child.resolve() == keep:
+            continue
+        if keep is not None and real_dir and child.resolve() in keep.parents:
+            clear_output_dir(child, keep)
+            continue
+        shutil.rmtree(child) if real_dir else child.unlink()
 
 
 def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, ImageFolder]:
@@ -500,8 +517,6 @@ def plan_folds(cfg: TrainConfig, images: ImageFolder, dev_idx: list[int]) -> lis
         check_class_sizes(dev_labels, images.class_names, cfg.n_splits)
         local = make_folds(dev_labels, cfg.n_splits, cfg.random_state)
     else:
-        log.info("Cross-validation is off (--use-cv not given): one stratified split with %.0f%% for "
-                 "validation", 100 * cfg.val_fraction)
         local = make_holdout_split(dev_labels, images.class_names, cfg.val_fraction, cfg.random_state)
     folds = [Fold(f.number, [dev_idx[i] for i in f.train_idx], [dev_idx[i] for i in f.val_idx]) for f in local]
     smallest = min(len(f.train_idx) for f in folds)
@@ -543,10 +558,14 @@ def prepare_run(cfg: TrainConfig) -> Run:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
     images = scan_image_folder(cfg.data_dir)
     class_texts = load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
-    if cfg.use_cv:
-        check_class_sizes(images.labels, images.class_names, cfg.n_splits)
     output_dir = cfg.resolved_output_dir()
     check_output_dir(cfg, output_dir)
+    # Planned now so that a class too small to split fails before the model is built.
+    dev_idx, test_idx = split_off_test(cfg, images)
+    folds = plan_folds(cfg, images, dev_idx)
+    if not cfg.use_cv:
+        log.info("Cross-validation is off (--use-cv not given): one stratified split with %.0f%% for "
+                 "validation", 100 * cfg.val_fraction)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
     device, amp_dtype = select_device(cfg)
@@ -558,9 +577,11 @@ def prepare_run(cfg: TrainConfig) -> Run:
     model.to(device)
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    cache, images = decode_images(cfg, images)
-    dev_idx, test_idx = split_off_test(cfg, images)
-    folds = plan_folds(cfg, images, dev_idx)
+    cache, decoded = decode_images(cfg, images)
+    if decoded is not images:  # unreadable images were dropped: split what is left
+        images = decoded
+        dev_idx, test_idx = split_off_test(cfg, images)
+        folds = plan_folds(cfg, images, dev_idx)
     run = Run(cfg, output_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state)
     if cfg.resume and (output_dir / "folds.json").is_file():
         check_resumable(run)
@@ -569,7 +590,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
 
 def write_run_files(run: Run) -> None:
     if run.cfg.overwrite and run.output_dir.is_dir():
-        clear_output_dir(run.output_dir)
+        clear_output_dir(run.output_dir, own_log_file(run.cfg))
     write_json(run.output_dir / "config.json", run.cfg.to_dict())
     write_json(run.output_dir / "folds.json", folds_document(run.cfg, run.images, run.folds, run.test_idx))
 

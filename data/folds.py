@@ -20,10 +20,15 @@ class Fold:
     val_idx: list[int]
 
 
+def _small_classes(labels: Sequence[int], class_names: Sequence[str], minimum: int) -> list[str]:
+    """``name (count)`` of each class with fewer than ``minimum`` images."""
+    counts = Counter(labels)
+    return [f"{class_names[k]} ({counts[k]})" for k in range(len(class_names)) if counts[k] < minimum]
+
+
 def check_class_sizes(labels: Sequence[int], class_names: Sequence[str], n_splits: int) -> None:
     """Every class needs at least one image per fold, or stratification is impossible."""
-    counts = Counter(labels)
-    small = [f"{class_names[k]} ({counts[k]})" for k in range(len(class_names)) if counts[k] < n_splits]
+    small = _small_classes(labels, class_names, n_splits)
     if small:
         raise DataError(f"--n-splits {n_splits}: class(es) with fewer images than folds: {', '.join(small)}; "
                         "add images or lower --n-splits")
@@ -46,6 +51,9 @@ def make_holdout_split(labels: Sequence[int], class_names: Sequence[str], val_fr
     if n_val < n_classes or len(y) - n_val < n_classes:
         raise DataError(f"--val-fraction {val_fraction}: {len(y)} images cannot give every one of the "
                         f"{n_classes} classes an image on both sides of the split")
-    check_class_sizes(labels, class_names, 2)
+    small = _small_classes(labels, class_names, 2)
+    if small:
+        raise DataError(f"class(es) with fewer than 2 images cannot appear on both sides of the "
+                        f"train/validation split: {', '.join(small)}; add images")
     train, val = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=random_state)
     return [Fold(number=1, train_idx=sorted(train.tolist()), val_idx=sorted(val.tolist()))]

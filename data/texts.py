@@ -34,7 +34,10 @@ def load_class_texts(class_names: Sequence[str], texts_file: str | Path | None,
     from_file: dict[str, list[str]] = {}
     if texts_file is not None:
         path = Path(texts_file)
-        data = read_json(path, "--class-texts-file")
+        try:
+            data = read_json(path, "--class-texts-file")
+        except ValueError as exc:  # not found, not UTF-8, not JSON: the message names the file
+            raise DataError(str(exc)) from exc
         if not isinstance(data, dict):
             raise DataError(f"--class-texts-file {path} must hold a JSON object mapping class names to texts")
         from_file = {name: _as_text_list(value, name, path) for name, value in data.items()}

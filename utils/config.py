@@ -179,8 +179,11 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
 
 
-def coerce_value(name: str, value: Any, source: str) -> Any:
-    """Check a JSON value against the field's type (ints accepted as floats, nothing else converted)."""
+def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
+    """Check a JSON value against the field's type (ints accepted as floats, nothing else converted).
+
+    ``key`` is the JSON key as written (an alias such as ``use_amp``), named in the error.
+    """
     tp = _field_types()[name]
     optional = type(None) in typing.get_args(tp)
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
@@ -191,8 +194,20 @@ def coerce_value(name: str, value: Any, source: str) -> Any:
           else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
           else isinstance(value, str))
     if not ok:
-        raise ConfigError(f"{source}: '{name}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{source}: '{key or name}' must be {_type_name(tp)}, got {value!r}")
     return float(value) if base is float else value
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises a one-line :class:`ConfigError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            unknown = next((word for word in message.split()[2:] if word.startswith("--")), None)
+            if unknown is not None:
+                hint = suggest(unknown.split("=", 1)[0], list(self._option_string_actions))
+        raise ConfigError(f"{message}{hint}; see --help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     Defaults are suppressed in the namespace so that only flags the user typed override the
     JSON config; help texts show the real defaults.
     """
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="train_clip.py",
         description="Fine-tune a CLIP-style image-text model to classify images in one folder per "
                     "class, with K-fold cross-validation.",
@@ -225,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(_flag(f), dest=f.name, action=action, help=help_text)
             continue
         default = "" if f.default is None else f" (default: {f.default})"
-        group.add_argument(_flag(f), dest=f.name, type=base, choices=f.metadata["choices"],
-                           metavar=None if f.metadata["choices"] else f.name.upper(),
+        # Choices are checked in validate(), which suggests the closest one (argparse does not).
+        choices = f.metadata["choices"]
+        group.add_argument(_flag(f), dest=f.name, type=base,
+                           metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
                            help=help_text + default)
     return parser
 
@@ -259,9 +276,9 @@ def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
         if key in names:
             out[key] = coerce_value(key, value, source)
         elif key in KEY_ALIASES:
-            out[KEY_ALIASES[key]] = coerce_value(KEY_ALIASES[key], value, source)
+            out[KEY_ALIASES[key]] = coerce_value(KEY_ALIASES[key], value, source, key)
         elif key in NEGATED_KEYS:
-            out[NEGATED_KEYS[key]] = not coerce_value(NEGATED_KEYS[key], value, source)
+            out[NEGATED_KEYS[key]] = not coerce_value(NEGATED_KEYS[key], value, source, key)
         else:
             valid = names + list(KEY_ALIASES) + list(NEGATED_KEYS)
             raise ConfigError(f"{source}: unknown key '{key}'{suggest(key, valid)}")
