@@ -109,7 +109,7 @@ def test_cv_summary_has_the_design_shape(cv_run):
     assert summary["monitor"] == "balanced_accuracy" and summary["class_names"] == sorted(CLASSES)
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
     for fold in summary["folds"]:
-        assert 1 <= fold["best_epoch"] <= EPOCHS
+        assert 0 <= fold["best_epoch"] <= EPOCHS  # 0: the zero-shot baseline before training
         for key in SUMMARY_METRICS:
             assert key in fold["metrics"]
     for key in SUMMARY_METRICS:
@@ -124,10 +124,13 @@ def test_history_has_one_row_per_epoch(cv_run):
     _, out, _ = cv_run
     for fold in (1, 2):
         history = read(out / f"fold_{fold}" / "history.json")
-        assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
+        assert [row["epoch"] for row in history] == list(range(0, EPOCHS + 1))
+        assert "train_loss" not in history[0]  # epoch 0 is the zero-shot evaluation, no training
         for row in history:
-            assert {"train_loss", "lr", "seconds", *SUMMARY_METRICS} <= set(row)
-            assert np.isfinite(row["train_loss"]) and 0 <= row["accuracy"] <= 1
+            assert {"seconds", "val_loss", *SUMMARY_METRICS} <= set(row)
+            assert 0 <= row["accuracy"] <= 1
+        for row in history[1:]:
+            assert {"train_loss", "lr"} <= set(row) and np.isfinite(row["train_loss"])
 
 
 def test_oof_predictions_list_every_image_once(cv_run):
@@ -149,9 +152,9 @@ def test_latest_checkpoint_holds_the_training_state(cv_run):
     _, out, _ = cv_run
     latest = torch.load(out / "fold_1" / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
     assert latest["epoch"] == EPOCHS and latest["fold"] == 1
-    assert {"model", "optimizer", "scheduler", "scaler", "history", "config", "class_names",
+    assert {"model", "optimizer", "scheduler", "scaler", "fold_state", "rng", "config", "class_names",
             "class_texts"} <= set(latest)
-    assert len(latest["history"]) == EPOCHS
+    assert len(latest["fold_state"]["history"]) == EPOCHS + 1
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path, val_paths: list[str]) -> tuple[dict, np.ndarray]:
@@ -162,9 +165,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, val_paths: list[str]) -> t
                              load_pretrained=False)
     model.load_state_dict(ckpt["model"])
     labels = [ckpt["class_names"].index(path.split("/")[0]) for path in val_paths]
-    cache, failures = build_image_cache([data / path for path in val_paths], config["img_size"], 64, threads=1)
-    assert not failures
-    dataset = CachedImageDataset(cache, range(len(val_paths)), labels, None, ToModelInput())
+    decoded = build_image_cache([data / path for path in val_paths], config["img_size"], 64, threads=1)
+    assert not decoded.failures
+    dataset = CachedImageDataset(decoded.cache, range(len(val_paths)), labels, None, ToModelInput())
     loader = DataLoader(dataset, batch_size=config["batch_size"] * 2, shuffle=False)
     probs, y_true, _, _ = train_clip.evaluate(model, loader, torch.device("cpu"), None)
     return classification_metrics(y_true, probs), probs
@@ -183,7 +186,7 @@ def test_best_checkpoint_reproduces_the_logged_validation_accuracy(cv_run, fold)
 
     metrics, probs = evaluate_checkpoint(checkpoint, root / "data", val_paths)
 
-    logged = history[best_epoch - 1]
+    logged = history[best_epoch]  # history starts at epoch 0
     assert metrics["accuracy"] == logged["accuracy"] == summary["folds"][fold - 1]["metrics"]["accuracy"]
     assert metrics["balanced_accuracy"] == logged["balanced_accuracy"]
     # The out-of-fold probabilities of this fold are the best epoch's, to the CSV's 6 decimals.
