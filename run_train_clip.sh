@@ -532,6 +532,8 @@ start_job() {
     set -m
     (
         if [[ "$DEVICE_MODE" == forced-cpu ]]; then export CUDA_VISIBLE_DEVICES=""; fi
+        # The console is a file: no progress bars (the trainer's own hide themselves already).
+        export HF_HUB_DISABLE_PROGRESS_BARS=1
         status=0
         "$PYTHON" "${CMD[@]}" </dev/null >"$console" 2>&1 || status=$?
         printf '%s\n' "$status" >"$WORK_DIR/status.$slot"
@@ -567,11 +569,17 @@ describe_status() {
     fi
 }
 
-# A job that ends before the trainer's logging starts (a bad flag, a crash on import) has only its
-# console output: that becomes the log, so the log named in messages always exists.
-keep_console_if_no_log() {
+# The console output of a job repeats its log; it is kept only when it holds more (a traceback,
+# Python warnings). A job that ended before the trainer's logging began (a bad flag, a crash on
+# import) has only its console output: that becomes the log, so the log named always exists.
+tidy_console() {
     local log=$1 console="${1%.log}.console"
-    [[ -s "$log" || ! -f "$console" ]] || mv -- "$console" "$log"
+    [[ -f "$console" ]] || return 0
+    if [[ ! -s "$log" ]]; then
+        mv -- "$console" "$log"
+    elif ! grep -qvxFf "$log" -- "$console"; then
+        rm -f -- "$console"
+    fi
 }
 
 finish_job() {
@@ -580,15 +588,14 @@ finish_job() {
     console="${log%.log}.console"
     elapsed="$(format_duration $((SECONDS - SLOT_STARTED[slot])))"
     SLOT_JOB[slot]=-1
+    tidy_console "$log"
     if ((status == 0)); then
         DONE+=("$i")
-        rm -f -- "$console" # it repeats the log; kept only when a job fails (tracebacks land there)
         event "done   ${JOB_NAME[i]} on $(slot_tag "$slot") after $elapsed"
         return 0
     fi
     FAILED+=("$i")
     JOB_STATUS[i]=$status
-    keep_console_if_no_log "$log"
     event "FAILED ${JOB_NAME[i]} on $(slot_tag "$slot") after $elapsed ($(describe_status "$status")): $(failure_reason "$log" "$console")"
     note "       log: $log"
     [[ ! -f "$console" ]] || note "       console output: $console"
@@ -655,9 +662,7 @@ on_signal() {
         done
         kill -KILL -- "-${SLOT_PID[slot]}" 2>/dev/null || true
         wait "${SLOT_PID[slot]}" 2>/dev/null || true
-        i="${SLOT_JOB[slot]}"
-        keep_console_if_no_log "${JOB_LOG[i]}"
-        rm -f -- "${JOB_LOG[i]%.log}.console"
+        tidy_console "${JOB_LOG[SLOT_JOB[slot]]}"
     done
     note "Left unfinished:"
     for slot in "${!SLOTS[@]}"; do
