@@ -10,6 +10,11 @@
 # Each setting below may also be given in the environment (which wins); arrays as
 # space-separated words. Full documentation: docs/driver.md
 
+if [ -z "${BASH_VERSION:-}" ]; then
+    echo "error: run this script with bash: bash run_train_clip.sh" >&2
+    exit 2
+fi
+
 # Remember the settings given in the environment before the block below assigns them.
 SETTING_NAMES=(DATA_DIR GPUS BATCH_SIZE EPOCHS LEARNING_RATE USE_CV N_SPLITS IMAGE_ENCODERS
                TEXT_ENCODERS USE_MULTI_CONFIG CONFIG_FILE NUM_WORKERS USE_AMP CLASS_TEXTS_FILE
@@ -185,7 +190,7 @@ split_extra_args() {
     [[ -n "${ENV_VALUE_EXTRA_ARGS+set}" ]] || return 0
     local split='import shlex, sys; sys.stdout.write("".join(w + "\0" for w in shlex.split(sys.argv[1])))'
     local words word
-    words="$("$PYTHON" -c "$split" "$ENV_VALUE_EXTRA_ARGS" | tr '\0' '\1')" \
+    words="$("$PYTHON" -c "$split" "$ENV_VALUE_EXTRA_ARGS" 2>/dev/null | tr '\0' '\1')" \
         || die "EXTRA_ARGS: cannot split '$ENV_VALUE_EXTRA_ARGS' into words (unbalanced quotes?)"
     EXTRA_ARGS=()
     while IFS= read -r -d $'\1' word; do
@@ -334,6 +339,8 @@ def config_jobs(path):
     try:
         with open(path, encoding="utf-8-sig") as handle:
             data = json.load(handle)
+    except OSError as exc:
+        fail(f"cannot read CONFIG_FILE {path}: {exc.strerror}")
     except UnicodeDecodeError:
         fail(f"CONFIG_FILE {path} is not UTF-8 text; save it as UTF-8")
     except json.JSONDecodeError as exc:
@@ -725,8 +732,8 @@ print_summary() {
 
 main() {
     WANT_HELP=false
-    parse_command_line "$@"
     apply_environment
+    parse_command_line "$@"
     if is_true "$WANT_HELP"; then
         usage
         printf '\n'

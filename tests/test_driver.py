@@ -217,6 +217,23 @@ def test_finished_and_interrupted_runs(tmp_path: Path) -> None:
     assert ["--overwrite" in c for c in commands] == [True, True, False]
 
 
+def test_without_cuda_jobs_run_one_at_a_time_on_the_cpu(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "data").mkdir()
+    env = {"DRIVER_FORCE_CPU": "", "GPUS": "0 1", "DATA_DIR": "data", "OUTPUT_ROOT": "runs",
+           "IMAGE_ENCODERS": "resnet18 resnet34", "TEXT_ENCODERS": "clip:ViT-B/32"}
+    result = run_driver(tmp_path, "--dry-run", **env)
+    assert result.returncode == 0, result.stderr
+    assert "on the CPU (CUDA is not available), one at a time" in result.stdout
+    commands = dry_run_commands(result.stdout)
+    assert len(commands) == 2 and all("_cpu_" in flag(c, "--log-file") for c in commands)
+    assert all(flag(c, "--gpu-id") is None for c in commands)
+    assert "CUDA_VISIBLE_DEVICES" not in result.stdout  # a real CPU machine: nothing is hidden
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"EPOCHS": "ten"}, "EPOCHS must be a whole number of at least 1, got 'ten'"),
     ({"GPUS": ""}, "GPUS is empty"),
@@ -233,6 +250,19 @@ def test_bad_settings_stop_before_any_job(tmp_path: Path, settings: dict, messag
     result = run_driver(tmp_path, **{"IMAGE_ENCODERS": "resnet18", **settings})
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / OUTPUT_ROOT).exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"image_encoder": "resnet18"}]', "entry 0 names no text encoder (key 'text_encoder' or 'text_encoder_name')"),
+    ('[{"image_encoder": "resnet18",}]', "is not valid JSON: Expecting property name"),
+    ("[]", "must hold an object or a non-empty list of objects"),
+])
+def test_bad_config_file_stops_before_any_job(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "study.json").write_text(content, encoding="utf-8")
+    result = run_driver(tmp_path, USE_MULTI_CONFIG="true", CONFIG_FILE="study.json")
+    assert result.returncode == 2 and "CONFIG_FILE study.json" in result.stderr and message in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "logs").exists()
 
 
 def test_unknown_option_is_refused(tmp_path: Path) -> None:
