@@ -533,6 +533,7 @@ start_job() {
     console="${log%.log}.console"
     job_command "$i" "$slot" "$log"
     JOB_LOG[i]="$log"
+    SLOT_JOB[slot]=$i
     rm -f "$WORK_DIR/status.$slot"
     # Job control on while forking: the job gets its own process group, so Ctrl-C reaches only
     # this script (which then stops the whole group, data-loader workers included).
@@ -547,7 +548,6 @@ start_job() {
     ) &
     SLOT_PID[slot]=$!
     set +m
-    SLOT_JOB[slot]=$i
     SLOT_STARTED[slot]=$SECONDS
     event "start  ${JOB_NAME[i]} on $(slot_tag "$slot") ($(describe_action "$i"))"
     note "       log: $log"
@@ -654,22 +654,31 @@ run_queue() {
 # what was left unfinished; a rerun goes on from there.
 # shellcheck disable=SC2317  # called by trap
 on_signal() {
-    local name=$1 code=$2 slot waited=0 i
+    local name=$1 code=$2 slot waited=0 i group groups alive
     trap '' INT TERM HUP
     printf '\n'
     event "Interrupted (SIG$name): stopping the running jobs"
-    for slot in "${!SLOTS[@]}"; do
-        ((${SLOT_JOB[slot]:--1} < 0)) || kill -TERM -- "-${SLOT_PID[slot]}" 2>/dev/null || true
+    # Every job's process group, from bash's own job table: it also knows a job forked an
+    # instant before the signal.
+    mapfile -t groups < <(jobs -p)
+    for group in ${groups[@]+"${groups[@]}"}; do
+        kill -TERM -- "-$group" 2>/dev/null || true
     done
-    for slot in "${!SLOTS[@]}"; do
-        ((${SLOT_JOB[slot]:--1} >= 0)) || continue
-        while kill -0 -- "-${SLOT_PID[slot]}" 2>/dev/null && ((waited < STOP_GRACE_SECONDS * 5)); do
-            sleep 0.2
-            waited=$((waited + 1))
+    while ((waited < STOP_GRACE_SECONDS * 5)); do
+        alive=false
+        for group in ${groups[@]+"${groups[@]}"}; do
+            if kill -0 -- "-$group" 2>/dev/null; then alive=true; fi
         done
-        kill -KILL -- "-${SLOT_PID[slot]}" 2>/dev/null || true
-        wait "${SLOT_PID[slot]}" 2>/dev/null || true
-        tidy_console "${JOB_LOG[SLOT_JOB[slot]]}"
+        [[ "$alive" == true ]] || break
+        sleep 0.2
+        waited=$((waited + 1))
+    done
+    for group in ${groups[@]+"${groups[@]}"}; do
+        kill -KILL -- "-$group" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    for slot in "${!SLOTS[@]}"; do
+        ((${SLOT_JOB[slot]:--1} < 0)) || tidy_console "${JOB_LOG[SLOT_JOB[slot]]}"
     done
     note "Left unfinished:"
     for slot in "${!SLOTS[@]}"; do

@@ -271,7 +271,12 @@ def test_unknown_option_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-def test_ctrl_c_stops_every_job(tmp_path: Path, tiny_text_encoder: Path) -> None:
+@pytest.mark.parametrize("signal_number, to_group, status", [
+    (signal.SIGINT, True, 130),    # Ctrl-C in a terminal: the driver's whole process group
+    (signal.SIGTERM, False, 143),  # kill PID
+])
+def test_ctrl_c_stops_every_job(tmp_path: Path, tiny_text_encoder: Path, signal_number: int, to_group: bool,
+                                status: int) -> None:
     cwd = make_study_dir(tmp_path, tiny_text_encoder)
     marker = str(cwd / OUTPUT_ROOT)
 
@@ -294,12 +299,15 @@ def test_ctrl_c_stops_every_job(tmp_path: Path, tiny_text_encoder: Path) -> None
         while len(trainers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(trainers()) == 2
-        os.killpg(driver.pid, signal.SIGINT)
+        if to_group:
+            os.killpg(driver.pid, signal_number)
+        else:
+            os.kill(driver.pid, signal_number)
         output, _ = driver.communicate(timeout=60)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, output
+    assert driver.returncode == status, output
     unfinished = output.split("Left unfinished:", 1)[1]
     assert "resnet18_hf_tiny_bert  (stopped on gpu0" in unfinished
     assert "resnet34_hf_tiny_bert  (stopped on gpu1" in unfinished
