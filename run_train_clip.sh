@@ -709,7 +709,7 @@ print_plan() {
 }
 
 print_dry_run() {
-    local i n=0 slot log
+    local i n=0 slot log line
     note ""
     note "Commands (dry run; jobs take the next free slot, shown here for the first round):"
     for i in "${!JOB_NAME[@]}"; do
@@ -719,8 +719,8 @@ print_dry_run() {
         log="$(new_log_path "$i" "$slot")"
         job_command "$i" "$slot" "$log"
         [[ "$DEVICE_MODE" != forced-cpu ]] || printf 'CUDA_VISIBLE_DEVICES= '
-        printf '%q ' "$PYTHON" "${CMD[@]}"
-        printf '\n'
+        printf -v line '%q ' "$PYTHON" "${CMD[@]}"
+        printf '%s\n' "${line% }"
     done
 }
 

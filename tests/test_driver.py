@@ -313,3 +313,9 @@ def test_ctrl_c_stops_every_job(tmp_path: Path, tiny_text_encoder: Path, signal_
     assert "resnet34_hf_tiny_bert  (stopped on gpu1" in unfinished
     assert "resnet50_hf_tiny_bert  (not started)" in unfinished
     assert trainers() == []
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_script_is_shellcheck_clean() -> None:
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
