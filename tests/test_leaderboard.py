@@ -1,0 +1,117 @@
+"""utils/leaderboard.py on fabricated run folders: what counts as finished, ranking, the files."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from utils import leaderboard
+from utils.leaderboard import display_width, format_duration, parse_summary, run_status
+
+
+def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds: int | None = None,
+            image: str = "resnet18", text: str = "clip:ViT-B/32", wall: float = 125.0) -> dict:
+    metrics = {"accuracy": bal_acc + 0.01, "balanced_accuracy": bal_acc, "macro_f1": bal_acc - 0.01,
+               "roc_auc": auc}
+    std = {key: 0.02 for key in metrics}
+    folds = [{"fold": k + 1, "best_epoch": 3, "metrics": metrics} for k in range(n_folds or n_splits)]
+    return {"mode": "cv", "n_splits": n_splits, "monitor": "balanced_accuracy", "image_encoder": image,
+            "text_encoder": text, "class_names": ["a", "b"], "folds": folds, "mean": metrics, "std": std,
+            "oof": metrics, "wall_time_s": wall}
+
+
+def write_run(root: Path, name: str, data: dict | None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    if data is not None:
+        # NaN as the trainer writes it (json allow_nan), null for an AUC that could not be computed
+        (run / "cv_summary.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return run
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "runs 结果"
+    write_run(root, "resnet18_clip_ViT-B_32", summary(0.80, image="resnet18"))
+    write_run(root, "resnet50_bert-base-chinese", summary(0.90, auc=None, image="resnet50",
+                                                          text="bert-base-chinese", wall=4000))
+    write_run(root, "resnet34_股骨柄文本", summary(0.85, auc=math.nan, image="resnet34", text="股骨柄文本"))
+    write_run(root, "resnet101_interrupted", None)
+    write_run(root, "resnet152_torn", summary(0.99, n_splits=5, n_folds=3))
+    (root / "not_a_run").mkdir()
+    return root
+
+
+def test_parse_summary_accepts_only_complete_summaries() -> None:
+    assert parse_summary(summary(0.8), "r").mean["balanced_accuracy"] == 0.8
+    assert parse_summary(summary(0.8, n_splits=5, n_folds=3), "r") is None  # folds missing
+    broken = summary(0.8)
+    del broken["mean"]["macro_f1"]
+    assert parse_summary(broken, "r") is None
+    wrong_type = summary(0.8)
+    wrong_type["mean"]["accuracy"] = "0.8"
+    assert parse_summary(wrong_type, "r") is None
+    assert parse_summary([summary(0.8)], "r") is None
+    assert math.isnan(parse_summary(summary(0.8, auc=None), "r").mean["roc_auc"])
+
+
+def test_run_status(study: Path, tmp_path: Path) -> None:
+    assert run_status(study / "resnet18_clip_ViT-B_32") == "complete"
+    assert run_status(study / "resnet101_interrupted") == "partial"
+    assert run_status(study / "resnet152_torn") == "partial"
+    assert run_status(study / "not_a_run") == "empty"
+    assert run_status(tmp_path / "missing") == "empty"
+    (study / "resnet18_clip_ViT-B_32" / "cv_summary.json").write_text('{"mean": ', encoding="utf-8")
+    assert run_status(study / "resnet18_clip_ViT-B_32") == "partial"  # torn JSON is not finished
+
+
+def test_ranks_best_first_and_nan_last(study: Path) -> None:
+    ranked, without = leaderboard.build_leaderboard(study)
+    assert [e.run for e in ranked] == ["resnet50_bert-base-chinese", "resnet34_股骨柄文本",
+                                       "resnet18_clip_ViT-B_32"]
+    assert without == ["resnet101_interrupted", "resnet152_torn"]  # not_a_run has no config.json
+    by_auc, _ = leaderboard.build_leaderboard(study, metric="roc_auc")
+    assert [e.run for e in by_auc][0] == "resnet18_clip_ViT-B_32"  # the only AUC that is a number
+    only, without = leaderboard.build_leaderboard(study, ["resnet18_clip_ViT-B_32", "never_ran"])
+    assert [e.run for e in only] == ["resnet18_clip_ViT-B_32"] and without == ["never_ran"]
+
+
+def test_cli_writes_csv_and_markdown(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert leaderboard.main([str(study)]) == 0
+    printed = capsys.readouterr().out
+    markdown = (study / "leaderboard.md").read_text(encoding="utf-8")
+    assert printed == markdown
+    assert "0.9000 ± 0.0200" in markdown and "1h 06m" in markdown and "n/a" in markdown
+    assert "- resnet101_interrupted" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len({display_width(line) for line in table}) == 1  # columns line up, Chinese names too
+    with open(study / "leaderboard.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["run"] for r in rows] == ["resnet50_bert-base-chinese", "resnet34_股骨柄文本",
+                                        "resnet18_clip_ViT-B_32"]
+    assert float(rows[0]["balanced_accuracy_mean"]) == 0.9 and float(rows[0]["balanced_accuracy_std"]) == 0.02
+    assert rows[0]["rank"] == "1" and rows[0]["text_encoder"] == "bert-base-chinese"
+    assert float(rows[2]["wall_time_s"]) == 125.0
+
+
+def test_cli_status_lists_runs_in_the_order_given(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert leaderboard.main(["--status", "--", str(study), "resnet101_interrupted", "resnet18_clip_ViT-B_32",
+                             "new_run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["partial\tresnet101_interrupted",
+                                                    "complete\tresnet18_clip_ViT-B_32", "empty\tnew_run"]
+    assert not (study / "leaderboard.md").exists()
+
+
+def test_cli_rejects_unknown_metric(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert leaderboard.main(["--status", "--metric", "balanced_acuracy", str(study)]) == 2
+    assert "did you mean 'balanced_accuracy'" in capsys.readouterr().err
+    assert leaderboard.main([str(study / "missing")]) == 2
+    assert "output root not found" in capsys.readouterr().err
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
