@@ -1,0 +1,21 @@
+"""The README is the user's manual: it must name every flag and the commands it promises."""
+from pathlib import Path
+
+from utils.config import _flag, config_fields
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_documents_every_flag():
+    missing = [_flag(f) for f in config_fields() if f"`{_flag(f)}" not in README]
+    assert not missing, f"flags missing from README.md: {missing}"
+
+
+def test_readme_names_the_two_commands_and_a_chinese_quick_start():
+    assert "make demo" in README and "make test" in README
+    assert "## 中文快速上手" in README
+
+
+def test_makefile_targets_exist_for_the_readme_commands():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "\ndemo:" in makefile and "\ntest:" in makefile
