@@ -34,6 +34,7 @@ from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import resolve_image_encoder
 from models.loss import class_contrastive_loss
 from models.names import UnknownEncoderError, WeightsNotFoundError
+from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from utils.config import ConfigError, TrainConfig, config_from_args, run_name
 from utils.io import CheckpointError, save_checkpoint, write_csv, write_json
@@ -247,7 +248,8 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         probs, labels, indices, val_loss = evaluate(model, val_loader, device, run.amp_dtype)
         metrics = classification_metrics(labels, probs)
         row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3),
-               "val_loss": val_loss, **scalar_metrics(metrics)}
+               "val_loss": val_loss, **scalar_metrics(metrics),
+               "text_encoder_calls": model.text_encoder_calls}  # since the fold began (1 if frozen)
         history.append(row)
         write_json(fold_dir / "history.json", history)
 
@@ -339,8 +341,8 @@ def plan_folds(cfg: TrainConfig, images: ImageFolder) -> list[Fold]:
 
 def prepare_run(cfg: TrainConfig) -> Run:
     """Every check that can fail, before a single file is written."""
-    resolve_image_encoder(cfg.image_encoder)
-    resolve_text_encoder(cfg.text_encoder)
+    resolve_image_encoder(cfg.image_encoder, cfg.image_weights)
+    resolve_text_encoder(cfg.text_encoder, cfg.text_weights)
     images = scan_image_folder(cfg.data_dir)
     class_texts = load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
     if cfg.use_cv:
@@ -352,7 +354,9 @@ def prepare_run(cfg: TrainConfig) -> Run:
     device, amp_dtype = select_device(cfg)
     seed_everything(cfg.seed)
     model = build_clip_model(cfg.image_encoder, cfg.text_encoder, cfg.embed_dim, cfg.temperature,
-                             class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                             class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
+                             img_size=cfg.img_size, image_weights=cfg.image_weights,
+                             text_weights=cfg.text_weights)
     initial_state = copy.deepcopy(model.state_dict())
     model.to(device)
     if device.type == "cuda":
@@ -444,6 +448,9 @@ def default_log_file(cfg: TrainConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--list-encoders" in (sys.argv[1:] if argv is None else argv):  # needs no --data-dir
+        print(format_encoder_table())
+        return 0
     try:
         cfg = config_from_args(argv)
     except (ConfigError, ValueError) as exc:
