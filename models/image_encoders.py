@@ -8,7 +8,6 @@ door to every timm model. Weights come from the file, else the library's cache, 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from torch import nn
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.weights import (WeightsLocation, fetch_weights_file, incompatible_weights, read_state_dict)
 from utils.config import ConfigError
+from utils.logging_setup import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FLAG = "--image-encoder"
 WEIGHTS_FLAG = "--image-weights"

@@ -34,8 +34,9 @@ from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix
 from models.weights import (WeightsLocation, download_note, downloads_disabled, fetch_weights_file, hf_hub_cache,
                             incompatible_weights, weights_not_found)
 from utils.config import ConfigError
+from utils.logging_setup import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FLAG = "--text-encoder"
 WEIGHTS_FLAG = "--text-weights"
