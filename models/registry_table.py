@@ -54,7 +54,7 @@ def _clip_row(name: str, source: TextEncoderSource) -> EncoderRow:
         model = open_clip.create_model(source.model, device="meta", load_weights=False, pretrained_text=False)
     text_parameters = _count(model) - _count(model.visual)
     dim = int(open_clip.get_model_config(source.model)["embed_dim"])
-    return EncoderRow(name, "CLIP (open_clip)", text_parameters, dim, weights_status(text_weights_location(source)))
+    return EncoderRow(name, "OpenCLIP", text_parameters, dim, weights_status(text_weights_location(source)))
 
 
 def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:

@@ -167,3 +167,25 @@ def test_hf_scratch_keeps_the_architecture_but_not_the_weights(tiny_text_encoder
     assert scratch.feature_dim == pretrained.feature_dim == 32
     assert not torch.equal(scratch.model.embeddings.word_embeddings.weight,
                            pretrained.model.embeddings.word_embeddings.weight)
+
+
+def test_list_encoders_prints_sizes_and_weight_status_without_data_dir(tmp_path, monkeypatch, capsys):
+    import train_clip
+    from models import registry_table
+    from tests.weights_helpers import point_caches_at
+
+    torch_hub, _ = point_caches_at(monkeypatch, tmp_path)
+    (torch_hub / "checkpoints").mkdir(parents=True)
+    (torch_hub / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"cached")  # torchvision's file name
+    # A subset keeps the test fast; every name is built by the tests above.
+    monkeypatch.setattr(registry_table, "IMAGE_ENCODERS",
+                        {n: IMAGE_ENCODERS[n] for n in ("resnet18", "resnet34", "starnet_s050", "starnet_s1")})
+    assert train_clip.main(["--list-encoders"]) == 0
+    rows = {line.split()[0]: line.split(maxsplit=2)[2].split() for line in capsys.readouterr().out.splitlines()
+            if line and not line.startswith((" ", "-", "name")) and len(line.split()) >= 5}
+    assert rows["resnet18"] == ["11.2M", "512", "yes"]
+    assert rows["resnet34"] == ["21.3M", "512", "not", "cached"]
+    assert rows["starnet_s050"] == ["0.4M", "128", "no"]
+    assert rows["starnet_s1"] == ["2.7M", "192", "not", "cached"]  # without the 1000-class head
+    assert rows["clip:ViT-B/32"] == ["63.4M", "512", "not", "cached"]
+    assert rows["all-MiniLM-L6-v2"] == ["22.7M", "384", "yes"]  # bundled with the environment
