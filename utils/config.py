@@ -63,10 +63,10 @@ class TrainConfig:
     cache_mb: int = _opt(4096, "RAM budget (MiB) for decoded images; beyond it images are re-read "
                          "from disk.", "data")
     # model
-    image_encoder: str = _opt("resnet18", "Image encoder name; add ':pretrained' for ImageNet weights.",
-                              "model")
-    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, a HuggingFace name, or "
-                             "hf:<name or folder>.", "model")
+    image_encoder: str = _opt("resnet18", "Image encoder name (see --list-encoders; timm:<model> for any timm "
+                              "model); add ':pretrained' for ImageNet weights.", "model")
+    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, a HuggingFace "
+                             "name, or hf:<name or folder>; add ':scratch' for random weights.", "model")
     image_weights: Optional[str] = _opt(
         None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors); taken "
         "before the library caches and downloads (see docs/encoders.md).", "model")
