@@ -188,7 +188,8 @@ def _explicit_clip(path: Path) -> tuple[Path | None, Path]:
         raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: no such file or folder")
     weights = next((path / f for f in OPEN_CLIP_WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
-        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: the folder holds none of {', '.join(OPEN_CLIP_WEIGHT_FILES)}")
+        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: the folder holds none of "
+                                   f"{', '.join(OPEN_CLIP_WEIGHT_FILES)}")
     return (path if (path / OPEN_CLIP_CONFIG).is_file() else None), weights
 
 
@@ -292,7 +293,10 @@ class OpenCLIPTextEncoder(nn.Module):
         super().__init__()
         import open_clip
 
-        config_dir, explicit_file = _explicit_clip(Path(weights)) if weights else (None, None)
+        explicit = Path(weights) if weights else None
+        if explicit is not None and not load_pretrained and not explicit.is_dir():
+            explicit = None  # a restore needs only the architecture: the weights file may be gone
+        config_dir, explicit_file = _explicit_clip(explicit) if explicit is not None else (None, None)
         if config_dir is None and source.hub_repo is not None:
             config_dir = _hub_config_dir(source, name)
         model_name = f"local-dir:{config_dir}" if config_dir is not None else source.model

@@ -306,3 +306,24 @@ def test_download_of_a_text_encoder_runs_the_trainers_loader(tmp_path, monkeypat
                                {name: tiny_text_encoder / name for name in HF_MODEL_FILES})
     assert download.main(["bert-base-chinese"]) == 0
     assert f"bert-base-chinese: {snapshot / 'model.safetensors'}" in capsys.readouterr().out
+
+
+def test_restoring_from_a_run_config_needs_no_weights_file(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from models.clip_model import build_clip_model, model_kwargs_from_config
+    from utils.config import TrainConfig
+
+    _, hf_hub = point_caches_at(monkeypatch, tmp_path)
+    make_tiny_open_clip(tmp_path / "repo")
+    put_in_hf_cache(hf_hub, "someone/tiny-clip", {f.name: f for f in (tmp_path / "repo").iterdir()})
+    save_file(make_tiny_open_clip(tmp_path / "mine").state_dict(), tmp_path / "mine.safetensors")
+    torch.save(random_resnet18(0).state_dict(), tmp_path / "r18.pth")
+    config = TrainConfig(data_dir="unused", image_encoder="timm:vit_tiny_patch16_224:pretrained", img_size=32,
+                         image_weights=str(tmp_path / "r18.pth"), text_encoder="clip:hf-hub:someone/tiny-clip",
+                         text_weights=str(tmp_path / "mine.safetensors")).to_dict()
+    for used in ("r18.pth", "mine.safetensors"):
+        (tmp_path / used).unlink()  # the run was copied to a machine without the weight files
+    model = build_clip_model(**model_kwargs_from_config(config), class_texts=[["a"], ["b"]], load_pretrained=False)
+    assert model.image_encoder.backbone.pos_embed.shape[1] == 1 + 2 * 2  # built at the run's img_size
+    assert model.text_encoder.feature_dim == 16
