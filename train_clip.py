@@ -38,6 +38,7 @@ from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import resolve_image_encoder
 from models.loss import class_contrastive_loss
 from models.names import UnknownEncoderError, WeightsNotFoundError
+from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from utils.config import ConfigError, TrainConfig, config_from_args, run_name
 from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
@@ -299,7 +300,9 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
     probs, labels, indices, val_loss = evaluate(run.model, val_loader, run.device, run.amp_dtype)
     metrics = classification_metrics(labels, probs)
     row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3), "val_loss": val_loss,
-           **scalar_metrics(metrics)}
+           **scalar_metrics(metrics),
+           # Text-tower runs since the fold (or its resumption) began: stays 1 with --freeze-text.
+           "text_encoder_calls": run.model.text_encoder_calls}
     state.history.append(row)
     state.epoch = epoch
     # The first evaluation is the best so far even when the metric is undefined (NaN) there.
@@ -549,8 +552,8 @@ def check_resumable(run: Run) -> None:
 
 def prepare_run(cfg: TrainConfig) -> Run:
     """Every check that can fail, before a single file is written."""
-    resolve_image_encoder(cfg.image_encoder)
-    resolve_text_encoder(cfg.text_encoder)
+    resolve_image_encoder(cfg.image_encoder, cfg.image_weights)
+    resolve_text_encoder(cfg.text_encoder, cfg.text_weights)
     if cfg.tensorboard:
         import importlib.util
 
@@ -572,7 +575,9 @@ def prepare_run(cfg: TrainConfig) -> Run:
     configure_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     model = build_clip_model(cfg.image_encoder, cfg.text_encoder, cfg.embed_dim, cfg.temperature,
-                             class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text)
+                             class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
+                             img_size=cfg.img_size, image_weights=cfg.image_weights,
+                             text_weights=cfg.text_weights)
     initial_state = copy.deepcopy(model.state_dict())
     model.to(device)
     if device.type == "cuda":
@@ -699,6 +704,9 @@ def default_log_file(cfg: TrainConfig) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--list-encoders" in (sys.argv[1:] if argv is None else argv):  # needs no --data-dir
+        print(format_encoder_table())
+        return 0
     try:
         cfg = config_from_args(argv)
     except ValueError as exc:  # ConfigError, and read errors of the --config file

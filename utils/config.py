@@ -65,10 +65,16 @@ class TrainConfig:
     cache_mb: int = _opt(4096, "RAM budget (MiB) for decoded images; beyond it images are re-read "
                          "from disk.", "data")
     # model
-    image_encoder: str = _opt("resnet18", "Image encoder name; add ':pretrained' for ImageNet weights.",
-                              "model")
-    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, a HuggingFace name, or "
-                             "hf:<name or folder>.", "model")
+    image_encoder: str = _opt("resnet18", "Image encoder name (see --list-encoders; timm:<model> for any timm "
+                              "model); add ':pretrained' for ImageNet weights.", "model")
+    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, a HuggingFace "
+                             "name, or hf:<name or folder>; add ':scratch' for random weights.", "model")
+    image_weights: Optional[str] = _opt(
+        None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors); taken "
+        "before the library caches and downloads (see docs/encoders.md).", "model")
+    text_weights: Optional[str] = _opt(
+        None, "Weights for the text encoder: for clip:* a weights file (or a folder holding one); for "
+        "HuggingFace encoders a model folder.", "model")
     embed_dim: int = _opt(512, "Dimension of the shared image-text embedding.", "model")
     temperature: float = _opt(0.07, "Initial softmax temperature (the learnable logit scale starts at "
                               "1/temperature).", "model")
@@ -228,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with snake_case flag names as keys.")
     parser.add_argument("--config-index", type=int, metavar="N",
                         help="Which entry of a --config list to run (0-based; default 0 for a one-entry list).")
+    parser.add_argument("--list-encoders", action="store_true",
+                        help="Print the image and text encoders (parameters, feature dimension, whether "
+                             "pretrained weights are cached) and exit.")
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     types = _field_types()
     for f in config_fields():
@@ -291,6 +300,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     namespace = vars(parser.parse_args(argv))
     config_file = namespace.pop("config", None)
     config_index = namespace.pop("config_index", None)
+    namespace.pop("list_encoders", None)  # handled by train_clip.main before any config
     values: dict[str, Any] = {}
     if config_file is not None:
         source = f"--config file {config_file}"
@@ -363,6 +373,10 @@ def validate(cfg: TrainConfig) -> None:
            f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
     _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
     _check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
+    _check(cfg.image_weights is None or Path(cfg.image_weights).is_file(),
+           f"--image-weights {cfg.image_weights}: no such file")
+    _check(cfg.text_weights is None or Path(cfg.text_weights).exists(),
+           f"--text-weights {cfg.text_weights}: no such file or folder")
     if cfg.text_template is not None:
         _check("{class_name}" in cfg.text_template,
                f"--text-template must contain '{{class_name}}', got {cfg.text_template!r}")

@@ -1,0 +1,104 @@
+"""The table that ``train_clip.py --list-encoders`` prints: every named encoder, its size, and
+whether its pretrained weights are already in the cache that training reads.
+
+Parameters are counted on the ``meta`` device (shapes only, no memory, no initialisation), for the
+encoder as the classifier uses it: without the ImageNet classification head, text tower only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, build_image_encoder
+from models.text_encoders import (CLIP_ALIASES, HF_ALIASES, TextEncoderSource, resolve_text_encoder,
+                                  text_weights_location, without_random_init_warning)
+from models.weights import WeightsLocation, hf_hub_cache
+
+YES, NO, NOT_CACHED = "yes", "no", "not cached"
+
+
+@dataclass(frozen=True)
+class EncoderRow:
+    name: str
+    family: str
+    parameters: int | None  # None: unknown until the model's config is cached
+    feature_dim: int | None
+    weights: str  # YES (cached or bundled), NO (none exist), NOT_CACHED
+
+
+def weights_status(location: WeightsLocation | None) -> str:
+    if location is None:
+        return NO
+    return YES if location.cached() is not None else NOT_CACHED
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def image_rows() -> list[EncoderRow]:
+    rows = []
+    for spec in IMAGE_ENCODERS.values():
+        with torch.device("meta"):
+            encoder = build_image_encoder(spec.name)
+        rows.append(EncoderRow(spec.name, spec.family, _count(encoder), encoder.feature_dim,
+                               weights_status(spec.weights_location())))
+    return rows
+
+
+def _clip_row(name: str, source: TextEncoderSource) -> EncoderRow:
+    import open_clip
+
+    with torch.device("meta"), without_random_init_warning():
+        model = open_clip.create_model(source.model, device="meta", load_weights=False, pretrained_text=False)
+    text_parameters = _count(model) - _count(model.visual)
+    dim = int(open_clip.get_model_config(source.model)["embed_dim"])
+    return EncoderRow(name, "OpenCLIP", text_parameters, dim, weights_status(text_weights_location(source)))
+
+
+def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:
+    from transformers import AutoConfig, AutoModel
+
+    location = text_weights_location(source)  # None: a local folder (the bundled MiniLM)
+    try:
+        config = AutoConfig.from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except OSError:  # not cached: size unknown until it is
+        return EncoderRow(name, "HuggingFace", None, None, NOT_CACHED)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    status = YES if location is None else weights_status(location)
+    return EncoderRow(name, "HuggingFace", _count(model), int(config.hidden_size), status)
+
+
+def text_rows() -> list[EncoderRow]:
+    rows = [_clip_row(f"clip:{alias}", resolve_text_encoder(f"clip:{alias}")) for alias in CLIP_ALIASES]
+    rows += [_hf_row(alias, resolve_text_encoder(alias)) for alias in HF_ALIASES]
+    return rows
+
+
+def _format_parameters(count: int | None) -> str:
+    return "?" if count is None else f"{count / 1e6:.1f}M"
+
+
+def format_rows(title: str, rows: list[EncoderRow]) -> str:
+    header = f"{'name':<25}{'family':<18}{'parameters':>12}{'feature dim':>13}  pretrained weights"
+    lines = [title, header, "-" * len(header)]
+    for row in rows:
+        dim = "?" if row.feature_dim is None else str(row.feature_dim)
+        lines.append(f"{row.name:<25}{row.family:<18}{_format_parameters(row.parameters):>12}{dim:>13}  "
+                     f"{row.weights}")
+    return "\n".join(lines)
+
+
+def format_encoder_table() -> str:
+    return "\n".join([
+        format_rows("Image encoders (--image-encoder NAME, NAME:pretrained for ImageNet weights)", image_rows()),
+        f"  also {TIMM_PREFIX}<any timm model name>, e.g. {TIMM_PREFIX}convnext_nano:pretrained",
+        "",
+        format_rows("Text encoders (--text-encoder NAME, NAME:scratch for random weights)", text_rows()),
+        "  also clip:<open_clip model>, clip:hf-hub:<repo>, hf:<HuggingFace name or folder>",
+        "",
+        f"pretrained weights: yes = in the cache ({hf_hub_cache()} or TORCH_HOME), not cached = fetch them "
+        "with 'python -m models.download NAME', no = none are published",
+    ])
