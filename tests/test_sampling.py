@@ -100,8 +100,10 @@ def test_make_loaders_weights_the_training_fold_only():
     fold = Fold(1, train_idx=list(range(8)) + [10, 11], val_idx=[8, 9] + list(range(12, 20)))
     cfg = TrainConfig(data_dir="unused", use_weighted_sampling=True, weight_method="inverse_freq",
                       batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    train_loader, val_loader = train_clip.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
-    sampler = train_loader.sampler
+    train_loader, val_loader, seeded = train_clip.make_loaders(fake_run(labels, cfg), fold,
+                                                               torch.Generator().manual_seed(0))
+    assert train_loader.sampler is seeded  # yields (position, augmentation seed) keys
+    sampler = seeded.base
     assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
     assert sampler.num_samples == len(fold.train_idx)
     np.testing.assert_allclose(sampler.weights.numpy(), [1 / 8] * 8 + [1 / 2] * 2)
@@ -115,5 +117,5 @@ def test_make_loaders_without_weighted_sampling_shuffles_uniformly():
     labels = [0] * 10 + [1] * 10
     fold = Fold(1, train_idx=list(range(0, 20, 2)), val_idx=list(range(1, 20, 2)))
     cfg = TrainConfig(data_dir="unused", batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    train_loader, _ = train_clip.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
-    assert isinstance(train_loader.sampler, torch.utils.data.RandomSampler)
+    _, _, seeded = train_clip.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
+    assert isinstance(seeded.base, torch.utils.data.RandomSampler)
