@@ -198,3 +198,12 @@ def test_out_of_memory_probe_halves_until_a_batch_fits():
     assert train_clip.largest_fitting_batch(try_batch, 64) == 8
     assert tried == [64, 32, 16, 8]
     assert train_clip.largest_fitting_batch(lambda n: (_ for _ in ()).throw(torch.OutOfMemoryError()), 4) == 0
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "a.pth", {"x": torch.ones(1)})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644  # readable by the lab, not only the owner
