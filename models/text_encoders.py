@@ -23,6 +23,7 @@ import difflib
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,10 @@ class HFTextEncoder(nn.Module):
                  weights: str | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        if not sys.stderr.isatty():
+            hf_logging.disable_progress_bar()  # a weights-loading bar only clutters log files
         target = weights or source.model
         self.tokenizer = _hf_load(AutoTokenizer, target, name)
         if source.pretrained and load_pretrained:

@@ -305,3 +305,15 @@ def test_config_json_of_a_run_is_a_valid_config(tmp_path):
     config = tmp_path / "config.json"
     write_json(config, cfg.to_dict())  # what train_clip writes
     assert config_from_args(["--config", str(config)]) == cfg
+
+
+def test_command_line_can_switch_off_what_a_config_file_switched_on(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data_dir": "d", "use_cv": True, "use_amp": False, "freeze_text": True}))
+    cfg = config_from_args(["--config", str(config), "--no-use-cv", "--amp", "--no-freeze-text"])
+    assert (cfg.use_cv, cfg.amp, cfg.freeze_text) == (False, True, False)
+
+
+def test_abbreviated_flags_are_refused():
+    with pytest.raises(ConfigError, match="--epoch"):
+        config_from_args(["--data-dir", "d", "--epoch", "5"])

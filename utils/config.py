@@ -179,6 +179,11 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _opposite_flag(f: dataclasses.Field) -> str:
+    flag = _flag(f)
+    return "--" + flag[len("--no-"):] if flag.startswith("--no-") else "--no-" + flag[len("--"):]
+
+
 def _type_name(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     base = args[0] if args else tp
@@ -228,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "class, with K-fold cross-validation.",
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Precedence: defaults < --config entry < flags given on the command line.",
+        epilog="Precedence: defaults < --config entry < flags given on the command line. Every on/off "
+               "flag has an opposite that undoes a config file's setting: --no-use-cv, --amp, "
+               "--save-best, --no-freeze-text, ...",
+        allow_abbrev=False,  # '--epoch 5' must not silently mean --epochs
     )
     parser.add_argument("--config", metavar="FILE", help="JSON config: one object, or a list of objects "
                         "with snake_case flag names as keys.")
@@ -245,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
         help_text = f.metadata["help"]
         if base is bool:
-            action = "store_false" if f.metadata["negate"] else "store_true"
-            group.add_argument(_flag(f), dest=f.name, action=action, help=help_text)
+            negate = f.metadata["negate"]
+            group.add_argument(_flag(f), dest=f.name, action="store_false" if negate else "store_true",
+                               help=help_text)
+            # The opposite switch, so a command line can undo a config file's setting.
+            group.add_argument(_opposite_flag(f), dest=f.name, action="store_true" if negate else "store_false",
+                               help=argparse.SUPPRESS)
             continue
         default = "" if f.default is None else f" (default: {f.default})"
         # Choices are checked in validate(), which suggests the closest one (argparse does not).
