@@ -594,10 +594,14 @@ def prepare_run(cfg: TrainConfig) -> Run:
 
 
 def write_run_files(run: Run) -> None:
+    """config.json and folds.json; a resumed run keeps its own (written again only if a crash lost them)."""
     if run.cfg.overwrite and run.output_dir.is_dir():
         clear_output_dir(run.output_dir, own_log_file(run.cfg))
-    write_json(run.output_dir / "config.json", run.cfg.to_dict())
-    write_json(run.output_dir / "folds.json", folds_document(run.cfg, run.images, run.folds, run.test_idx))
+    config_file, folds_file = run.output_dir / "config.json", run.output_dir / "folds.json"
+    if not (run.cfg.resume and config_file.is_file()):
+        write_json(config_file, run.cfg.to_dict())
+    if not (run.cfg.resume and folds_file.is_file()):
+        write_json(folds_file, folds_document(run.cfg, run.images, run.folds, run.test_idx))
 
 
 def summarise(run: Run, results: Sequence[FoldResult], wall_time: float) -> dict[str, Any]:
@@ -676,8 +680,7 @@ def format_summary_table(summary: dict[str, Any]) -> str:
 
 def run_training(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
-    if not run.cfg.resume or not (run.output_dir / "config.json").is_file():
-        write_run_files(run)
+    write_run_files(run)
     results = [run_fold(run, fold) for fold in run.folds]
     summary = summarise(run, results, time.perf_counter() - started)
     if run.test_idx:

@@ -139,7 +139,9 @@ class TrainConfig:
         return Path("checkpoints") / "clip_models" / run_name(self.image_encoder, self.text_encoder)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting of the run; not the one-off switches that say how this invocation starts
+        (a saved config.json must not resume or overwrite when it is used as --config)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key not in INVOCATION_KEYS}
 
 
 # Keys of the user's guide example that differ from our field names.
@@ -147,6 +149,8 @@ KEY_ALIASES = {"image_encoder_name": "image_encoder", "text_encoder_name": "text
                "use_amp": "amp"}
 # Keys whose boolean value means the opposite of the field.
 NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
+# Switches of one invocation, not settings of the run.
+INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
                              "resume", "tensorboard"})
