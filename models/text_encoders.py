@@ -126,6 +126,9 @@ def _resolve(base: str, pretrained: bool) -> TextEncoderSource:
         return _resolve_clip(base[len("clip:"):], pretrained)
     if base.startswith("hf:"):
         target = base[len("hf:"):]
+        # A hub id is "org/name"; anything written as a path must be an existing folder.
+        if target.startswith(("/", "./", "../", "~")) and not Path(target).expanduser().is_dir():
+            raise UnknownEncoderError(f"{FLAG} {base}: the folder {target} does not exist")
         return TextEncoderSource("hf", _bundled_model_dir(target) or target, None, pretrained)
     if base in HF_ALIASES:
         hub_id = HF_ALIASES[base]

@@ -189,3 +189,11 @@ def test_list_encoders_prints_sizes_and_weight_status_without_data_dir(tmp_path,
     assert rows["starnet_s1"] == ["2.7M", "192", "not", "cached"]  # without the 1000-class head
     assert rows["clip:ViT-B/32"] == ["63.4M", "512", "not", "cached"]
     assert rows["all-MiniLM-L6-v2"] == ["22.7M", "384", "yes"]  # bundled with the environment
+
+
+def test_hf_folder_that_does_not_exist_is_named_before_anything_loads(tmp_path):
+    from models.names import UnknownEncoderError
+    from models.text_encoders import resolve_text_encoder
+
+    with pytest.raises(UnknownEncoderError, match="does not exist"):
+        resolve_text_encoder(f"hf:{tmp_path / 'missing'}")
