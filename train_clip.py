@@ -211,9 +211,9 @@ def largest_fitting_batch(try_batch: Callable[[int], None], start: int) -> int:
     return 0
 
 
-def out_of_memory_error(run: Run, model: CLIPClassifier) -> TrainingError:
+def out_of_memory_error(run: Run) -> TrainingError:
     """Probe which batch size fits, and say so."""
-    cfg = run.cfg
+    cfg, model = run.cfg, run.model
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
 
@@ -396,12 +396,9 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
-        try:
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
-                                    cfg.loss == "symmetric", epoch,
-                                    description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
-        except torch.OutOfMemoryError:
-            raise out_of_memory_error(run, model) from None
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
+                                cfg.loss == "symmetric", epoch,
+                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
         record_epoch(run, fold, state, epoch, stats, val_loader, started, training_state(), writer)
     if writer is not None:
         writer.close()
@@ -681,7 +678,10 @@ def format_summary_table(summary: dict[str, Any]) -> str:
 def run_training(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
     write_run_files(run)
-    results = [run_fold(run, fold) for fold in run.folds]
+    try:
+        results = [run_fold(run, fold) for fold in run.folds]
+    except torch.OutOfMemoryError:  # in training or evaluation, any fold
+        raise out_of_memory_error(run) from None
     summary = summarise(run, results, time.perf_counter() - started)
     if run.test_idx:
         summary["test"] = evaluate_test_ensemble(run, results)
