@@ -207,3 +207,18 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644  # readable by the lab, not only the owner
+
+
+def test_out_of_memory_in_a_fold_names_the_batch_size_that_fits(tmp_path, tiny_text_encoder, monkeypatch, capsys):
+    data = make_image_tree(tmp_path / "data", {"a": 6, "b": 6})
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_clip, "train_one_epoch", out_of_memory)
+    args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(tmp_path / "run"),
+                                                            "--log-file", str(tmp_path / "l.log")]
+    assert train_clip.main(args) == 2
+    err = capsys.readouterr().err
+    # The probe runs real forward/backward passes at half the batch size, which fit on the CPU.
+    assert "out of memory at --batch-size 4" in err and "rerun with --batch-size 2" in err
