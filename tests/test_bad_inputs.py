@@ -164,3 +164,17 @@ def test_resume_with_a_tampered_latest_checkpoint_is_refused(tmp_path, tiny_text
     assert train_clip.main(["--resume", "--output-dir", str(out), "--log-file", str(tmp_path / "2.log")]) == 2
     assert "lacks" in capsys.readouterr().err
     assert (out / "fold_1" / "result.json").exists()
+
+
+def test_tensorboard_without_the_package_is_refused_up_front(tmp_path, tiny_text_encoder, previous_run, capsys,
+                                                            monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out, _ = previous_run
+    line = fails_cleanly(run_args(tmp_path / "data", tiny_text_encoder, out, tmp_path / "l.log", "--tensorboard"),
+                         previous_run, capsys)
+    assert "--tensorboard needs the tensorboard package" in line
