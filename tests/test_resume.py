@@ -40,7 +40,7 @@ def histories_without_time(run_dir: Path, fold: int) -> list[dict]:
 
 def test_sigkill_in_fold_2_then_resume_matches_uninterrupted_run(tmp_path, tiny_text_encoder):
     data = make_image_tree(tmp_path / "data", {"a": 8, "b": 8, "c": 8})
-    args = base_args(data, tiny_text_encoder)
+    args = base_args(data, tiny_text_encoder, epochs=4)  # fold 2 has 3 epochs left when killed
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     script = [sys.executable, str(ROOT / "train_clip.py")]
 
