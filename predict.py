@@ -236,7 +236,7 @@ def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             names, tensors = [], []
-            for (path, name), result in zip(chunk, pool.map(decode, [p for p, _ in chunk])):
+            for (_, name), result in zip(chunk, pool.map(decode, [p for p, _ in chunk])):
                 if isinstance(result, str):
                     failures.append((name, result))
                 else:

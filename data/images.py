@@ -23,7 +23,6 @@ from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
 
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Larger images are refused: decoding one would take gigabytes, times the decoding threads.
 # 100 MP is well above any radiograph (a 43x43 cm detector at 0.1 mm gives about 18 MP).
 MAX_PIXELS = 100_000_000
@@ -98,13 +97,6 @@ class ImageCache:
     def get(self, index: int) -> torch.Tensor:
         cached = self.images[index]
         return cached if cached is not None else decode_image(self.paths[index], self.img_size)
-
-    def subset(self, keep: Sequence[int]) -> "ImageCache":
-        return ImageCache([self.paths[i] for i in keep], self.img_size, [self.images[i] for i in keep])
-
-    @property
-    def cached_bytes(self) -> int:
-        return sum(t.numel() for t in self.images if t is not None)
 
 
 def read_and_decode(path: Path, img_size: int) -> tuple[torch.Tensor, str]:
