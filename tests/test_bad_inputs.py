@@ -148,7 +148,7 @@ def test_checkpoint_with_unexpected_content_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="lacks model"):
         load_checkpoint(odd, ("model",))
 
-    # Arbitrary objects would need weights_only=False (code execution on load): refused.
+    # Arbitrary objects need an unsafe, code-executing load; the weights-only loader refuses them.
     torch.save({"model": Path("/etc/passwd")}, odd)
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         load_checkpoint(odd, ("model",))
