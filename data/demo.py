@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,8 +29,23 @@ def class_folder(digit: int) -> str:
 
 
 def build_demo_dataset(out_dir: str | Path) -> Path:
-    """Write the digits tree and both class-text files; returns the image folder."""
+    """Write the digits tree and both class-text files; returns the image folder.
+
+    Everything is written to a temporary sibling folder that is renamed into place at the end,
+    so an interrupted build never leaves a half-filled tree that looks complete.
+    """
     out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; remove it to build the demo data again")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _write_demo_tree(staging)
+    os.replace(staging, out_dir)
+    log.info("Demo data ready in %s", out_dir)
+    return out_dir / "images"
+
+
+def _write_demo_tree(out_dir: Path) -> None:
     images_dir = out_dir / "images"
     digits = load_digits()
     counters = np.zeros(10, dtype=int)
@@ -45,8 +62,7 @@ def build_demo_dataset(out_dir: str | Path) -> Path:
         for d in range(10)})
     write_json(out_dir / "class_texts_zh.json", {
         class_folder(d): [f"手写数字{NUMBER_WORDS_ZH[d]}", f"一张手写的数字 {d} 的扫描图像"] for d in range(10)})
-    log.info("Wrote %d digit images to %s", int(counters.sum()), images_dir)
-    return images_dir
+    log.info("Wrote %d digit images", int(counters.sum()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", nargs="?", default="demo_data/digits", help="Where to write the demo data.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_demo_dataset(args.out_dir)
+    try:
+        build_demo_dataset(args.out_dir)
+    except FileExistsError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
