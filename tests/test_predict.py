@@ -14,6 +14,7 @@ import pytest
 import predict
 import train_clip
 from tests.helpers import make_image_tree
+from utils.io import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,14 @@ def test_one_fold_reproduces_its_logged_validation_results(finished_run, tmp_pat
 
 
 def test_ensemble_is_the_mean_of_the_folds_with_one_row_per_image(finished_run, tmp_path: Path) -> None:
-    data, run = finished_run
+    data, finished = finished_run
+    # Two training steps may leave both folds' best epoch at 0, the zero-shot model both folds start
+    # from; give fold 2 its trained last-epoch weights so that the two fold models surely differ.
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    best = load_checkpoint(run / "fold_2" / "checkpoint_best.pth")
+    best["model"] = load_checkpoint(run / "fold_2" / "checkpoint_latest.pth")["model"]
+    save_checkpoint(run / "fold_2" / "checkpoint_best.pth", best)
     names = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))["class_names"]
     header, rows = run_predict(run, data, tmp_path / "all.csv")
     assert header == ["path", "predicted_class"] + [f"prob_{name}" for name in names]
