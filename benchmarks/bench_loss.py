@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Accuracy of the class-level loss (DESIGN.md §4) against the plain per-row CLIP loss, same run.
+
+Three cross-validated trainings on the digits demo data with the same seed, folds and model:
+
+* ``clip-rows`` — the plain CLIP loss: image i ↔ the text of row i, every other row a negative,
+  even rows of the same class (the false negatives the design avoids);
+* ``ce`` — image → class cross-entropy only (``--loss ce``);
+* ``symmetric`` — image → class plus class → image (the default).
+
+Prints a table and writes JSON. Takes a few minutes on 2 CPU cores::
+
+    .venv/bin/python benchmarks/bench_loss.py [--epochs 2] [--n-splits 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import train_clip  # noqa: E402
+from data.demo import build_demo_dataset  # noqa: E402
+
+
+def per_row_clip_loss(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
+                      logit_scale: torch.Tensor, symmetric: bool = True) -> torch.Tensor:
+    """The plain CLIP loss on a classification batch: row i's text is its class's text."""
+    row_text = class_emb[labels].float()
+    logits = logit_scale.float() * image_emb.float() @ row_text.t()
+    targets = torch.arange(len(labels), device=labels.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+def train(data: Path, texts: Path, out: Path, args: argparse.Namespace, loss: str) -> dict:
+    argv = ["--data-dir", str(data), "--class-texts-file", str(texts), "--image-encoder", "resnet18",
+            "--text-encoder", "all-MiniLM-L6-v2", "--freeze-text", "--img-size", "32", "--augmentation", "none",
+            "--batch-size", "64", "--epochs", str(args.epochs), "--learning-rate", "1e-3", "--warmup-epochs", "0.5",
+            "--use-cv", "--n-splits", str(args.n_splits), "--num-workers", "0", "--output-dir", str(out),
+            "--log-file", str(out.with_suffix(".log")), "--loss", "ce" if loss == "ce" else "symmetric"]
+    if train_clip.main(argv) != 0:
+        raise SystemExit(f"training with loss {loss} failed; see {out.with_suffix('.log')}")
+    summary = json.loads((out / "cv_summary.json").read_text())
+    return {"mean": summary["mean"], "std": summary["std"], "wall_time_s": summary["wall_time_s"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--n-splits", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss.json"))
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        images = build_demo_dataset(Path(tmp) / "digits")
+        texts = Path(tmp) / "digits" / "class_texts_en.json"
+        real_loss = train_clip.class_contrastive_loss
+        for loss in ("clip-rows", "ce", "symmetric"):
+            train_clip.class_contrastive_loss = per_row_clip_loss if loss == "clip-rows" else real_loss
+            results[loss] = train(images, texts, Path(tmp) / loss, args, loss)
+        train_clip.class_contrastive_loss = real_loss
+    print(f"\n{'loss':<12}{'accuracy':>20}{'balanced accuracy':>22}{'macro-F1':>20}{'vs clip-rows':>14}")
+    base = results["clip-rows"]["mean"]["balanced_accuracy"]
+    for loss, r in results.items():
+        m, s = r["mean"], r["std"]
+        print(f"{loss:<12}{m['accuracy']:>12.4f} ± {s['accuracy']:.4f}{m['balanced_accuracy']:>14.4f} ± "
+              f"{s['balanced_accuracy']:.4f}{m['macro_f1']:>12.4f} ± {s['macro_f1']:.4f}"
+              f"{m['balanced_accuracy'] / base:>13.3f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
