@@ -24,12 +24,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from data.folder import IMAGE_EXTENSIONS, DataError
-from data.images import ImageDecodeError, decode_image
+from data.folder import IMAGE_EXTENSIONS, DataError, find_images
+from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
 from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
+from utils.device import autocast, mixed_precision_dtype, to_device
 from utils.io import CheckpointError, load_checkpoint, read_json, write_csv
 from utils.logging_setup import setup_logging
 
@@ -37,7 +38,6 @@ log = logging.getLogger("train_clip.predict")
 
 CHECKPOINT_KEYS = ("model", "config", "class_names", "class_texts")
 DECODE_THREADS = 4  # PIL releases the GIL while decoding
-MAX_LISTED_FAILURES = 20
 
 
 class PredictError(ValueError):
@@ -131,13 +131,6 @@ def checkpoint_paths(run_dir: Path, fold: int | None) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def amp_dtype_for(device: torch.device, config: dict) -> torch.dtype | None:
-    """The autocast dtype training used for validation on this device (train_clip.select_device)."""
-    if device.type != "cuda" or not config.get("amp", True):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def load_fold_model(fold: int, path: Path, device: torch.device,
                     class_texts: list[list[str]] | None) -> tuple[FoldModel, dict]:
     """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata."""
@@ -210,12 +203,7 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
         return [(images, str(images))]
     if not images.is_dir():
         raise PredictError(f"--images {images} does not exist")
-    found = []
-    for path in images.rglob("*"):
-        relative = path.relative_to(images)
-        if (path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-                and not any(part.startswith(".") for part in relative.parts)):
-            found.append((path, relative.as_posix()))
+    found = [(path, path.relative_to(images).as_posix()) for path in find_images(images)]
     if not found:
         raise PredictError(f"--images {images} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return sorted(found, key=lambda item: item[1])
@@ -250,13 +238,10 @@ def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size
 def ensemble_probs(models: Sequence[FoldModel], images: torch.Tensor, device: torch.device,
                    amp_dtype: torch.dtype | None) -> np.ndarray:
     """Mean over the fold models of softmax(logits), each computed as in ``train_clip.evaluate``."""
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = to_device(images, device)
     total = None
     for fold_model in models:
-        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             image_emb = fold_model.model.encode_images(images)
         probs = CLIPClassifier.logits(image_emb, fold_model.class_emb, fold_model.scale).softmax(dim=1)
         total = probs if total is None else total + probs
@@ -279,9 +264,7 @@ def select_device(gpu_id: int, force_cpu: bool) -> torch.device:
 
 def warn_failures(failures: Sequence[tuple[str, str]]) -> None:
     if failures:
-        listed = "; ".join(f"{name} ({reason})" for name, reason in failures[:MAX_LISTED_FAILURES])
-        more = f" and {len(failures) - MAX_LISTED_FAILURES} more" if len(failures) > MAX_LISTED_FAILURES else ""
-        log.warning("Skipping %d unreadable image(s): %s%s", len(failures), listed, more)
+        log.warning("Skipping %d unreadable image(s): %s", len(failures), describe_failures(failures))
 
 
 def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray, list[FoldModel], int]:
@@ -294,7 +277,7 @@ def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray,
     device = select_device(args.gpu_id, args.cpu)
     models, class_names, img_size, config = load_models(checkpoints, device, new_texts)
     class_names = new_names or class_names
-    amp_dtype = amp_dtype_for(device, config)
+    amp_dtype = mixed_precision_dtype(device, config.get("amp", True))  # as training validated
     failures: list[tuple[str, str]] = []
     names, probs = [], []
     for batch_names, images in decoded_batches(files, img_size, args.batch_size, failures):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data.folder import DataError, ImageFolder, scan_image_folder
 from data.folds import Fold, check_class_sizes, make_folds, make_holdout_split
-from data.images import CachedImageDataset, ImageCache, build_image_cache, duplicate_groups
+from data.images import CachedImageDataset, ImageCache, build_image_cache, describe_failures, duplicate_groups
 from data.sampling import SeededSampler, weighted_sampler
 from data.texts import load_class_texts
 from data.transforms import ToModelInput, build_augmentation
@@ -41,6 +41,7 @@ from models.names import UnknownEncoderError, WeightsNotFoundError
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from utils.config import ConfigError, TrainConfig, config_from_args, run_name
+from utils.device import autocast, mixed_precision_dtype, to_device
 from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
                       write_json)
 from utils.logging_setup import setup_logging
@@ -108,16 +109,6 @@ class FoldResult:
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
 # ---------------------------------------------------------------------------------------------
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                          enabled=amp_dtype is not None)
-
-
-def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-
-
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
@@ -421,11 +412,7 @@ def select_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
         raise ConfigError(f"--gpu-id {cfg.gpu_id}: this machine has {count} CUDA device(s) (0..{count - 1})")
     device = torch.device("cuda", cfg.gpu_id)
     torch.cuda.set_device(device)
-    if not cfg.amp:
-        amp_dtype = None
-    else:
-        # bfloat16 needs no loss scaling; older GPUs fall back to float16 with a GradScaler.
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = mixed_precision_dtype(device, cfg.amp)
     log.info("Training on %s (%s), mixed precision: %s", device, torch.cuda.get_device_name(device),
              amp_dtype or "off")
     return device, amp_dtype
@@ -475,11 +462,10 @@ def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, Im
     """Decode every image once; unreadable files are skipped with a warning (fatal with --strict-images)."""
     decoded = build_image_cache(images.paths, cfg.img_size, cfg.cache_mb, threads=max(1, cfg.num_workers))
     if decoded.failures:
-        listed = "; ".join(f"{path} ({reason})" for path, reason in decoded.failures[:20])
-        more = f" and {len(decoded.failures) - 20} more" if len(decoded.failures) > 20 else ""
+        listed = describe_failures(decoded.failures)
         if cfg.strict_images:
-            raise DataError(f"--strict-images: {len(decoded.failures)} unreadable image(s): {listed}{more}")
-        log.warning("Skipping %d unreadable image(s): %s%s", len(decoded.failures), listed, more)
+            raise DataError(f"--strict-images: {len(decoded.failures)} unreadable image(s): {listed}")
+        log.warning("Skipping %d unreadable image(s): %s", len(decoded.failures), listed)
         failed = {path for path, _ in decoded.failures}
         keep = [i for i, p in enumerate(images.paths) if p not in failed]
         images = ImageFolder(images.root, images.class_names, [images.paths[i] for i in keep],

@@ -35,8 +35,11 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _in_hidden_folder(path: Path, class_dir: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(class_dir).parts[:-1])
+def find_images(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursively, extension case-insensitive), sorted; hidden files
+    and anything inside hidden folders are left out."""
+    return sorted(p for p in folder.rglob("*")
+                  if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def scan_image_folder(data_dir: str | Path) -> ImageFolder:
@@ -58,8 +61,7 @@ def scan_image_folder(data_dir: str | Path) -> ImageFolder:
     labels: list[int] = []
     empty: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        images = sorted(p for p in class_dir.rglob("*")
-                        if _is_image(p) and not _in_hidden_folder(p, class_dir))
+        images = find_images(class_dir)
         if not images:
             empty.append(class_dir.name)
         paths.extend(images)

@@ -155,6 +155,12 @@ def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, thre
     return DecodedImages(cache, hashes, failures)
 
 
+def describe_failures(failures: Sequence[tuple[object, str]], limit: int = 20) -> str:
+    """``path (reason); ...`` for the first ``limit`` unreadable files, then how many more."""
+    listed = "; ".join(f"{path} ({reason})" for path, reason in failures[:limit])
+    return listed + (f" and {len(failures) - limit} more" if len(failures) > limit else "")
+
+
 def duplicate_groups(paths: Sequence[Path], hashes: Sequence[str]) -> list[list[Path]]:
     """Groups of files with identical content (byte for byte), each group sorted."""
     by_hash: dict[str, list[Path]] = defaultdict(list)
