@@ -17,7 +17,7 @@ from utils.io import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def run_args(data: Path, text_encoder: Path, out: Path, log: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "resnet18",
+    return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "starnet_s050",
             "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--use-cv",
             "--n-splits", "2", "--output-dir", str(out), "--log-file", str(log), *extra]
 

@@ -26,7 +26,7 @@ def run_main(argv, capsys):
 
 def base_args(data, out, tmp_path, text_encoder):
     return ["--data-dir", data, "--output-dir", out, "--log-file", tmp_path / "logs" / "run.log",
-            "--image-encoder", "resnet18", "--text-encoder", f"hf:{text_encoder}", "--img-size", "16",
+            "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{text_encoder}", "--img-size", "16",
             "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]
 
 

@@ -23,7 +23,7 @@ from tests.helpers import make_image_tree
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train_clip.sh"
 OUTPUT_ROOT = "runs 结果"
-GOOD = ["resnet18_hf_tiny_bert", "resnet18_scratch_hf_tiny_bert"]
+GOOD = ["starnet_s050_hf_tiny_bert", "starnet_s050_scratch_hf_tiny_bert"]
 BAD = "no_such_net_hf_tiny_bert"
 LOG_NAME = re.compile(r"^(?P<run>.+)_gpu(?P<gpu>[01])_\d{8}_\d{6}\.log$")
 
@@ -72,7 +72,7 @@ def flag(command: list[str], name: str) -> str | None:
 def study(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Path):
     """Three combinations on slots gpu0/gpu1: two train, one names an encoder that does not exist."""
     cwd = make_study_dir(tmp_path_factory.mktemp("driver"), tiny_text_encoder)
-    result = run_driver(cwd, IMAGE_ENCODERS="resnet18 no_such_net resnet18:scratch")
+    result = run_driver(cwd, IMAGE_ENCODERS="starnet_s050 no_such_net starnet_s050:scratch")
     return cwd, result
 
 
@@ -81,11 +81,11 @@ def test_jobs_share_the_gpu_slots_and_queue(study) -> None:
     events = [line for line in result.stdout.splitlines() if line.startswith("[")]
     kinds = [line.split("] ", 1)[1].split()[0:2] for line in events]
     starts = [name for kind, name in kinds if kind == "start"]
-    assert starts == ["resnet18_hf_tiny_bert", BAD, "resnet18_scratch_hf_tiny_bert"], result.stdout
+    assert starts == ["starnet_s050_hf_tiny_bert", BAD, "starnet_s050_scratch_hf_tiny_bert"], result.stdout
     # the first two start together; the third waits for a free slot
     assert [kind for kind, _ in kinds][:2] == ["start", "start"]
     first_end = next(i for i, (kind, _) in enumerate(kinds) if kind in ("done", "FAILED"))
-    assert first_end < [name for _, name in kinds].index("resnet18_scratch_hf_tiny_bert")
+    assert first_end < [name for _, name in kinds].index("starnet_s050_scratch_hf_tiny_bert")
     assert {line.split(" on ")[1].split()[0] for line in events[:2]} == {"gpu0", "gpu1"}
 
 
@@ -130,7 +130,7 @@ def test_failed_job_is_named_with_its_log_and_fails_the_run(study) -> None:
 def test_second_run_skips_finished_jobs(study) -> None:
     cwd, _ = study
     logs_before = set((cwd / "logs" / "clip_training").iterdir())
-    result = run_driver(cwd, IMAGE_ENCODERS="resnet18 resnet18:scratch", timeout=120)
+    result = run_driver(cwd, IMAGE_ENCODERS="starnet_s050 starnet_s050:scratch", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": skip: finished") == 2
     assert "start " not in result.stdout
@@ -242,12 +242,12 @@ def test_without_cuda_jobs_run_one_at_a_time_on_the_cpu(tmp_path: Path) -> None:
     ({"DATA_DIR": "missing"}, "DATA_DIR not found: missing"),
     ({"USE_MULTI_CONFIG": "true", "CONFIG_FILE": "none.json"}, "CONFIG_FILE not found: none.json"),
     ({"LEADERBOARD_METRIC": "balanced_acc"}, "did you mean 'balanced_accuracy'"),
-    ({"IMAGE_ENCODERS": "resnet18 resnet18"}, "would share the run folder 'resnet18_hf_tiny_bert'"),
+    ({"IMAGE_ENCODERS": "starnet_s050 starnet_s050"}, "would share the run folder 'starnet_s050_hf_tiny_bert'"),
     ({"EXTRA_ARGS": "--text-template 'unbalanced"}, "EXTRA_ARGS: cannot split"),
 ])
 def test_bad_settings_stop_before_any_job(tmp_path: Path, settings: dict, message: str) -> None:
     (tmp_path / "数据 集").mkdir()
-    result = run_driver(tmp_path, **{"IMAGE_ENCODERS": "resnet18", **settings})
+    result = run_driver(tmp_path, **{"IMAGE_ENCODERS": "starnet_s050", **settings})
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / OUTPUT_ROOT).exists() and not (tmp_path / "logs").exists()
 

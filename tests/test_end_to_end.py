@@ -28,7 +28,7 @@ def train(root: Path, text_encoder: Path, *extra: str, log_file: Path | None = N
     out = root / "out"
     log_file = log_file or root / "logs" / "run.log"
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(log_file),
-            "--image-encoder", "resnet18", "--text-encoder", f"hf:{text_encoder}", "--img-size", "32",
+            "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{text_encoder}", "--img-size", "32",
             "--epochs", str(EPOCHS), "--batch-size", "4", "--num-workers", "0", "--augmentation", "minimal",
             "--embed-dim", "16", "--learning-rate", "1e-3", "--text-template", "an image of {class_name}", *extra]
     assert train_clip.main(argv) == 0

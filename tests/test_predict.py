@@ -26,7 +26,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Pa
     data = make_image_tree(root / "data", {"cat_a": 8, "cat_b": 8, "股骨柄A": 8})
     out = root / "run"
     code = train_clip.main([
-        "--data-dir", str(data), "--text-encoder", f"hf:{tiny_text_encoder}", "--image-encoder", "resnet18",
+        "--data-dir", str(data), "--text-encoder", f"hf:{tiny_text_encoder}", "--image-encoder", "starnet_s050",
         "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-3",
         "--warmup-epochs", "0", "--augmentation", "none", "--num-workers", "0", "--use-cv", "--n-splits", "2",
         "--output-dir", str(out), "--log-file", str(root / "train.log")])

@@ -22,7 +22,7 @@ def run_with_test_set(tmp_path_factory, tiny_text_encoder):
     data = make_image_tree(root / "data", CLASSES)
     out = root / "out"
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(root / "run.log"),
-            "--image-encoder", "resnet18", "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32",
+            "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32",
             "--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--learning-rate", "1e-3",
             "--use-cv", "--n-splits", "3", "--test-fraction", "0.3", "--monitor", "macro_f1"]
     assert train_clip.main(argv) == 0

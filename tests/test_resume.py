@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_args(data: Path, text_encoder: Path, epochs: int = 3) -> list[str]:
-    return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "resnet18",
+    return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "starnet_s050",
             "--img-size", "32", "--epochs", str(epochs), "--batch-size", "4", "--num-workers", "0",
             "--use-cv", "--n-splits", "2", "--learning-rate", "1e-3", "--augmentation", "standard",
             "--use-weighted-sampling"]

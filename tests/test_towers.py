@@ -19,7 +19,7 @@ CLASS_TEXTS = [["class a"], ["class b", "another b"]]
 
 def cv_run(tmp_path: Path, image_tree: Path, tiny_text_encoder: Path, name: str, *flags: str) -> Path:
     out = tmp_path / name
-    code = train_clip.main(["--data-dir", str(image_tree), "--image-encoder", "resnet18",
+    code = train_clip.main(["--data-dir", str(image_tree), "--image-encoder", "starnet_s050",
                             "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "24", "--epochs", "2",
                             "--batch-size", "8", "--num-workers", "0", "--use-cv", "--n-splits", "2",
                             "--augmentation", "none", "--output-dir", str(out),
@@ -66,7 +66,7 @@ def test_frozen_image_backbone_stays_bit_identical(tmp_path, image_tree, tiny_te
 
 @pytest.mark.parametrize("freeze_text", [True, False])
 def test_only_a_frozen_text_tower_runs_once_and_without_gradients(tiny_text_encoder, freeze_text):
-    model = build_clip_model("resnet18", f"hf:{tiny_text_encoder}", 16, 0.07, CLASS_TEXTS,
+    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 16, 0.07, CLASS_TEXTS,
                              freeze_text=freeze_text)
     model.train()
     for _ in range(3):
@@ -82,7 +82,7 @@ def test_only_a_frozen_text_tower_runs_once_and_without_gradients(tiny_text_enco
 def test_lr_multipliers_apply_to_the_towers_and_projections_keep_the_base_rate(tiny_text_encoder, freeze_image):
     cfg = TrainConfig(data_dir="unused", learning_rate=1e-3, image_lr_mult=0.1, text_lr_mult=0.5,
                       freeze_image=freeze_image)
-    model = build_clip_model("resnet18", f"hf:{tiny_text_encoder}", 16, 0.07, CLASS_TEXTS,
+    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 16, 0.07, CLASS_TEXTS,
                              freeze_image=freeze_image)
     lr_of = {id(p): group["lr"] for group in train_clip.parameter_groups(model, cfg) for p in group["params"]}
     for name, parameter in model.named_parameters():
