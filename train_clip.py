@@ -52,7 +52,10 @@ from utils.seeding import seed_everything, seed_worker
 log = logging.getLogger("train_clip")
 
 CHECKPOINT_FORMAT = "train_clip/1"
-LATEST_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "fold_state", "rng")
+# What checkpoint_latest.pth adds to the model while its fold trains, for --resume. A finished fold
+# drops it: AdamW's two moments alone weigh twice the trainable parameters, on every fold of every run.
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "fold_state", "rng")
+LATEST_KEYS = ("format", "model", "epoch", *TRAINING_STATE_KEYS)
 
 
 class TrainingError(RuntimeError):
@@ -341,12 +344,24 @@ def load_fold_result(run: Run, fold: Fold) -> FoldResult:
                       np.asarray(saved["val_probs"], dtype=np.float64))
 
 
+def drop_training_state(fold_dir: Path) -> None:
+    """Reduce a finished fold's ``checkpoint_latest.pth`` to the last epoch's model and metadata."""
+    latest = fold_dir / "checkpoint_latest.pth"
+    if not latest.is_file():
+        return
+    saved = load_checkpoint(latest)
+    if any(key in saved for key in TRAINING_STATE_KEYS):
+        save_checkpoint(latest, {key: value for key, value in saved.items() if key not in TRAINING_STATE_KEYS})
+
+
 def run_fold(run: Run, fold: Fold) -> FoldResult:
     cfg, model, device = run.cfg, run.model, run.device
+    fold_dir = run.output_dir / f"fold_{fold.number}"
     if cfg.resume and fold_result_path(run, fold).is_file():
         log.info("Fold %d finished earlier: keeping its results", fold.number)
+        drop_training_state(fold_dir)  # in case the earlier run stopped between the two writes
         return load_fold_result(run, fold)
-    (run.output_dir / f"fold_{fold.number}").mkdir(parents=True, exist_ok=True)
+    fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + fold.number)
     model.load_state_dict(run.initial_state)
     model.reset_text_cache()
@@ -364,7 +379,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "sampler_generator": generator}
 
-    latest = run.output_dir / f"fold_{fold.number}" / "checkpoint_latest.pth"
+    latest = fold_dir / "checkpoint_latest.pth"
     if cfg.resume and latest.is_file():
         saved = load_checkpoint(latest, LATEST_KEYS)
         model.load_state_dict(saved["model"])
@@ -395,6 +410,8 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         writer.close()
     write_json(fold_result_path(run, fold), {"fold": fold.number, "best_epoch": state.best_epoch,
                                              "metrics": state.best_metrics, "val_probs": state.best_probs})
+    # Only after result.json: until it exists, --resume needs the training state.
+    drop_training_state(fold_dir)
     log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, state.best_epoch, cfg.monitor, state.best_value)
     return FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx),
                       np.asarray(state.best_probs, dtype=np.float64))

@@ -63,6 +63,7 @@ def test_sigkill_in_fold_2_then_resume_matches_uninterrupted_run(tmp_path, tiny_
     process.wait()
     assert not (killed / "cv_summary.json").exists()
     assert (killed / "fold_1" / "result.json").exists()
+    assert "optimizer" in load_checkpoint(killed / "fold_2" / "checkpoint_latest.pth")  # fold 2 can go on
 
     resumed = subprocess.run(script + ["--resume", "--output-dir", str(killed), "--log-file", str(tmp_path / "c.log")],
                              env=env, capture_output=True, text=True)
@@ -74,6 +75,25 @@ def test_sigkill_in_fold_2_then_resume_matches_uninterrupted_run(tmp_path, tiny_
     again = json.loads((killed / "cv_summary.json").read_text())
     assert comparable(again) == comparable(full)
     assert histories_without_time(killed, 2) == histories_without_time(tmp_path / "full", 2)
+
+
+def test_resume_after_a_stop_before_the_training_state_was_dropped_drops_it(tmp_path, tiny_text_encoder,
+                                                                             monkeypatch):
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out = tmp_path / "run"
+    args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out)]
+    # As if the process had died right after each fold's result.json was written.
+    monkeypatch.setattr(train_clip, "drop_training_state", lambda fold_dir: None)
+    assert train_clip.main(args + ["--log-file", str(tmp_path / "1.log")]) == 0
+    assert "optimizer" in load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")
+    monkeypatch.undo()
+    before = json.loads((out / "cv_summary.json").read_text())
+
+    assert train_clip.main(["--resume", "--output-dir", str(out), "--log-file", str(tmp_path / "2.log")]) == 0
+    for fold in (1, 2):
+        latest = load_checkpoint(out / f"fold_{fold}" / "checkpoint_latest.pth", ("model", "config"))
+        assert not set(train_clip.TRAINING_STATE_KEYS) & set(latest)
+    assert comparable(json.loads((out / "cv_summary.json").read_text())) == comparable(before)
 
 
 def test_resume_refuses_changed_settings_and_names_them(tmp_path, tiny_text_encoder, capsys):
