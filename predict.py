@@ -3,8 +3,8 @@
 
     python predict.py --run-dir OUTPUT_DIR --images PATH [--output predictions.csv] [--fold K]
 
-Each fold model is rebuilt from its checkpoint alone (architecture and class texts are stored
-in it; weights load with ``weights_only=True``). By default the probabilities of all fold
+Each fold model is rebuilt from its checkpoint alone (architecture, class texts and a HuggingFace
+text tower's tokenizer and config are stored in it; weights load with ``weights_only=True``). By default the probabilities of all fold
 models are averaged (an ensemble); ``--fold K`` uses one. Images are preprocessed exactly as
 validation images were during training, and scored exactly as ``train_clip.evaluate`` does,
 so ``--fold K`` on fold K's validation images reproduces its logged validation metrics.
@@ -142,7 +142,9 @@ def load_fold_model(fold: int, path: Path, device: torch.device,
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: its config lacks {exc}") from exc
     try:
-        model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False)
+        # Checkpoints carry a HuggingFace text tower's tokenizer and config: no folder or cache needed.
+        model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False,
+                                 text_files=state.get("text_encoder_files"))
     except (UnknownEncoderError, WeightsNotFoundError) as exc:
         raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
     try:

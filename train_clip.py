@@ -81,6 +81,8 @@ class Run:
     test_idx: list[int]
     model: CLIPClassifier
     initial_state: dict[str, torch.Tensor] = field(repr=False)
+    # The text tower's tokenizer and config files, carried by every checkpoint (predict.py).
+    text_files: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
     def labels(self) -> list[int]:
@@ -279,7 +281,7 @@ def checkpoint_state(run: Run, fold: Fold, epoch: int, metrics: dict[str, float]
     """The part every checkpoint shares: plain values and tensors only (loads with ``weights_only``)."""
     return {"format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "fold": fold.number, "epoch": epoch,
             "metrics": metrics, "config": run.cfg.to_dict(), "class_names": list(run.images.class_names),
-            "class_texts": run.class_texts}
+            "class_texts": run.class_texts, "text_encoder_files": run.text_files}
 
 
 def is_better(value: float, best: float) -> bool:
@@ -587,7 +589,8 @@ def prepare_run(cfg: TrainConfig) -> Run:
         images = decoded
         dev_idx, test_idx = split_off_test(cfg, images)
         folds = plan_folds(cfg, images, dev_idx)
-    run = Run(cfg, output_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state)
+    run = Run(cfg, output_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state,
+              model.text_encoder.saved_files())
     if cfg.resume and (output_dir / "folds.json").is_file():
         check_resumable(run)
     return run

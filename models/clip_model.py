@@ -112,15 +112,17 @@ def freeze(module: nn.Module) -> None:
 def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temperature: float,
                      class_texts: Sequence[Sequence[str]], freeze_image: bool = False,
                      freeze_text: bool = False, load_pretrained: bool = True, img_size: int | None = None,
-                     image_weights: str | None = None, text_weights: str | None = None) -> CLIPClassifier:
+                     image_weights: str | None = None, text_weights: str | None = None,
+                     text_files: dict[str, torch.Tensor] | None = None) -> CLIPClassifier:
     """Build the classifier; ``load_pretrained=False`` when a checkpoint will supply every weight.
 
     ``img_size`` shapes encoders whose architecture depends on it (ViT); ``image_weights`` and
-    ``text_weights`` are explicit weight paths that take precedence over the libraries' caches.
+    ``text_weights`` are explicit weight paths that take precedence over the libraries' caches;
+    ``text_files`` are a checkpoint's ``text_encoder_files`` (tokenizer and config).
     """
     model = CLIPClassifier(build_image_encoder(image_encoder, load_pretrained, img_size, image_weights),
-                           build_text_encoder(text_encoder, load_pretrained, text_weights), embed_dim,
-                           temperature, class_texts)
+                           build_text_encoder(text_encoder, load_pretrained, text_weights, text_files),
+                           embed_dim, temperature, class_texts)
     if freeze_image:
         freeze(model.image_encoder)
     if freeze_text:

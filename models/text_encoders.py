@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,18 +214,24 @@ class HFTextEncoder(nn.Module):
     prediction, and sentence-embedding models (MiniLM) are trained with mean pooling.
     """
 
-    def __init__(self, source: TextEncoderSource, name: str, load_pretrained: bool,
-                 weights: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, model: nn.Module) -> None:
         super().__init__()
+        self.tokenizer = tokenizer
+        self.model = model
+        self.feature_dim = int(model.config.hidden_size)
+
+    @classmethod
+    def load(cls, source: TextEncoderSource, name: str, load_pretrained: bool,
+             weights: str | None = None) -> "HFTextEncoder":
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         if not sys.stderr.isatty():
             hf_logging.disable_progress_bar()  # a weights-loading bar only clutters log files
         target = weights or source.model
-        self.tokenizer = _hf_load(AutoTokenizer, target, name)
+        tokenizer = _hf_load(AutoTokenizer, target, name)
         if source.pretrained and load_pretrained:
-            self.model, info = _hf_load(AutoModel, target, name, output_loading_info=True)
+            model, info = _hf_load(AutoModel, target, name, output_loading_info=True)
             # transformers fills missing weights with random ones and only warns: refuse instead.
             # The pooler is never used (mean pooling), so checkpoints without it are fine.
             missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
@@ -232,8 +239,30 @@ class HFTextEncoder(nn.Module):
                 raise incompatible_weights(WEIGHTS_FLAG if weights else FLAG, Path(target), name, RuntimeError(
                     f"missing {missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]}"))
         else:
-            self.model = AutoModel.from_config(_hf_load(AutoConfig, target, name))
-        self.feature_dim = int(self.model.config.hidden_size)
+            model = AutoModel.from_config(_hf_load(AutoConfig, target, name))
+        return cls(tokenizer, model)
+
+    @classmethod
+    def from_saved_files(cls, files: dict[str, torch.Tensor]) -> "HFTextEncoder":
+        """The architecture (random weights) and tokenizer from :meth:`saved_files` of a checkpoint."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        with tempfile.TemporaryDirectory(prefix="train_clip_text_") as folder:
+            for filename, data in files.items():
+                (Path(folder) / Path(filename).name).write_bytes(data.numpy().tobytes())
+            # Both read their files completely here: the folder may go afterwards.
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            config = AutoConfig.from_pretrained(folder)
+        return cls(tokenizer, AutoModel.from_config(config))
+
+    def saved_files(self) -> dict[str, torch.Tensor]:
+        """The tokenizer and config files as byte tensors, so that a checkpoint rebuilds this encoder
+        on a machine without the model's folder or HuggingFace cache (loads with ``weights_only``)."""
+        with tempfile.TemporaryDirectory(prefix="train_clip_text_") as folder:
+            self.tokenizer.save_pretrained(folder)
+            self.model.config.save_pretrained(folder)
+            return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+                    for path in sorted(Path(folder).iterdir()) if path.is_file()}
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         max_length = min(MAX_TOKENS, int(getattr(self.tokenizer, "model_max_length", MAX_TOKENS)))
@@ -333,17 +362,28 @@ class OpenCLIPTextEncoder(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return {"text": self.tokenizer(texts)}
 
+    def saved_files(self) -> dict[str, torch.Tensor]:
+        """Nothing: open_clip ships its tokenizers and model configs (an ``hf-hub`` model's stay
+        in the HuggingFace cache)."""
+        return {}
+
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(text)
 
 
-def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | None = None) -> nn.Module:
+def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | None = None,
+                       saved_files: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build the text encoder ``name``.
 
     ``weights`` is an explicit ``--text-weights`` path; ``load_pretrained=False`` skips loading
-    weights (checkpoint restore: tokenizer and architecture are still needed).
+    weights (checkpoint restore: tokenizer and architecture are still needed). ``saved_files``
+    are the ones a checkpoint carries (``saved_files()``): with them nothing else is read.
     """
+    if saved_files:
+        if load_pretrained:
+            raise ValueError("saved_files rebuild the architecture only: pass load_pretrained=False")
+        return HFTextEncoder.from_saved_files(saved_files)
     source = resolve_text_encoder(name, weights)
     if source.kind == "clip":
         return OpenCLIPTextEncoder(source, name, load_pretrained, weights)
-    return HFTextEncoder(source, name, load_pretrained, weights)
+    return HFTextEncoder.load(source, name, load_pretrained, weights)

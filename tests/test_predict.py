@@ -25,12 +25,16 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Pa
     root = tmp_path_factory.mktemp("predict_run")
     data = make_image_tree(root / "data", {"cat_a": 8, "cat_b": 8, "股骨柄A": 8})
     out = root / "run"
+    text_encoder = shutil.copytree(tiny_text_encoder, root / "text encoder 文本")
     code = train_clip.main([
-        "--data-dir", str(data), "--text-encoder", f"hf:{tiny_text_encoder}", "--image-encoder", "starnet_s050",
+        "--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "starnet_s050",
         "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-3",
         "--warmup-epochs", "0", "--augmentation", "none", "--num-workers", "0", "--use-cv", "--n-splits", "2",
         "--output-dir", str(out), "--log-file", str(root / "train.log")])
     assert code == 0
+    # predict.py rebuilds the model from the checkpoint alone: the text encoder's folder (tokenizer,
+    # config) is gone, as on a clinic machine that only got the run folder.
+    shutil.rmtree(text_encoder)
     return data, out
 
 
