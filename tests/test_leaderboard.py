@@ -28,7 +28,7 @@ def write_run(root: Path, name: str, data: dict | None) -> Path:
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}", encoding="utf-8")
     if data is not None:
-        # NaN as the trainer writes it (json allow_nan), null for an AUC that could not be computed
+        # null as the trainer writes an undefined metric; NaN as runs written before that did (allow_nan)
         (run / "cv_summary.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return run
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import torch
 import train_clip
 import utils.io
 from tests.helpers import make_image_tree
-from utils.io import load_checkpoint, save_checkpoint
+from utils.io import load_checkpoint, save_checkpoint, write_json
+from utils.metrics import mean_and_std
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,6 +229,20 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "a.pth").stat().st_mode & 0o777 == 0o644  # readable by the lab, not only the owner
+
+
+def test_undefined_metrics_are_strict_json_null_and_summarise_as_nan(tmp_path):
+    path = tmp_path / "result.json"
+    write_json(path, {"folds": [{"roc_auc": float("nan")}, {"roc_auc": 0.75}], "range": (-math.inf, 0.5)})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    assert data == {"folds": [{"roc_auc": None}, {"roc_auc": 0.75}], "range": [None, 0.5]}
+    # A resumed run summarises folds read back from result.json as the uninterrupted one does.
+    mean, std = mean_and_std(data["folds"])
+    assert math.isnan(mean["roc_auc"]) and math.isnan(std["roc_auc"])
 
 
 def test_out_of_memory_in_a_fold_names_the_batch_size_that_fits(tmp_path, tiny_text_encoder, monkeypatch, capsys):

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -71,9 +72,23 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(value) for value in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as pretty UTF-8 JSON (non-ASCII kept readable) atomically."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+    """Write ``obj`` as pretty UTF-8 JSON (non-ASCII kept readable) atomically.
+
+    An undefined metric (NaN: ROC-AUC of a validation set that lacks a class) is written as
+    ``null``: strict JSON readers (JavaScript, R's jsonlite, jq) refuse Python's ``NaN``.
+    """
+    text = json.dumps(_finite_or_null(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     with atomic_write(path, "w") as handle:
         handle.write(text)
 
