@@ -4,10 +4,10 @@
     python predict.py --run-dir OUTPUT_DIR --images PATH [--output predictions.csv] [--fold K]
 
 Each fold model is rebuilt from its checkpoint alone (architecture, class texts and a HuggingFace
-text tower's tokenizer and config are stored in it; weights load with ``weights_only=True``). By default the probabilities of all fold
-models are averaged (an ensemble); ``--fold K`` uses one. Images are preprocessed exactly as
-validation images were during training, and scored exactly as ``train_clip.evaluate`` does,
-so ``--fold K`` on fold K's validation images reproduces its logged validation metrics.
+text tower's tokenizer and config are stored in it; weights load with ``weights_only=True``).
+By default the probabilities of all fold models are averaged (an ensemble); ``--fold K`` uses
+one. Images are preprocessed exactly as validation images were during training, and scored
+exactly as ``train_clip.evaluate`` does, so ``--fold K`` on fold K's validation images reproduces its logged validation metrics.
 ``--class-texts-file`` replaces the class descriptions: the trained towers then classify into
 the classes of that file (zero-shot).
 """

@@ -82,7 +82,7 @@ class Run:
     model: CLIPClassifier
     initial_state: dict[str, torch.Tensor] = field(repr=False)
     # The text tower's tokenizer and config files, carried by every checkpoint (predict.py).
-    text_files: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    text_files: dict[str, torch.Tensor] = field(repr=False)
 
     @property
     def labels(self) -> list[int]:
