@@ -7,7 +7,8 @@ Each fold model is rebuilt from its checkpoint alone (architecture, class texts 
 text tower's tokenizer and config are stored in it; weights load with ``weights_only=True``).
 By default the probabilities of all fold models are averaged (an ensemble); ``--fold K`` uses
 one. Images are preprocessed exactly as validation images were during training, and scored
-exactly as ``train_clip.evaluate`` does, so ``--fold K`` on fold K's validation images reproduces its logged validation metrics.
+exactly as ``train_clip.evaluate`` does, so ``--fold K`` on fold K's validation images
+reproduces its logged validation metrics.
 ``--class-texts-file`` replaces the class descriptions: the trained towers then classify into
 the classes of that file (zero-shot).
 """
