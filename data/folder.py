@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import UserError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data on disk cannot be used as given; the message is meant for the user."""
 
 

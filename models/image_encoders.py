@@ -17,7 +17,7 @@ from torch import nn
 
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.weights import (WeightsLocation, fetch_weights_file, incompatible_weights, read_state_dict)
-from utils.config import ConfigError
+from utils.errors import ConfigError, closest
 from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -127,10 +127,8 @@ def _timm_spec(model: str) -> ImageEncoderSpec:
     from timm.models import get_pretrained_cfg
 
     if not model or not timm.is_model(model):
-        import difflib
-
-        close = difflib.get_close_matches(model, timm.list_models(), n=1, cutoff=0.5)
-        hint = f" (did you mean '{TIMM_PREFIX}{close[0]}'?)" if close else ""
+        match = closest(model, timm.list_models())
+        hint = f" (did you mean '{TIMM_PREFIX}{match}'?)" if match else ""
         raise UnknownEncoderError(f"{FLAG}: unknown timm model '{model}'{hint}; "
                                   f"timm.list_models() lists the {len(timm.list_models())} valid names")
     cfg = get_pretrained_cfg(model)

@@ -1,16 +1,17 @@
 """Parsing of encoder names and the errors shared by both registries."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
+from utils.errors import UserError, suggest
 
-class UnknownEncoderError(ValueError):
+
+class UnknownEncoderError(UserError, ValueError):
     """An encoder name that no registry entry matches."""
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(UserError, RuntimeError):
     """Pretrained weights were asked for but cannot be had (offline, not cached)."""
 
 
@@ -38,7 +39,6 @@ def split_suffix(name: str) -> EncoderName:
 
 def unknown_encoder(kind: str, flag: str, name: str, valid: Iterable[str], extra: str = "") -> UnknownEncoderError:
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.4)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return UnknownEncoderError(f"{flag}: unknown {kind} encoder '{name}'{hint}; valid names: "
+    # A lower cutoff than for flags: encoder names are long and typos often drop a whole part.
+    return UnknownEncoderError(f"{flag}: unknown {kind} encoder '{name}'{suggest(name, valid, 0.4)}; valid names: "
                                f"{', '.join(valid)}{extra}")

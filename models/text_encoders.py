@@ -19,7 +19,6 @@ folder. Otherwise weights come from the HuggingFace cache, else a download (:mod
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib.util
 import logging
 import os
@@ -35,7 +34,7 @@ from torch import nn
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.weights import (WeightsLocation, download_note, downloads_disabled, fetch_weights_file, hf_hub_cache,
                             incompatible_weights, weights_not_found)
-from utils.config import ConfigError
+from utils.errors import ConfigError, closest
 from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -112,8 +111,8 @@ def _resolve_clip(model: str, pretrained: bool) -> TextEncoderSource:
     config = model.replace("/", "-")
     if config not in open_clip.list_models():
         candidates = list(CLIP_ALIASES) + open_clip.list_models()
-        close = difflib.get_close_matches(model, candidates, n=1, cutoff=0.5)
-        hint = f" (did you mean 'clip:{close[0]}'?)" if close else ""
+        match = closest(model, candidates)
+        hint = f" (did you mean 'clip:{match}'?)" if match else ""
         raise UnknownEncoderError(f"{FLAG}: unknown open_clip model 'clip:{model}'{hint}; valid: "
                                   f"{', '.join('clip:' + a for a in CLIP_ALIASES)}, clip:hf-hub:<repo>, or "
                                   f"clip:<name> for the {len(open_clip.list_models())} names of "

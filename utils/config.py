@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from utils.errors import ConfigError, suggest
 from utils.io import read_json
 from utils.metrics import MONITOR_METRICS
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message is meant to be shown to the user as is."""
-
 
 GROUPS = {
     "data": "data",
@@ -171,12 +166,6 @@ def config_fields() -> list[dataclasses.Field]:
 
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
-
-
-def suggest(name: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest valid name, or nothing."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _flag(f: dataclasses.Field) -> str:

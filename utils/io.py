@@ -17,14 +17,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
+from utils.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or holds unexpected content."""
 
 
-class WriteError(RuntimeError):
+class ReadError(UserError, ValueError):
+    """A file the user named cannot be read as the format it must have; the message names it."""
+
+
+class WriteError(UserError, RuntimeError):
     """A file could not be written (disk full, permissions); its previous version is unchanged."""
 
 
@@ -35,8 +39,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {target}: {exc.strerror or exc}") from None
     encoding = None if "b" in mode else "utf-8"
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as handle:
@@ -110,6 +117,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
     ``before_replace`` runs after the bytes are on disk but before the rename; tests use it
     to simulate a crash in that window.
     """
+    import torch  # here, not at the top: the study runner and leaderboard read run folders without torch
+
     try:
         with atomic_write(path, "wb") as handle:
             torch.save(state, handle)
@@ -123,6 +132,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
 
 def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check it holds ``required_keys``."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -139,17 +150,39 @@ def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) 
     return state
 
 
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Read a UTF-8 JSON file; errors name the file, the flag it came from and the position."""
+    """Read a UTF-8 JSON file; errors name the file, the flag it came from and the position.
+
+    An object with the same key twice is refused: JSON parsers silently keep the last one, and a
+    class description or setting written twice is a mistake to show, not to guess.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{what} not found: {path}")
+        raise ReadError(f"{what} not found: {path}")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+        raise ReadError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ReadError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise ReadError(f"{what} {path}: the key '{exc.args[0]}' appears twice in one object; keep "
+                        "one (JSON readers silently drop the first)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                         f"column {exc.colno}") from exc
+        raise ReadError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                        f"column {exc.colno}") from exc

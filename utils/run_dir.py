@@ -1,0 +1,363 @@
+"""The run folder: one object for its layout, its state, what it owns, and its lock.
+
+Everyone who reads or writes a run folder (trainer, predict.py, the report, the leaderboard, the
+study runner) goes through :class:`RunDir`, so the layout below is spelled out once:
+
+    OUTPUT_DIR/
+      .train_clip.lock      held by the running process (host, pid, start time)
+      config.json folds.json run_time.json cv_summary.json oof_predictions.csv
+      test_predictions.csv test_metrics.json report.md  plots/  tensorboard/
+      fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
+
+A run owns exactly these names (and the temporary files of its atomic writes, and the log file
+its config names): ``--overwrite`` deletes those and nothing else, and a folder holding anything
+else is refused (DESIGN.md §6).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from utils.errors import UserError
+from utils.io import write_json
+
+log = logging.getLogger("train_clip.run_dir")
+
+LOCK_FILE = ".train_clip.lock"
+CONFIG_FILE = "config.json"
+FOLDS_FILE = "folds.json"
+RUN_TIME_FILE = "run_time.json"
+SUMMARY_FILE = "cv_summary.json"
+OOF_FILE = "oof_predictions.csv"
+TEST_PREDICTIONS_FILE = "test_predictions.csv"
+TEST_METRICS_FILE = "test_metrics.json"
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
+BEST_CHECKPOINT = "checkpoint_best.pth"
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+HISTORY_FILE = "history.json"
+RESULT_FILE = "result.json"
+
+RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
+                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE})
+RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
+FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE})
+FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
+# utils.io.atomic_write's temporary files (".NAME.XXXXXXXX.tmp"), left behind by a killed write.
+TEMPORARY_PATTERN = re.compile(r"\.(.+)\.[^.]+\.tmp")
+FOREIGN_SHOWN = 3  # foreign paths named in an error message
+
+
+class RunDirError(UserError):
+    """The output folder cannot be used as asked; nothing in it was changed."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds the run folder."""
+
+
+def _is_temporary_of(name: str, owned: frozenset[str]) -> bool:
+    match = TEMPORARY_PATTERN.fullmatch(name)
+    return bool(match) and match.group(1) in owned
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's output folder (which need not exist yet)."""
+
+    path: Path
+
+    # --- layout ----------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def folds(self) -> Path:
+        return self.path / FOLDS_FILE
+
+    @property
+    def run_time(self) -> Path:
+        return self.path / RUN_TIME_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def oof_predictions(self) -> Path:
+        return self.path / OOF_FILE
+
+    @property
+    def test_predictions(self) -> Path:
+        return self.path / TEST_PREDICTIONS_FILE
+
+    @property
+    def test_metrics(self) -> Path:
+        return self.path / TEST_METRICS_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.path / f"fold_{fold}"
+
+    def best_checkpoint(self, fold: int) -> Path:
+        return self.fold_dir(fold) / BEST_CHECKPOINT
+
+    def latest_checkpoint(self, fold: int) -> Path:
+        return self.fold_dir(fold) / LATEST_CHECKPOINT
+
+    def history(self, fold: int) -> Path:
+        return self.fold_dir(fold) / HISTORY_FILE
+
+    def fold_result(self, fold: int) -> Path:
+        return self.fold_dir(fold) / RESULT_FILE
+
+    # --- state -----------------------------------------------------------------------------
+    def fold_numbers(self) -> list[int]:
+        """Numbers of the ``fold_K`` folders present, sorted."""
+        if not self.path.is_dir():
+            return []
+        found = (FOLD_DIR_PATTERN.fullmatch(p.name) for p in self.path.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def planned_folds(self) -> list[int]:
+        """The folds ``folds.json`` planned (empty when it is missing or unreadable)."""
+        document = _read_json_or_none(self.folds)
+        folds = document.get("folds") if isinstance(document, dict) else None
+        if not isinstance(folds, list):
+            return []
+        return [f["fold"] for f in folds if isinstance(f, dict) and isinstance(f.get("fold"), int)]
+
+    def fold_finished(self, fold: int) -> bool:
+        return self.fold_result(fold).is_file()
+
+    def unfinished_folds(self) -> list[int]:
+        """Planned folds without a ``result.json`` (all present folds when nothing was planned)."""
+        return [k for k in (self.planned_folds() or self.fold_numbers()) if not self.fold_finished(k)]
+
+    def is_finished(self) -> bool:
+        """Every planned fold finished and ``cv_summary.json`` written (the trainer's last result file)."""
+        summary = _read_json_or_none(self.summary)
+        return (isinstance(summary, dict) and bool(self.planned_folds())
+                and not self.unfinished_folds())
+
+    def status(self) -> str:
+        """``complete`` (finished), ``partial`` (something of a run is there) or ``empty``."""
+        if self.is_finished():
+            return "complete"
+        if self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+            return "partial"
+        return "empty"
+
+    def wall_time_s(self) -> float:
+        """Seconds spent on this run over all its segments (first start, resumptions)."""
+        segments = _read_json_or_none(self.run_time)
+        if not isinstance(segments, dict) or not isinstance(segments.get("segments"), list):
+            return 0.0
+        return float(sum(s.get("seconds", 0.0) for s in segments["segments"] if isinstance(s, dict)))
+
+    def record_time(self, segment_started: str, seconds: float) -> None:
+        """Note the seconds this invocation (``segment_started``: its start time) has spent so far."""
+        document = _read_json_or_none(self.run_time)
+        segments = document.get("segments") if isinstance(document, dict) else None
+        segments = [s for s in segments if isinstance(s, dict)] if isinstance(segments, list) else []
+        others = [s for s in segments if s.get("started") != segment_started]
+        write_json(self.run_time, {"segments": others + [{"started": segment_started,
+                                                          "seconds": round(seconds, 3)}]})
+
+    # --- ownership -------------------------------------------------------------------------
+    def owned_log_file(self) -> Path | None:
+        """The log file the run's ``config.json`` names, when it lies inside the folder."""
+        config = _read_json_or_none(self.config)
+        name = config.get("log_file") if isinstance(config, dict) else None
+        if not isinstance(name, str) or not name:
+            return None
+        path = Path(name).resolve()
+        return path if self.path.resolve() in path.parents else None
+
+    def owns(self, path: Path, extra: frozenset[Path] = frozenset()) -> bool:
+        """Whether ``path`` (inside the folder) is a file or folder a run writes."""
+        relative = path.relative_to(self.path).parts
+        if path.resolve() in extra:
+            return True
+        top = relative[0]
+        if top in RUN_FOLDERS:
+            return True
+        if len(relative) == 1:
+            return top in RUN_FILES or _is_temporary_of(top, RUN_FILES) or bool(
+                FOLD_DIR_PATTERN.fullmatch(top) and path.is_dir() and not path.is_symlink())
+        if FOLD_DIR_PATTERN.fullmatch(top) and len(relative) == 2:
+            return relative[1] in FOLD_FILES or _is_temporary_of(relative[1], FOLD_FILES)
+        return False
+
+    def foreign_paths(self, keep: Path | None = None) -> list[Path]:
+        """Everything in the folder that no run writes (``keep``: this invocation's own log file)."""
+        if not self.path.is_dir():
+            return []
+        extra = frozenset(p for p in (keep, self.owned_log_file()) if p is not None)
+        foreign: list[Path] = []
+        pending = [self.path]
+        while pending:
+            for child in sorted(pending.pop().iterdir()):
+                if not self.owns(child, extra):
+                    foreign.append(child)
+                elif child.is_dir() and not child.is_symlink() and child.name not in RUN_FOLDERS:
+                    pending.append(child)
+        return foreign
+
+    def holds_results(self, keep: Path | None = None) -> bool:
+        """Whether any file of a run (other than the lock and ``keep``) is there."""
+        if not self.path.is_dir():
+            return False
+        return any(p.is_file() and p.name != LOCK_FILE and p.resolve() != keep for p in self.path.rglob("*"))
+
+    def check_only_run_files(self, keep: Path | None = None) -> None:
+        """Refuse a folder that holds anything a run does not write (it is someone's folder)."""
+        foreign = self.foreign_paths(keep)
+        if foreign:
+            shown = ", ".join(str(p.relative_to(self.path)) for p in foreign[:FOREIGN_SHOWN])
+            more = f" and {len(foreign) - FOREIGN_SHOWN} more" if len(foreign) > FOREIGN_SHOWN else ""
+            raise RunDirError(f"--output-dir {self.path} holds files that are not a train_clip run's ({shown}"
+                              f"{more}); train_clip writes and deletes only its own files: choose an empty "
+                              "or new folder")
+
+    def clear(self, keep: Path | None = None) -> None:
+        """Delete the run's own files for ``--overwrite``: never the lock, ``keep``, or anything foreign.
+
+        Callers check :meth:`check_only_run_files` first; what is not the run's is left alone anyway.
+        """
+        extra = frozenset(p for p in (keep, self.owned_log_file()) if p is not None)
+        for child in sorted(self.path.iterdir()):
+            if child.name == LOCK_FILE or (keep is not None and child.resolve() == keep):
+                continue
+            if not self.owns(child, extra):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                if child.name in RUN_FOLDERS:
+                    shutil.rmtree(child)
+                else:  # fold_K: only its known files, then the folder if that emptied it
+                    for file in child.iterdir():
+                        if self.owns(file):
+                            file.unlink()
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            elif child.resolve() not in extra:  # the config's log file is kept: it may be this run's
+                child.unlink()
+
+    # --- lock ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for this process (an OS file lock on ``.train_clip.lock``).
+
+        A second process is refused with :class:`RunLockedError` naming the holder. The OS releases
+        the lock when its holder dies; the holder's details then remain in the file and the next
+        process takes over with a warning. A folder this call created and that is left holding only
+        the lock is removed again, so a run refused before writing anything leaves nothing behind.
+        """
+        created = not self.path.exists()
+        handle = self._open_lock_file()
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise RunLockedError(f"--output-dir {self.path} is in use by {_describe(_holder(handle))}; "
+                                     "wait for it to finish or choose another folder") from None
+            previous = _holder(handle)
+            if previous:
+                log.warning("Taking over %s: its holder, %s, stopped without releasing it", self.path,
+                            _describe(previous))
+            _write_holder(handle)
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()  # an empty lock file: released cleanly
+                handle.flush()
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            handle.close()
+            if created:
+                with contextlib.suppress(OSError):
+                    if [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+                        self.lock_file.unlink()
+                        self.path.rmdir()
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now (host, pid, started), or None when nobody does."""
+        if not self.lock_file.is_file():
+            return None
+        with open(self.lock_file, "r+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return _holder(handle) or {"host": "?", "pid": "?", "started": "?"}
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return None
+
+    def _open_lock_file(self) -> Any:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            # No truncation on open: a live holder's details must survive a refused contender.
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunDirError(f"--output-dir {self.path} cannot be written: {exc.strerror or exc}") from None
+        return os.fdopen(fd, "r+", encoding="utf-8")
+
+
+def _holder(handle: Any) -> dict[str, Any]:
+    handle.seek(0)
+    try:
+        data = json.loads(handle.read() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_holder(handle: Any) -> None:
+    handle.seek(0)
+    handle.truncate()
+    json.dump({"host": socket.gethostname(), "pid": os.getpid(),
+               "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}, handle)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+            f"(started {holder.get('started', '?')})")
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (OSError, ValueError):
+        return None
