@@ -323,11 +323,11 @@ import re
 import sys
 from collections import Counter
 
-# Mirrors utils.config.path_safe (importing it would load torch); tests check the two agree.
+# Mirrors training.config.path_safe (importing it would load torch); tests check the two agree.
 def path_safe(name):
     return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
 
-# Config keys that mean the same field (utils.config KEY_ALIASES and NEGATED_KEYS).
+# Config keys that mean the same field (training.config KEY_ALIASES and NEGATED_KEYS).
 ALIASES = {"image_encoder_name": "image_encoder", "text_encoder_name": "text_encoder",
            "use_amp": "amp", "no_amp": "amp"}
 

@@ -40,7 +40,7 @@ from models.loss import class_contrastive_loss
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
-from utils.config import ConfigError, TrainConfig, config_from_args, run_name
+from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from utils.device import autocast, mixed_precision_dtype, to_device
 from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
                       write_json)

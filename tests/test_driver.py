@@ -180,7 +180,7 @@ def test_config_entries_take_precedence_over_settings(tmp_path: Path) -> None:
 
 
 def test_run_folders_use_the_trainers_path_safe_names(tmp_path: Path) -> None:
-    from utils.config import run_name
+    from training.config import run_name
 
     (tmp_path / "data").mkdir()
     images, texts = ["resnet18:pretrained", "vit_b/16.augreg"], ["clip:ViT-B/32", "hf:org/股骨柄-v1.0"]
@@ -195,7 +195,7 @@ def test_run_folders_use_the_trainers_path_safe_names(tmp_path: Path) -> None:
 
 
 def test_finished_and_interrupted_runs(tmp_path: Path) -> None:
-    from utils.config import config_fields
+    from training.config import config_fields
 
     (tmp_path / "data").mkdir()
     write_summary(tmp_path / "runs" / "resnet18_clip_ViT-B_32")

@@ -10,7 +10,7 @@ from models.clip_model import CLIPClassifier
 from models.image_encoders import IMAGE_ENCODERS, build_image_encoder, resolve_image_encoder
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from models.text_encoders import TextEncoderSource, build_text_encoder, resolve_text_encoder
-from utils.config import ConfigError
+from training.config import ConfigError
 
 GUIDE_IMAGE_NAMES = (
     [f"resnet{n}" for n in (18, 34, 50, 101, 152)]

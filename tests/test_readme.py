@@ -1,7 +1,7 @@
 """The README is the user's manual: it must name every flag and the commands it promises."""
 from pathlib import Path
 
-from utils.config import _flag, config_fields
+from training.config import _flag, config_fields
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

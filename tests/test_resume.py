@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import train_clip
-import utils.io
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint, save_checkpoint, write_json
 from utils.metrics import mean_and_std
@@ -198,13 +197,13 @@ def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_pa
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, handle, *args, **kwargs)
 
-    monkeypatch.setattr(utils.io.torch, "save", save_until_disk_full)
+    monkeypatch.setattr(torch, "save", save_until_disk_full)
     out = tmp_path / "run"
     args = base_args(data, tiny_text_encoder, epochs=2) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
     assert train_clip.main(args) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and "checkpoint_latest.pth" in err
-    monkeypatch.setattr(utils.io.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")["epoch"] == 0
     assert not [p for p in (out / "fold_1").iterdir() if p.name.endswith(".tmp")]
 

@@ -13,7 +13,7 @@ from data.folder import ImageFolder
 from data.folds import Fold
 from data.images import ImageCache
 from data.sampling import class_weights, weighted_sampler
-from utils.config import TrainConfig
+from training.config import TrainConfig
 
 COUNTS = [10, 40, 50]  # N = 100, C = 3
 

@@ -11,7 +11,7 @@ import torchvision
 
 import train_clip
 from models.clip_model import build_clip_model
-from utils.config import TrainConfig
+from training.config import TrainConfig
 from utils.io import load_checkpoint
 
 CLASS_TEXTS = [["class a"], ["class b", "another b"]]

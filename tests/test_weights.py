@@ -312,7 +312,7 @@ def test_restoring_from_a_run_config_needs_no_weights_file(tmp_path, monkeypatch
     from safetensors.torch import save_file
 
     from models.clip_model import build_clip_model, model_kwargs_from_config
-    from utils.config import TrainConfig
+    from training.config import TrainConfig
 
     _, hf_hub = point_caches_at(monkeypatch, tmp_path)
     make_tiny_open_clip(tmp_path / "repo")
