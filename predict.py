@@ -18,22 +18,24 @@ import argparse
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from data.folder import IMAGE_EXTENSIONS, DataError, find_images
+from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
 from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
-from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
+from models.clip_model import build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
-from utils.device import autocast, mixed_precision_dtype, to_device
-from utils.io import CheckpointError, load_checkpoint, read_json, write_csv
+from training.ensemble import FoldModel, ensemble_probs
+from utils.device import mixed_precision_dtype, select_device
+from utils.errors import UserError
+from utils.io import CheckpointError, check_writable, load_checkpoint, read_json, write_csv
 from utils.logging_setup import setup_logging
+from utils.run_dir import RunDir
 
 log = logging.getLogger("train_clip.predict")
 
@@ -41,21 +43,8 @@ CHECKPOINT_KEYS = ("model", "config", "class_names", "class_texts")
 DECODE_THREADS = 4  # PIL releases the GIL while decoding
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """Bad input to predict.py; the message is meant for the user."""
-
-
-USER_ERRORS = (PredictError, CheckpointError, DataError, UnknownEncoderError, WeightsNotFoundError)
-
-
-@dataclass
-class FoldModel:
-    """One fold's classifier with its class embeddings and logit scale computed once."""
-
-    fold: int
-    model: CLIPClassifier
-    class_emb: torch.Tensor
-    scale: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-id", type=int, default=0, metavar="N",
                         help="CUDA device index (the CPU is used when CUDA is not available).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when CUDA is available.")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="Use a run that has not finished (a fold without result.json, no cv_summary.json): "
+                             "its models are not the final ones; the folds used are listed with their epochs.")
     return parser
 
 
@@ -99,37 +91,40 @@ def check_args(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and models
 # ---------------------------------------------------------------------------------------------
-def _fold_number(folder: Path) -> int | None:
-    suffix = folder.name.removeprefix("fold_")
-    return int(suffix) if folder.name.startswith("fold_") and suffix.isdigit() else None
-
-
-def checkpoint_paths(run_dir: Path, fold: int | None) -> list[tuple[int, Path]]:
+def checkpoint_paths(run_dir: RunDir, fold: int | None, allow_unfinished: bool) -> list[tuple[int, Path]]:
     """(fold, checkpoint) of the requested folds: ``checkpoint_best.pth``, else ``checkpoint_latest.pth``.
 
-    A run trained with ``--no-save-best`` has only the latest checkpoints; they are used then.
+    An unfinished run is refused unless ``allow_unfinished``: its best checkpoints may still be the
+    untrained epoch 0 and some folds may be missing. A run trained with ``--no-save-best`` has only
+    the latest checkpoints of finished folds: they are its final models and are used then.
     """
-    if not run_dir.is_dir():
-        raise PredictError(f"--run-dir {run_dir} does not exist or is not a folder")
-    found: dict[int, Path] = {}
-    for folder in run_dir.glob("fold_*"):
-        number = _fold_number(folder)
-        for name in ("checkpoint_best.pth", "checkpoint_latest.pth"):
-            if number is not None and (folder / name).is_file():
-                found[number] = folder / name
-                break
+    if not run_dir.path.is_dir():
+        raise PredictError(f"--run-dir {run_dir.path} does not exist or is not a folder")
+    found = {k: path for k in run_dir.fold_numbers()
+             for path in [run_dir.best_checkpoint(k), run_dir.latest_checkpoint(k)][::-1] if path.is_file()}
     if not found:
-        raise PredictError(f"--run-dir {run_dir} holds no fold_K/checkpoint_best.pth: not a finished "
-                           "train_clip run folder")
+        raise PredictError(f"--run-dir {run_dir.path} holds no fold_K/checkpoint_best.pth: not a train_clip run "
+                           "folder")
     if fold is not None:
         if fold not in found:
-            raise PredictError(f"--fold {fold}: {run_dir} has no checkpoint for fold {fold} (folds: "
+            raise PredictError(f"--fold {fold}: {run_dir.path} has no checkpoint for fold {fold} (folds: "
                                f"{', '.join(map(str, sorted(found)))})")
         found = {fold: found[fold]}
-    for number, path in sorted(found.items()):
-        if path.name == "checkpoint_latest.pth":
-            log.info("fold %d has no checkpoint_best.pth (trained with --no-save-best?): using %s", number, path)
+    check_finished(run_dir, allow_unfinished)
     return sorted(found.items())
+
+
+def check_finished(run_dir: RunDir, allow_unfinished: bool) -> None:
+    unfinished = run_dir.unfinished_folds()
+    missing_summary = not run_dir.summary.is_file()
+    if not (unfinished or missing_summary):
+        return
+    what = (f"fold(s) {', '.join(map(str, unfinished))} have no result.json" if unfinished
+            else f"it has no {run_dir.summary.name}")
+    if not allow_unfinished:
+        raise PredictError(f"--run-dir {run_dir.path} is not a finished run ({what}): its checkpoints are not "
+                           "the final models; finish it with train_clip.py --resume, or pass --allow-unfinished")
+    log.warning("--allow-unfinished: %s is not a finished run (%s)", run_dir.path, what)
 
 
 def load_fold_model(fold: int, path: Path, device: torch.device,
@@ -158,11 +153,9 @@ def load_fold_model(fold: int, path: Path, device: torch.device,
     model.to(device).eval()
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        # As in train_clip.evaluate: class embeddings and scale once, outside autocast.
-        fold_model = FoldModel(fold, model, model.encode_classes(), model.scale())
+    fold_model = FoldModel.prepare(model, fold)
     meta = {"class_names": list(state["class_names"]), "img_size": img_size,
-            "config": config}
+            "config": config, "epoch": state.get("epoch"), "file": path.name}
     return fold_model, meta
 
 
@@ -172,6 +165,7 @@ def load_models(checkpoints: Sequence[tuple[int, Path]], device: torch.device,
     models, first = [], None
     for number, path in checkpoints:
         fold_model, meta = load_fold_model(number, path, device, class_texts)
+        describe_fold_model(number, meta)
         if first is None:
             first = meta
         elif (meta["class_names"], meta["img_size"]) != (first["class_names"], first["img_size"]):
@@ -179,6 +173,14 @@ def load_models(checkpoints: Sequence[tuple[int, Path]], device: torch.device,
                                "checkpoint; the fold models are not from one run")
         models.append(fold_model)
     return models, first["class_names"], first["img_size"], first["config"]
+
+
+def describe_fold_model(fold: int, meta: dict) -> None:
+    """Say which checkpoint a fold uses, and warn when it is the untrained model of epoch 0."""
+    log.info("fold %d: %s (epoch %s)", fold, meta["file"], meta["epoch"])
+    if meta["epoch"] == 0:
+        log.warning("fold %d: its model is epoch 0, the untrained (zero-shot) model: training never improved "
+                    "on it", fold)
 
 
 def load_new_class_texts(path: str) -> tuple[list[str], list[list[str]]]:
@@ -203,10 +205,10 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
     Folders are searched recursively; hidden files and folders are skipped; order is by path.
     """
     if images.is_file():
-        return [(images, str(images))]
+        return [(images, printable(str(images)))]
     if not images.is_dir():
         raise PredictError(f"--images {images} does not exist")
-    found = [(path, path.relative_to(images).as_posix()) for path in find_images(images)]
+    found = [(path, display_path(path, images)) for path in find_images(images)]
     if not found:
         raise PredictError(f"--images {images} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return sorted(found, key=lambda item: item[1])
@@ -237,34 +239,6 @@ def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size
                 yield names, torch.stack(tensors)
 
 
-@torch.no_grad()
-def ensemble_probs(models: Sequence[FoldModel], images: torch.Tensor, device: torch.device,
-                   amp_dtype: torch.dtype | None) -> np.ndarray:
-    """Mean over the fold models of softmax(logits), each computed as in ``train_clip.evaluate``."""
-    images = to_device(images, device)
-    total = None
-    for fold_model in models:
-        with autocast(device, amp_dtype):
-            image_emb = fold_model.model.encode_images(images)
-        probs = CLIPClassifier.logits(image_emb, fold_model.class_emb, fold_model.scale).softmax(dim=1)
-        total = probs if total is None else total + probs
-    return (total / len(models)).cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
-def select_device(gpu_id: int, force_cpu: bool) -> torch.device:
-    if force_cpu or not torch.cuda.is_available():
-        if not force_cpu:
-            log.info("CUDA is not available: predicting on the CPU")
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if gpu_id >= count:
-        raise PredictError(f"--gpu-id {gpu_id}: this machine has {count} CUDA device(s) (0..{count - 1})")
-    return torch.device("cuda", gpu_id)
-
-
 def warn_failures(failures: Sequence[tuple[str, str]]) -> None:
     if failures:
         log.warning("Skipping %d unreadable image(s): %s", len(failures), describe_failures(failures))
@@ -273,11 +247,14 @@ def warn_failures(failures: Sequence[tuple[str, str]]) -> None:
 def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray, list[FoldModel], int]:
     """Names of the classified images, class names, their probabilities, the models, skipped count."""
     check_args(args)
-    checkpoints = checkpoint_paths(Path(args.run_dir), args.fold)
+    checkpoints = checkpoint_paths(RunDir(Path(args.run_dir)), args.fold, args.allow_unfinished)
+    check_writable(Path(args.output), "--output")
     new_names, new_texts = (load_new_class_texts(args.class_texts_file) if args.class_texts_file
                             else (None, None))
     files = list_images(Path(args.images))
     device = select_device(args.gpu_id, args.cpu)
+    if device.type == "cpu" and not args.cpu:
+        log.info("CUDA is not available: predicting on the CPU")
     models, class_names, img_size, config = load_models(checkpoints, device, new_texts)
     class_names = new_names or class_names
     amp_dtype = mixed_precision_dtype(device, config.get("amp", True))  # as training validated
@@ -313,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         names, class_names, probs, models, skipped = predict(args)
         write_predictions(args.output, names, class_names, probs)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(names, class_names, probs, models, skipped, args.output)

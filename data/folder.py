@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.run_dir import RunDir
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -27,6 +28,26 @@ class ImageFolder:
         for label in self.labels:
             counts[label] += 1
         return counts
+
+
+def display_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as text every file and terminal can hold.
+
+    A file name that is not valid UTF-8 reaches Python with its odd bytes as surrogates, which no
+    UTF-8 file can store: they are shown as ``\\xNN`` escapes instead (readable, and stable, so a
+    resumed run compares equal).
+    """
+    return printable(path.relative_to(root).as_posix())
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogates) as ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def undecodable_names(paths: list[Path], root: Path) -> list[str]:
+    """The files of ``paths`` whose names are not valid UTF-8, in their displayed form."""
+    return [display_path(p, root) for p in paths if display_path(p, root) != p.relative_to(root).as_posix()]
 
 
 def _is_hidden(path: Path) -> bool:
@@ -62,6 +83,10 @@ def scan_image_folder(data_dir: str | Path) -> ImageFolder:
     paths: list[Path] = []
     labels: list[int] = []
     empty: list[str] = []
+    for class_dir in class_dirs:
+        if RunDir(class_dir).config.is_file() and RunDir(class_dir).folds.is_file():
+            raise DataError(f"--data-dir {root}: {class_dir.name} is a train_clip run folder, not a class; "
+                            "move it out of the data folder")
     for label, class_dir in enumerate(class_dirs):
         images = find_images(class_dir)
         if not images:

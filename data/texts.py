@@ -40,6 +40,10 @@ def load_class_texts(class_names: Sequence[str], texts_file: str | Path | None,
             raise DataError(str(exc)) from exc
         if not isinstance(data, dict):
             raise DataError(f"--class-texts-file {path} must hold a JSON object mapping class names to texts")
+        blank = [name for name in data if not name.strip()]
+        if blank:
+            raise DataError(f"--class-texts-file {path}: a class name is empty or only spaces ({blank[0]!r}); "
+                            "every key must name a class folder")
         from_file = {name: _as_text_list(value, name, path) for name, value in data.items()}
         extra = sorted(set(from_file) - set(class_names))
         if extra:

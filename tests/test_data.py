@@ -9,7 +9,12 @@ from PIL import Image
 from data.folder import IMAGE_EXTENSIONS, DataError, scan_image_folder
 from data.images import decode_image
 from data.texts import load_class_texts
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToModelInput, build_augmentation
+from data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ToModelInput,
+    build_augmentation,
+)
 from utils.io import write_json
 
 CLASSES = ["cat_a", "cat_b", "股骨柄A"]

@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from models.clip_model import CLIPClassifier
-from models.image_encoders import IMAGE_ENCODERS, build_image_encoder, resolve_image_encoder
+from models.image_encoders import (
+    IMAGE_ENCODERS,
+    build_image_encoder,
+    resolve_image_encoder,
+)
 from models.names import UnknownEncoderError, WeightsNotFoundError
-from models.text_encoders import TextEncoderSource, build_text_encoder, resolve_text_encoder
+from models.text_encoders import (
+    TextEncoderSource,
+    build_text_encoder,
+    resolve_text_encoder,
+)
 from training.config import ConfigError
 
 GUIDE_IMAGE_NAMES = (

@@ -9,12 +9,15 @@ import torch
 from torch.utils.data import DataLoader
 
 import train_clip
+import training.checkpoints
+import training.engine
 from data.images import CachedImageDataset, build_image_cache
 from data.transforms import ToModelInput
 from models.clip_model import build_clip_model, model_kwargs_from_config
 from tests.helpers import make_image_tree
 from training.config import config_from_args
 from utils.metrics import classification_metrics
+from utils.run_dir import RunDir
 
 CLASSES = {"cat_a": 8, "cat_b": 8, "股骨柄A": 8}
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -154,7 +157,7 @@ def test_finished_fold_keeps_the_last_model_without_its_training_state(cv_run):
         latest = torch.load(out / f"fold_{fold}" / "checkpoint_latest.pth", map_location="cpu", weights_only=True)
         assert latest["epoch"] == EPOCHS and latest["fold"] == fold
         assert {"model", "config", "class_names", "class_texts", "metrics"} <= set(latest)
-        assert not set(train_clip.TRAINING_STATE_KEYS) & set(latest)
+        assert not set(training.checkpoints.TRAINING_STATE_KEYS) & set(latest)
         last_row = json.loads((out / f"fold_{fold}" / "history.json").read_text())[-1]
         assert latest["metrics"]["accuracy"] == last_row["accuracy"]
 
@@ -171,7 +174,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, val_paths: list[str]) -> t
     assert not decoded.failures
     dataset = CachedImageDataset(decoded.cache, range(len(val_paths)), labels, None, ToModelInput())
     loader = DataLoader(dataset, batch_size=config["batch_size"] * 2, shuffle=False)
-    probs, y_true, _, _ = train_clip.evaluate(model, loader, torch.device("cpu"), None)
+    probs, y_true, _, _ = training.engine.evaluate(model, loader, torch.device("cpu"), None)
     return classification_metrics(y_true, probs), probs
 
 
@@ -217,10 +220,11 @@ def test_run_without_cv_is_one_holdout_split(holdout_run):
     assert metrics["accuracy"] == summary["folds"][0]["metrics"]["accuracy"]
 
 
-def test_overwrite_clears_old_results_but_keeps_the_running_log(tmp_path):
+def test_overwrite_clears_old_results_but_keeps_the_running_log_and_what_is_not_a_run_file(tmp_path):
     out = tmp_path / "out"
-    for old in ("cv_summary.json", "fold_1/history.json", "logs/old.log", "logs/run.log"):
+    for old in ("cv_summary.json", "fold_1/history.json", "plots/roc.png", "logs/old.log", "logs/run.log"):
         (out / old).parent.mkdir(parents=True, exist_ok=True)
         (out / old).write_text("old", encoding="utf-8")
-    train_clip.clear_output_dir(out, keep=out / "logs" / "run.log")
-    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == ["logs/run.log"]
+    RunDir(out).clear(keep=(out / "logs" / "run.log").resolve())
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["logs/old.log",
+                                                                                            "logs/run.log"]

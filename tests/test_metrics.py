@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from utils.metrics import (classification_metrics, expected_calibration_error, mean_and_std,
-                           scalar_metrics, top_k_accuracy)
+from utils.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    mean_and_std,
+    scalar_metrics,
+    top_k_accuracy,
+)
 
 
 def fixed_predictions(n: int = 80, n_classes: int = 4, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from PIL import Image
 from utils import plots
 from utils.io import write_csv, write_json
 from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
-from utils.report import load_histories, main as report_main, write_plots, write_report
+from utils.report import load_histories, write_plots, write_report
+from utils.report import main as report_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASS_NAMES = ["cat_a", "cat_b", "股骨柄A"]

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 import train_clip
+import training.checkpoints
+import training.engine
+import training.fold
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint, save_checkpoint, write_json
 from utils.metrics import mean_and_std
@@ -84,16 +87,17 @@ def test_resume_after_a_stop_before_the_training_state_was_dropped_drops_it(tmp_
     out = tmp_path / "run"
     args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out)]
     # As if the process had died right after each fold's result.json was written.
-    monkeypatch.setattr(train_clip, "drop_training_state", lambda fold_dir: None)
+    monkeypatch.setattr(training.checkpoints.FoldCheckpoints, "drop_training_state", lambda self: None)
     assert train_clip.main(args + ["--log-file", str(tmp_path / "1.log")]) == 0
     assert "optimizer" in load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")
     monkeypatch.undo()
     before = json.loads((out / "cv_summary.json").read_text())
+    (out / "cv_summary.json").unlink()  # the process died before writing it
 
     assert train_clip.main(["--resume", "--output-dir", str(out), "--log-file", str(tmp_path / "2.log")]) == 0
     for fold in (1, 2):
         latest = load_checkpoint(out / f"fold_{fold}" / "checkpoint_latest.pth", ("model", "config"))
-        assert not set(train_clip.TRAINING_STATE_KEYS) & set(latest)
+        assert not set(training.checkpoints.TRAINING_STATE_KEYS) & set(latest)
     assert comparable(json.loads((out / "cv_summary.json").read_text())) == comparable(before)
 
 
@@ -110,17 +114,18 @@ def test_resume_refuses_changed_settings_and_names_them(tmp_path, tiny_text_enco
     assert (out / "cv_summary.json").read_bytes() == before
 
 
-def test_new_run_into_non_empty_output_dir_is_refused_and_touches_nothing(tmp_path, tiny_text_encoder, capsys):
+def test_new_run_into_a_folder_of_someone_else_is_refused_even_with_overwrite(tmp_path, tiny_text_encoder,
+                                                                              capsys):
     data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
     args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
-    assert train_clip.main(args) == 2
-    assert "already holds results" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
-    assert train_clip.main(args + ["--overwrite"]) == 0
-    assert not (out / "notes.txt").exists() and (out / "cv_summary.json").exists()
+    for extra in ([], ["--overwrite"]):
+        assert train_clip.main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert "not a train_clip run's (notes.txt)" in err and len(err.strip().splitlines()) == 1
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_kill_between_write_and_replace_keeps_old_checkpoint(tmp_path):
@@ -166,7 +171,7 @@ def test_patience_stops_a_fold_early(tmp_path, tiny_text_encoder, monkeypatch):
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, tiny_text_encoder,
                                                                              monkeypatch, capsys):
     data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
-    real_loss = train_clip.class_contrastive_loss
+    real_loss = training.engine.class_contrastive_loss
     calls = {"n": 0}
 
     def loss_turning_nan(*args, **kwargs):
@@ -174,7 +179,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss  # epoch 2, step 1 (1 step per epoch)
 
-    monkeypatch.setattr(train_clip, "class_contrastive_loss", loss_turning_nan)
+    monkeypatch.setattr(training.engine, "class_contrastive_loss", loss_turning_nan)
     out = tmp_path / "run"
     args = base_args(data, tiny_text_encoder, epochs=3) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
     assert train_clip.main(args) == 2
@@ -216,9 +221,9 @@ def test_out_of_memory_probe_halves_until_a_batch_fits():
         if size > 12:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    assert train_clip.largest_fitting_batch(try_batch, 64) == 8
+    assert training.engine.largest_fitting_batch(try_batch, 64) == 8
     assert tried == [64, 32, 16, 8]
-    assert train_clip.largest_fitting_batch(lambda n: (_ for _ in ()).throw(torch.OutOfMemoryError()), 4) == 0
+    assert training.engine.largest_fitting_batch(lambda n: (_ for _ in ()).throw(torch.OutOfMemoryError()), 4) == 0
 
 
 def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
@@ -250,7 +255,7 @@ def test_out_of_memory_in_a_fold_names_the_batch_size_that_fits(tmp_path, tiny_t
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_clip, "train_one_epoch", out_of_memory)
+    monkeypatch.setattr(training.fold, "train_one_epoch", out_of_memory)
     args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(tmp_path / "run"),
                                                             "--log-file", str(tmp_path / "l.log")]
     assert train_clip.main(args) == 2

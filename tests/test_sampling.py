@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import train_clip
+import training.fold
 from data.folder import ImageFolder
 from data.folds import Fold
 from data.images import ImageCache
@@ -85,7 +85,7 @@ def test_weighted_sampler_is_reproducible_with_the_same_generator_seed():
 
 
 def fake_run(labels, cfg):
-    """Just what train_clip.make_loaders reads: the data, the config and the device."""
+    """Just what training.fold.make_loaders reads: the data, the config and the device."""
     cache = ImageCache([Path(f"img_{i}.png") for i in range(len(labels))], 16,
                        [torch.zeros(1, 16, 16, dtype=torch.uint8) for _ in labels])
     images = ImageFolder(Path("."), ["a", "b"], list(cache.paths), list(labels))
@@ -100,7 +100,7 @@ def test_make_loaders_weights_the_training_fold_only():
     fold = Fold(1, train_idx=list(range(8)) + [10, 11], val_idx=[8, 9] + list(range(12, 20)))
     cfg = TrainConfig(data_dir="unused", use_weighted_sampling=True, weight_method="inverse_freq",
                       batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    train_loader, val_loader, seeded = train_clip.make_loaders(fake_run(labels, cfg), fold,
+    train_loader, val_loader, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold,
                                                                torch.Generator().manual_seed(0))
     assert train_loader.sampler is seeded  # yields (position, augmentation seed) keys
     sampler = seeded.base
@@ -117,5 +117,5 @@ def test_make_loaders_without_weighted_sampling_shuffles_uniformly():
     labels = [0] * 10 + [1] * 10
     fold = Fold(1, train_idx=list(range(0, 20, 2)), val_idx=list(range(1, 20, 2)))
     cfg = TrainConfig(data_dir="unused", batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    _, _, seeded = train_clip.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
+    _, _, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
     assert isinstance(seeded.base, torch.utils.data.RandomSampler)

@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 import train_clip
+import training.engine
 from models.clip_model import build_clip_model
 from training.config import TrainConfig
 from utils.io import load_checkpoint
@@ -84,7 +85,7 @@ def test_lr_multipliers_apply_to_the_towers_and_projections_keep_the_base_rate(t
                       freeze_image=freeze_image)
     model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 16, 0.07, CLASS_TEXTS,
                              freeze_image=freeze_image)
-    lr_of = {id(p): group["lr"] for group in train_clip.parameter_groups(model, cfg) for p in group["params"]}
+    lr_of = {id(p): group["lr"] for group in training.engine.parameter_groups(model, cfg) for p in group["params"]}
     for name, parameter in model.named_parameters():
         if name.startswith("image_encoder."):
             expected = None if freeze_image else pytest.approx(1e-4)

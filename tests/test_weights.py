@@ -14,7 +14,11 @@ import train_clip
 from models import download
 from models.image_encoders import build_image_encoder
 from models.names import WeightsNotFoundError
-from models.text_encoders import build_text_encoder, clip_weights_location, resolve_text_encoder
+from models.text_encoders import (
+    build_text_encoder,
+    clip_weights_location,
+    resolve_text_encoder,
+)
 from tests.weights_helpers import make_tiny_open_clip, point_caches_at, put_in_hf_cache
 
 # File names the libraries themselves use (written out here so the tests do not trust our code).

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.errors import ConfigError
+
 
 def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """The autocast dtype on ``device``: None (full precision) off CUDA or when disabled.
@@ -23,3 +25,13 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move an image batch; channels_last on CUDA, where convolutions run faster in that layout."""
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
+
+
+def select_device(gpu_id: int, force_cpu: bool = False) -> torch.device:
+    """``cuda:<gpu_id>``, or the CPU when CUDA is not available (or ``force_cpu``)."""
+    if force_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if gpu_id >= count:
+        raise ConfigError(f"--gpu-id {gpu_id}: this machine has {count} CUDA device(s) (0..{count - 1})")
+    return torch.device("cuda", gpu_id)

@@ -110,6 +110,19 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
         handle.write(buffer.getvalue())
 
 
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Fail early, in one line, when the file ``path`` named by ``flag`` could not be written later."""
+    target = Path(path)
+    if target.is_dir():
+        raise WriteError(f"{flag} {target} is a folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as exc:
+        raise WriteError(f"{flag} {target} cannot be written: {exc.strerror or exc}") from None
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
                     before_replace: Callable[[], None] | None = None) -> None:
     """``torch.save`` ``state`` atomically.

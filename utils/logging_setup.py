@@ -5,6 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.io import WriteError
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -27,8 +29,14 @@ def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> log
     logger.addHandler(console)
     if log_file is not None:
         path = Path(log_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # backslashreplace: a file name that is not valid UTF-8 is logged as \xNN, not a logging error.
+            file_handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+        except IsADirectoryError:
+            raise WriteError(f"--log-file {path} is a folder; give a file name such as {path / 'train.log'}") from None
+        except OSError as exc:
+            raise WriteError(f"--log-file {path} cannot be written: {exc.strerror or exc}") from None
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     return logger

@@ -57,7 +57,8 @@ FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
 # utils.io.atomic_write's temporary files (".NAME.XXXXXXXX.tmp"), left behind by a killed write.
 TEMPORARY_PATTERN = re.compile(r"\.(.+)\.[^.]+\.tmp")
-FOREIGN_SHOWN = 3  # foreign paths named in an error message
+FOREIGN_SHOWN = 3
+LOCK_ATTEMPTS = 5  # foreign paths named in an error message
 
 
 class RunDirError(UserError):
@@ -205,8 +206,9 @@ class RunDir:
     def owns(self, path: Path, extra: frozenset[Path] = frozenset()) -> bool:
         """Whether ``path`` (inside the folder) is a file or folder a run writes."""
         relative = path.relative_to(self.path).parts
-        if path.resolve() in extra:
-            return True
+        resolved = path.resolve()
+        if resolved in extra or (path.is_dir() and any(resolved in e.parents for e in extra)):
+            return True  # the log file (or a folder on the way to it)
         top = relative[0]
         if top in RUN_FOLDERS:
             return True
@@ -278,19 +280,11 @@ class RunDir:
 
         A second process is refused with :class:`RunLockedError` naming the holder. The OS releases
         the lock when its holder dies; the holder's details then remain in the file and the next
-        process takes over with a warning. A folder this call created and that is left holding only
-        the lock is removed again, so a run refused before writing anything leaves nothing behind.
+        process takes over with a warning. A lock file (and folder) this call created is removed again
+        when no run file was written, so a run refused before writing anything leaves nothing behind.
         """
-        created = not self.path.exists()
-        handle = self._open_lock_file()
-        try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise RunLockedError(f"--output-dir {self.path} is in use by {_describe(_holder(handle))}; "
-                                     "wait for it to finish or choose another folder") from None
+        created_dir, created_lock = not self.path.exists(), not self.lock_file.exists()
+        with self._acquire() as handle:
             previous = _holder(handle)
             if previous:
                 log.warning("Taking over %s: its holder, %s, stopped without releasing it", self.path,
@@ -299,17 +293,15 @@ class RunDir:
             try:
                 yield
             finally:
+                # Still holding the lock: nobody else can be using the folder while it is tidied.
+                if created_lock and not any(self.owns(p) for p in self.path.iterdir() if p.name != LOCK_FILE):
+                    self.lock_file.unlink()
+                    if created_dir and not any(self.path.iterdir()):
+                        self.path.rmdir()
                 handle.seek(0)
                 handle.truncate()  # an empty lock file: released cleanly
                 handle.flush()
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        finally:
-            handle.close()
-            if created:
-                with contextlib.suppress(OSError):
-                    if [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
-                        self.lock_file.unlink()
-                        self.path.rmdir()
 
     def lock_holder(self) -> dict[str, Any] | None:
         """Who holds the lock now (host, pid, started), or None when nobody does."""
@@ -323,6 +315,25 @@ class RunDir:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
             return None
 
+    def _acquire(self) -> Any:
+        """The open lock file, locked; retried when a holder removed the file we opened meanwhile."""
+        for _ in range(LOCK_ATTEMPTS):
+            handle = self._open_lock_file()
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _holder(handle)
+                handle.close()
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise RunLockedError(f"--output-dir {self.path} is in use by {_describe(holder)}; "
+                                     "wait for it to finish or choose another folder") from None
+            if _same_file(handle, self.lock_file):
+                return handle
+            handle.close()  # locked a file that its last holder had just deleted: open the new one
+        raise RunLockedError(f"--output-dir {self.path}: could not take its lock; another process keeps "
+                             "recreating it")
+
     def _open_lock_file(self) -> Any:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -331,6 +342,13 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"--output-dir {self.path} cannot be written: {exc.strerror or exc}") from None
         return os.fdopen(fd, "r+", encoding="utf-8")
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _holder(handle: Any) -> dict[str, Any]:

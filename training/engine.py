@@ -1,0 +1,146 @@
+"""The training engine: one epoch, evaluation, optimiser groups, the LR schedule, the memory probe.
+
+Pure functions of a model, a loader and an optimiser (as open_clip's ``train_one_epoch``): they know
+nothing of folds, files or the command line.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.clip_model import CLIPClassifier
+from models.loss import class_contrastive_loss
+from training.config import TrainConfig
+from training.ensemble import FoldModel, image_logits
+from utils.device import autocast, to_device
+from utils.errors import UserError
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
+
+
+def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
+                    epoch: int, description: str = "") -> dict[str, float]:
+    """One pass over ``loader``; returns the mean loss, the last learning rate and AMP-skipped steps."""
+    model.train()
+    total, count, skipped = 0.0, 0, 0
+    for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=None), 1):
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            image_emb, class_emb, scale = model(images)
+        loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; "
+                                "the fold stopped and its last checkpoint is kept; lower --learning-rate "
+                                "or try --no-amp")
+        optimizer.zero_grad(set_to_none=True)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scale_before is not None and scaler.get_scale() < scale_before:
+            skipped += 1  # the scaler found inf/NaN gradients and skipped this step
+        scheduler.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    return {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
+            "amp_skipped_steps": skipped}
+
+
+@torch.no_grad()
+def evaluate(model: CLIPClassifier, loader: DataLoader, device: torch.device,
+             amp_dtype: torch.dtype | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Class probabilities, true labels and dataset indices of ``loader``, and the mean cross-entropy."""
+    scorer = FoldModel.prepare(model)
+    probs, labels, indices, loss_sum = [], [], [], 0.0
+    for images, batch_labels, batch_indices in loader:
+        logits = image_logits(scorer, images, device, amp_dtype)
+        loss_sum += F.cross_entropy(logits, batch_labels.to(device), reduction="sum").item()
+        probs.append(logits.softmax(dim=1).cpu().numpy())
+        labels.append(batch_labels.numpy())
+        indices.append(batch_indices.numpy())
+    n = sum(len(x) for x in labels)
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices), loss_sum / max(n, 1)
+
+
+def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: tower-specific learning rates; no weight decay on biases, norms and the scale."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("image_encoder."):
+            mult = cfg.image_lr_mult
+        elif name.startswith("text_encoder."):
+            mult = cfg.text_lr_mult
+        else:
+            mult = 1.0
+        decay = parameter.ndim >= 2 and name != "logit_scale"
+        groups.setdefault((mult, decay), []).append(parameter)
+    return [{"params": params, "lr": cfg.learning_rate * mult,
+             "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (mult, decay), params in groups.items()]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up to 1, then cosine decay to 0."""
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def largest_fitting_batch(try_batch: Callable[[int], None], start: int) -> int:
+    """Halve from ``start`` until ``try_batch(n)`` runs without CUDA running out of memory; 0 if none."""
+    size = start
+    while size >= 1:
+        try:
+            try_batch(size)
+            return size
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size //= 2
+    return 0
+
+
+def out_of_memory_error(model: CLIPClassifier, cfg: TrainConfig, device: torch.device,
+                        amp_dtype: torch.dtype | None) -> TrainingError:
+    """Probe which batch size fits, and say so."""
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+
+    def try_batch(size: int) -> None:
+        images = torch.randn(size, 3, cfg.img_size, cfg.img_size, device=device)
+        with autocast(device, amp_dtype):
+            image_emb, class_emb, scale = model(to_device(images, device))
+        labels = torch.zeros(size, dtype=torch.long, device=device)
+        class_contrastive_loss(image_emb, class_emb, labels, scale).backward()
+        model.zero_grad(set_to_none=True)
+
+    fits = largest_fitting_batch(try_batch, cfg.batch_size // 2)
+    advice = (f"a batch of {fits} fits: rerun with --batch-size {fits}" if fits
+              else "not even a batch of 1 fits: use a smaller --img-size or encoder")
+    return TrainingError(f"CUDA out of memory at --batch-size {cfg.batch_size} on {device}; {advice}")
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
