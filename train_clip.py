@@ -40,13 +40,13 @@ from models.loss import class_contrastive_loss
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
+from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.report import report_from_run_dir
 from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from utils.device import autocast, mixed_precision_dtype, to_device
 from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
                       write_json)
 from utils.logging_setup import setup_logging
-from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
-from utils.report import report_from_run_dir
 from utils.seeding import seed_everything, seed_worker
 
 log = logging.getLogger("train_clip")
@@ -704,7 +704,7 @@ def write_report_files(output_dir: Path) -> None:
         log.info("Report: %s", report_from_run_dir(output_dir))
     except (ValueError, OSError, RuntimeError) as exc:
         log.warning("Could not write the plots and report.md (results are complete; retry with "
-                    "'python -m utils.report %s'): %s", output_dir, exc)
+                    "'python -m reporting.report %s'): %s", output_dir, exc)
 
 
 def default_log_file(cfg: TrainConfig) -> Path:

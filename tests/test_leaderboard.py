@@ -1,4 +1,4 @@
-"""utils/leaderboard.py on fabricated run folders: what counts as finished, ranking, the files."""
+"""reporting/leaderboard.py on fabricated run folders: what counts as finished, ranking, the files."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import leaderboard
-from utils.leaderboard import display_width, format_duration, parse_summary, run_status
+from reporting import leaderboard
+from reporting.leaderboard import display_width, format_duration, parse_summary, run_status
 
 
 def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds: int | None = None,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from utils.metrics import (classification_metrics, expected_calibration_error, mean_and_std,
+from reporting.metrics import (classification_metrics, expected_calibration_error, mean_and_std,
                            scalar_metrics, top_k_accuracy)
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import plots
+from reporting import plots
+from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.report import load_histories, main as report_main, write_plots, write_report
 from utils.io import write_csv, write_json
-from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
-from utils.report import load_histories, main as report_main, write_plots, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASS_NAMES = ["cat_a", "cat_b", "股骨柄A"]

@@ -4,9 +4,9 @@ Reads each run's ``cv_summary.json`` (DESIGN.md §6) and writes ``leaderboard.cs
 ``leaderboard.md`` into the study's output root. ``run_train_clip.sh`` calls it at the end;
 it also runs on its own::
 
-    python -m utils.leaderboard checkpoints/clip_models               # every run folder there
-    python -m utils.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
-    python -m utils.leaderboard checkpoints/clip_models --status       # complete / partial / empty
+    python -m reporting.leaderboard checkpoints/clip_models               # every run folder there
+    python -m reporting.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
+    python -m reporting.leaderboard checkpoints/clip_models --status       # complete / partial / empty
 
 Only the standard library is imported at module level so that ``--status`` answers at once
 (the driver asks it before every study); writing uses :mod:`utils.io`, which imports torch.
@@ -226,7 +226,7 @@ def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str,
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.leaderboard",
+        prog="python -m reporting.leaderboard",
         description="Rank the runs of a study by their cross-validated metrics and write "
                     "leaderboard.csv and leaderboard.md into OUTPUT_ROOT.")
     parser.add_argument("output_root", metavar="OUTPUT_ROOT", help="Folder holding one folder per run.")

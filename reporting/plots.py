@@ -27,9 +27,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from reporting.metrics import macro_roc_auc
 from utils.io import atomic_write
 from utils.logging_setup import get_logger
-from utils.metrics import macro_roc_auc
 
 log = get_logger(__name__)
 

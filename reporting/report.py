@@ -2,7 +2,7 @@
 
 :func:`write_plots` draws the pictures into ``OUTPUT_DIR/plots/``; :func:`write_report` writes
 the Markdown page that shows them. Both take the ``cv_summary.json`` dictionary that
-``train_clip.summarise`` returns. ``python -m utils.report OUTPUT_DIR`` rebuilds both from the
+``train_clip.summarise`` returns. ``python -m reporting.report OUTPUT_DIR`` rebuilds both from the
 files of a finished run (for runs made before reports existed, or after deleting ``plots/``).
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reporting.metrics import scalar_metrics
+from reporting.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
 from utils.io import atomic_write, read_json
 from utils.logging_setup import setup_logging
-from utils.metrics import scalar_metrics
-from utils.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
 
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
@@ -227,7 +227,7 @@ def report_from_run_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report",
+    parser = argparse.ArgumentParser(prog="python -m reporting.report",
                                      description="Rebuild plots/ and report.md of a finished train_clip run.")
     parser.add_argument("run_dir", help="The run's --output-dir (holds cv_summary.json).")
     args = parser.parse_args(argv)
