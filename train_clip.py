@@ -42,6 +42,7 @@ from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.report import report_from_run_dir
+from reporting.summary import format_summary_table
 from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from utils.device import autocast, mixed_precision_dtype, to_device
 from utils.io import (CheckpointError, WriteError, load_checkpoint, read_json, save_checkpoint, write_csv,
@@ -661,24 +662,6 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult]) -> dict[str,
              "%.4f, macro-F1 %.4f", len(run.test_idx), len(results), metrics["accuracy"],
              metrics["balanced_accuracy"], metrics["macro_f1"])
     return metrics
-
-
-def format_summary_table(summary: dict[str, Any]) -> str:
-    folds = summary["folds"]
-    keys = list(summary["mean"])
-    header = f"{'metric':<20}{'mean ± std':>20}" + "".join(f"{'fold ' + str(f['fold']):>10}" for f in folds)
-    header += f"{'pooled':>10}" + (f"{'test':>10}" if "test" in summary else "")
-    lines = [header, "-" * len(header)]
-    for key in keys:
-        row = f"{key:<20}{summary['mean'][key]:>11.4f} ± {summary['std'][key]:<6.4f}"
-        row += "".join(f"{f['metrics'][key]:>10.4f}" for f in folds)
-        row += f"{summary['oof'].get(key, math.nan):>10.4f}"
-        if "test" in summary:
-            row += f"{summary['test'].get(key, math.nan):>10.4f}"
-        lines.append(row)
-    lines.append(f"best epochs: {', '.join(str(f['best_epoch']) for f in folds)}  "
-                 f"(chosen on {summary['monitor']}); wall time {summary['wall_time_s']:.0f}s")
-    return "\n".join(lines)
 
 
 def run_training(run: Run) -> dict[str, Any]:

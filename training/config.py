@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reporting.metrics import MONITOR_METRICS
+from reporting.metric_table import MONITOR_METRICS
 from utils.errors import ConfigError, suggest
 from utils.io import read_json
 
