@@ -96,6 +96,16 @@ def read_entry(run_dir: Path) -> Entry | None:
     return parse_summary(data, run_dir.name)
 
 
+def run_status(run_dir: Path) -> str:
+    """``complete``, ``partial`` or ``empty`` as :meth:`RunDir.status` says.
+
+    A summary the leaderboard can rank also counts as complete: the trainer writes it last, and
+    runs of trainers older than ``folds.json`` and the folds' ``result.json`` hold only that.
+    """
+    status = RunDir(run_dir).status()
+    return "complete" if status != "complete" and read_entry(run_dir) is not None else status
+
+
 def find_runs(root: Path) -> list[str]:
     """Folders directly under ``root`` that a training run wrote (they hold its config.json)."""
     return sorted(p.name for p in root.iterdir()
@@ -198,7 +208,7 @@ def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str,
 def print_status(root: Path, runs: Sequence[str]) -> None:
     """``complete``, ``partial`` or ``empty`` and the name of each run (default: every run folder)."""
     for name in runs or (find_runs(root) if root.is_dir() else []):
-        print(f"{RunDir(root / name).status()}\t{name}")
+        print(f"{run_status(root / name)}\t{name}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -26,15 +26,17 @@ def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds:
             "oof": metrics, "wall_time_s": wall}
 
 
-def write_run(root: Path, name: str, data: dict | None) -> Path:
-    """A run folder as the trainer leaves it: planned folds, a result per finished fold, the summary."""
+def write_run(root: Path, name: str, data: dict | None, fold_files: bool = True) -> Path:
+    """A run folder as the trainer leaves it: planned folds, a result per finished fold, the summary
+    (without ``fold_files``: the summary only, as trainers before fold result files left it)."""
     run = RunDir(root / name)
     run.path.mkdir(parents=True)
     run.config.write_text("{}", encoding="utf-8")
-    if data is not None:
+    if data is not None and fold_files:
         write_json(run.folds, {"folds": [{"fold": k} for k in range(1, data["n_splits"] + 1)]})
         for fold in data["folds"]:
             write_json(run.fold_result(fold["fold"]), fold)
+    if data is not None:
         # null as the trainer writes an undefined metric; NaN as runs written before that did (allow_nan)
         run.summary.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return run.path
@@ -80,6 +82,14 @@ def test_status_is_the_run_folders(study: Path, capsys: pytest.CaptureFixture[st
     (study / "resnet18_clip_ViT-B_32" / "cv_summary.json").write_text('{"mean": ', encoding="utf-8")
     torn = statuses(study, "resnet18_clip_ViT-B_32", capsys=capsys)
     assert torn == {"resnet18_clip_ViT-B_32": "partial"}  # torn JSON is not finished
+
+
+def test_a_summary_alone_is_complete_when_it_can_be_ranked(study: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(study, "resnet18_older_trainer", summary(0.7), fold_files=False)
+    write_run(study, "resnet18_older_torn", summary(0.7, n_splits=5, n_folds=3), fold_files=False)
+    assert statuses(study, "resnet18_older_trainer", "resnet18_older_torn", capsys=capsys) == {
+        "resnet18_older_trainer": "complete", "resnet18_older_torn": "partial"}
 
 
 def test_a_finished_run_without_numbers_to_rank_is_listed_unranked(
