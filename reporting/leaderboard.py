@@ -220,7 +220,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("runs", metavar="RUN", nargs="*",
                         help="Run folder names under OUTPUT_ROOT (default: every run folder there).")
     parser.add_argument("--metric", default=DEFAULT_METRIC,
-                        help=f"Metric to rank on: {', '.join(LEADERBOARD_METRICS)} (default: {DEFAULT_METRIC}).")
+                        help=f"Metric to rank on: {', '.join(LEADERBOARD_METRICS)} "
+                             f"(default: {DEFAULT_METRIC}).")
     parser.add_argument("--status", action="store_true",
                         help="Only print 'complete', 'partial' or 'empty' and the name of each run; "
                              "write nothing.")

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reporting.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
-from reporting.summary import is_cross_validation, per_class_table, pooled_name, summary_table, test_metrics_of
+from reporting.summary import (is_cross_validation, per_class_table, pooled_name, summary_table,
+                               test_metrics_of)
 from reporting.tables import render_markdown
 from utils.errors import UserError
 from utils.io import atomic_write, read_json
@@ -106,7 +107,8 @@ def _summary_section(summary: Mapping[str, Any]) -> list[str]:
 
 def _per_class_sections(summary: Mapping[str, Any]) -> list[str]:
     names = list(summary["class_names"])
-    lines = [f"## Per class ({pooled_name(summary)})", "", render_markdown(per_class_table(summary["oof"], names))]
+    lines = [f"## Per class ({pooled_name(summary)})", "",
+             render_markdown(per_class_table(summary["oof"], names))]
     test = test_metrics_of(summary)
     if test is not None and "per_class" in test:
         lines += ["", "## Per class (held-out test set, fold ensemble)", "",

@@ -70,7 +70,8 @@ def test_parse_summary_accepts_only_complete_summaries() -> None:
 
 def statuses(root: Path, *runs: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
     assert leaderboard.main(["--status", "--", str(root), *runs]) == 0
-    return {name: state for state, name in (line.split("\t") for line in capsys.readouterr().out.splitlines())}
+    lines = capsys.readouterr().out.splitlines()
+    return {name: state for state, name in (line.split("\t") for line in lines)}
 
 
 def test_status_is_the_run_folders(study: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,7 +59,8 @@ def test_leaderboard_ranks_and_titles_table_metrics() -> None:
 def test_report_rows_are_labelled_from_the_table() -> None:
     summary = fold_summary(MANY_CLASSES)
     labels = [row[0] for row in summary_table(summary).rows]
-    assert labels == [label_of(key) + (" (monitored)" if key == "macro_f1" else "") for key in summary["mean"]]
+    expected = [label_of(key) + (" (monitored)" if key == "macro_f1" else "") for key in summary["mean"]]
+    assert labels == expected
     assert set(summary["mean"]) == set(METRIC_NAMES)
     assert "expected calibration error (lower is better)" in labels  # the direction is said
 

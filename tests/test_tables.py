@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from reporting.tables import Table, display_width, format_mean_std, format_number, render_markdown, render_text
+from reporting.tables import (Table, display_width, format_mean_std, format_number, render_markdown,
+                              render_text)
 
 CJK_TABLE = Table(["class", "recall", "support"],
                   [["股骨柄A", "0.9000", "20"], ["cat_b", "0.7917", "7"], ["髋臼杯", "n/a", "113"]],
@@ -48,7 +49,8 @@ def test_text_columns_line_up_and_right_align_numbers() -> None:
     lines = render_text(CJK_TABLE).splitlines()
     assert lines[0] == "class    recall  support"
     assert lines[1] == "-" * display_width(lines[0])
-    assert [display_width(line) for line in lines[2:]] == [display_width(lines[0])] * 3  # numbers end together
+    # right-aligned numbers end together, under their header
+    assert [display_width(line) for line in lines[2:]] == [display_width(lines[0])] * 3
     assert lines[2].startswith("股骨柄A  ") and lines[4].startswith("髋臼杯   ")
 
 
