@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,12 @@ def test_cli_rejects_unknown_metric(study: Path, capsys: pytest.CaptureFixture[s
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
+
+
+def test_status_and_the_config_load_neither_numpy_nor_torch() -> None:
+    # The driver asks --status before every study, and every command parses its config first.
+    probe = ("import sys, reporting.leaderboard, training.config; "
+             "print(sorted({'numpy', 'torch', 'sklearn'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
