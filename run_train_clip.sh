@@ -405,7 +405,7 @@ read_plan() {
 }
 
 leaderboard() {
-    PYTHONPATH="$SCRIPT_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.leaderboard \
+    PYTHONPATH="$SCRIPT_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m reporting.leaderboard \
         --metric "$LEADERBOARD_METRIC" "$@" -- "$OUTPUT_ROOT" "${JOB_NAME[@]}"
 }
 

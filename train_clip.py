@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,9 @@ from models.clip_model import build_clip_model
 from models.image_encoders import resolve_image_encoder
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
+from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.report import report_from_run_dir
+from reporting.summary import format_summary_table
 from training.checkpoints import load_best_model_state
 from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from training.engine import configure_determinism, evaluate, out_of_memory_error
@@ -40,8 +42,6 @@ from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
 from utils.logging_setup import setup_logging
-from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
-from utils.report import report_from_run_dir
 from utils.run_dir import RunDir
 from utils.seeding import seed_everything
 
@@ -178,24 +178,6 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult]) -> dict[str,
     return metrics
 
 
-def format_summary_table(summary: dict[str, Any]) -> str:
-    folds = summary["folds"]
-    keys = list(summary["mean"])
-    header = f"{'metric':<20}{'mean ± std':>20}" + "".join(f"{'fold ' + str(f['fold']):>10}" for f in folds)
-    header += f"{'pooled':>10}" + (f"{'test':>10}" if "test" in summary else "")
-    lines = [header, "-" * len(header)]
-    for key in keys:
-        row = f"{key:<20}{summary['mean'][key]:>11.4f} ± {summary['std'][key]:<6.4f}"
-        row += "".join(f"{f['metrics'][key]:>10.4f}" for f in folds)
-        row += f"{summary['oof'].get(key, math.nan):>10.4f}"
-        if "test" in summary:
-            row += f"{summary['test'].get(key, math.nan):>10.4f}"
-        lines.append(row)
-    lines.append(f"best epochs: {', '.join(str(f['best_epoch']) for f in folds)}  "
-                 f"(chosen on {summary['monitor']}); wall time {summary['wall_time_s']:.0f}s")
-    return "\n".join(lines)
-
-
 def run_training(run: Run) -> dict[str, Any]:
     write_run_files(run)
     try:
@@ -219,7 +201,7 @@ def write_report_files(output_dir: Path) -> None:
         log.info("Report: %s", report_from_run_dir(output_dir))
     except (ValueError, OSError, RuntimeError) as exc:
         log.warning("Could not write the plots and report.md (results are complete; retry with "
-                    "'python -m utils.report %s'): %s", output_dir, exc)
+                    "'python -m reporting.report %s'): %s", output_dir, exc)
 
 
 def default_log_file(cfg: TrainConfig) -> Path:

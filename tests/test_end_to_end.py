@@ -14,9 +14,9 @@ import training.engine
 from data.images import CachedImageDataset, build_image_cache
 from data.transforms import ToModelInput
 from models.clip_model import build_clip_model, model_kwargs_from_config
+from reporting.metrics import classification_metrics
 from tests.helpers import make_image_tree
 from training.config import config_from_args
-from utils.metrics import classification_metrics
 from utils.run_dir import RunDir
 
 CLASSES = {"cat_a": 8, "cat_b": 8, "股骨柄A": 8}

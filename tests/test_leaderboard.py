@@ -1,15 +1,20 @@
-"""utils/leaderboard.py on fabricated run folders: what counts as finished, ranking, the files."""
+"""reporting/leaderboard.py on fabricated run folders: what counts as finished, ranking, the files."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from utils import leaderboard
-from utils.leaderboard import display_width, format_duration, parse_summary, run_status
+from reporting import leaderboard
+from reporting.leaderboard import format_duration, parse_summary
+from reporting.tables import display_width
+from utils.io import write_json
+from utils.run_dir import RunDir
 
 
 def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds: int | None = None,
@@ -23,14 +28,20 @@ def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds:
             "oof": metrics, "wall_time_s": wall}
 
 
-def write_run(root: Path, name: str, data: dict | None) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    (run / "config.json").write_text("{}", encoding="utf-8")
+def write_run(root: Path, name: str, data: dict | None, fold_files: bool = True) -> Path:
+    """A run folder as the trainer leaves it: planned folds, a result per finished fold, the summary
+    (without ``fold_files``: the summary only, as trainers before fold result files left it)."""
+    run = RunDir(root / name)
+    run.path.mkdir(parents=True)
+    run.config.write_text("{}", encoding="utf-8")
+    if data is not None and fold_files:
+        write_json(run.folds, {"folds": [{"fold": k} for k in range(1, data["n_splits"] + 1)]})
+        for fold in data["folds"]:
+            write_json(run.fold_result(fold["fold"]), fold)
     if data is not None:
         # null as the trainer writes an undefined metric; NaN as runs written before that did (allow_nan)
-        (run / "cv_summary.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return run
+        run.summary.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return run.path
 
 
 @pytest.fixture
@@ -59,14 +70,39 @@ def test_parse_summary_accepts_only_complete_summaries() -> None:
     assert math.isnan(parse_summary(summary(0.8, auc=None), "r").mean["roc_auc"])
 
 
-def test_run_status(study: Path, tmp_path: Path) -> None:
-    assert run_status(study / "resnet18_clip_ViT-B_32") == "complete"
-    assert run_status(study / "resnet101_interrupted") == "partial"
-    assert run_status(study / "resnet152_torn") == "partial"
-    assert run_status(study / "not_a_run") == "empty"
-    assert run_status(tmp_path / "missing") == "empty"
+def statuses(root: Path, *runs: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    assert leaderboard.main(["--status", "--", str(root), *runs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {name: state for state, name in (line.split("\t") for line in lines)}
+
+
+def test_status_is_the_run_folders(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert statuses(study, "resnet18_clip_ViT-B_32", "resnet101_interrupted", "resnet152_torn", "not_a_run",
+                    "missing", capsys=capsys) == {
+        "resnet18_clip_ViT-B_32": "complete", "resnet101_interrupted": "partial",
+        "resnet152_torn": "partial",  # 3 of 5 planned folds
+        "not_a_run": "empty", "missing": "empty"}
     (study / "resnet18_clip_ViT-B_32" / "cv_summary.json").write_text('{"mean": ', encoding="utf-8")
-    assert run_status(study / "resnet18_clip_ViT-B_32") == "partial"  # torn JSON is not finished
+    torn = statuses(study, "resnet18_clip_ViT-B_32", capsys=capsys)
+    assert torn == {"resnet18_clip_ViT-B_32": "partial"}  # torn JSON is not finished
+
+
+def test_a_summary_alone_is_complete_when_it_can_be_ranked(study: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(study, "resnet18_older_trainer", summary(0.7), fold_files=False)
+    write_run(study, "resnet18_older_torn", summary(0.7, n_splits=5, n_folds=3), fold_files=False)
+    assert statuses(study, "resnet18_older_trainer", "resnet18_older_torn", capsys=capsys) == {
+        "resnet18_older_trainer": "complete", "resnet18_older_torn": "partial"}
+
+
+def test_a_finished_run_without_numbers_to_rank_is_listed_unranked(
+        study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = summary(0.95)
+    del broken["mean"]["macro_f1"]
+    write_run(study, "resnet200_old_summary", broken)
+    assert statuses(study, "resnet200_old_summary", capsys=capsys) == {"resnet200_old_summary": "complete"}
+    ranked, without = leaderboard.build_leaderboard(study)
+    assert "resnet200_old_summary" not in [e.run for e in ranked] and "resnet200_old_summary" in without
 
 
 def test_ranks_best_first_and_nan_last(study: Path) -> None:
@@ -110,8 +146,18 @@ def test_cli_rejects_unknown_metric(study: Path, capsys: pytest.CaptureFixture[s
     assert leaderboard.main(["--status", "--metric", "balanced_acuracy", str(study)]) == 2
     assert "did you mean 'balanced_accuracy'" in capsys.readouterr().err
     assert leaderboard.main([str(study / "missing")]) == 2
-    assert "output root not found" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "output root not found" in error and error.count("\n") == 1  # one line, no traceback
 
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
+
+
+def test_status_and_the_config_load_neither_numpy_nor_torch() -> None:
+    # The driver asks --status before every study, and every command parses its config first.
+    probe = ("import sys, reporting.leaderboard, training.config; "
+             "print(sorted({'numpy', 'torch', 'sklearn'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"

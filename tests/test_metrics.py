@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from utils.metrics import (
+from reporting.metrics import (
     classification_metrics,
     expected_calibration_error,
     mean_and_std,

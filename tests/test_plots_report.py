@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import plots
+from reporting import plots
+from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.report import load_histories, write_plots, write_report
+from reporting.report import main as report_main
 from utils.io import write_csv, write_json
-from utils.metrics import classification_metrics, mean_and_std, scalar_metrics
-from utils.report import load_histories, write_plots, write_report
-from utils.report import main as report_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASS_NAMES = ["cat_a", "cat_b", "股骨柄A"]
@@ -25,6 +25,18 @@ def assert_png(path: Path) -> None:
         image.verify()
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def markdown_table_after(text: str, heading: str) -> dict[str, list[str]]:
+    """The first Markdown table below ``heading``: first cell → the other cells, stripped."""
+    lines = text.splitlines()[text.splitlines().index(heading) + 1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start + 2:]:  # below the header and its rule
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return {cells[0]: cells[1:] for cells in table}
 
 
 def fake_predictions(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +142,16 @@ def test_report_shows_numbers_tables_and_pictures(tmp_path: Path) -> None:
 
     for relative in made.values():
         assert f"]({relative})" in report
-    bal = "balanced accuracy (monitored) | " + (f"{summary['mean']['balanced_accuracy']:.4f} ± "
-                                                 f"{summary['std']['balanced_accuracy']:.4f}")
-    assert bal in report
-    f1_row = next(line for line in report.splitlines() if line.startswith("| macro F1 |"))
-    cells = [c.strip() for c in f1_row.strip("|").split("|")]
+    rows = markdown_table_after(report, "## Summary")
+    assert rows["balanced accuracy (monitored)"][0] == (f"{summary['mean']['balanced_accuracy']:.4f} ± "
+                                                        f"{summary['std']['balanced_accuracy']:.4f}")
     expected = [summary["folds"][0]["metrics"]["macro_f1"], summary["folds"][1]["metrics"]["macro_f1"],
                 summary["oof"]["macro_f1"], summary["test"]["macro_f1"]]
-    assert cells[2:] == [f"{v:.4f}" for v in expected]
+    assert rows["macro F1"][1:] == [f"{v:.4f}" for v in expected]
+    per_class = markdown_table_after(report, "## Per class (pooled out-of-fold)")
     for name, stats in zip(CLASS_NAMES, summary["oof"]["per_class"]):
-        assert (f"| {name} | {stats['precision']:.4f} | {stats['recall']:.4f} | {stats['f1']:.4f} | "
-                f"{stats['support']} |") in report
+        assert per_class[name] == [f"{stats['precision']:.4f}", f"{stats['recall']:.4f}", f"{stats['f1']:.4f}",
+                                   str(stats["support"])]
     assert "Per class (held-out test set" in report and "unbiased" in report
 
 
@@ -152,8 +163,7 @@ def test_report_without_test_set_or_histories(tmp_path: Path) -> None:
     assert set(made) == {"confusion_matrix", "roc_curves"}
     report = write_report(tmp_path, summary, made).read_text(encoding="utf-8")
     assert "held-out test" not in report and "--test-fraction" in report
-    roc_row = next(line for line in report.splitlines() if line.startswith("| macro ROC-AUC"))
-    assert roc_row.rstrip(" |").endswith("n/a")
+    assert markdown_table_after(report, "## Summary")["macro ROC-AUC (one-vs-rest)"][-1] == "n/a"
 
 
 def test_report_cli_rebuilds_from_run_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import train_clip
+from reporting.metrics import classification_metrics
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint
-from utils.metrics import classification_metrics
 
 CLASSES = {"a": 10, "b": 10, "c": 10}
 

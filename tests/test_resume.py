@@ -18,9 +18,9 @@ import train_clip
 import training.checkpoints
 import training.engine
 import training.fold
+from reporting.metrics import mean_and_std
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint, save_checkpoint, write_json
-from utils.metrics import mean_and_std
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from data.folds import Fold
 from data.images import CachedImageDataset
 from data.sampling import SeededSampler, weighted_sampler
 from data.transforms import ToModelInput, build_augmentation
-from utils.metrics import classification_metrics, scalar_metrics
+from reporting.metrics import classification_metrics, scalar_metrics
 from training.checkpoints import FoldCheckpoints, restore_rng
 from training.engine import evaluate, parameter_groups, train_one_epoch, warmup_cosine
 from training.run import Run

@@ -1,4 +1,5 @@
-"""Shared helpers: configuration, logging, seeding, metrics and safe file I/O.
+"""The ground floor: safe file I/O, the run folder's layout, user errors, device, logging, seeding.
 
-Nothing in here imports ``data``, ``models`` or ``train_clip`` (see DESIGN.md §2).
+Nothing in here imports ``data``, ``models``, ``reporting``, ``training`` or ``train_clip``
+(see DESIGN.md §2).
 """

@@ -13,9 +13,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
-# Metrics that are single numbers where higher is better: the ones a checkpoint may be chosen on.
-MONITOR_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc")
-TOP_K = 3  # top-k accuracy is reported when there are more than 5 classes
+from reporting.metric_table import TOP_K
+
 ECE_BINS = 15
 
 
@@ -64,8 +63,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
     """Every metric of DESIGN.md §5 for one set of predictions.
 
     Scalars (accuracy, balanced_accuracy, macro_f1, roc_auc, ece and, with more than 5
-    classes, top3_accuracy) sit at the top level; ``per_class`` and ``confusion_matrix``
-    are lists indexed by class.
+    classes, top3_accuracy: the rows of :data:`reporting.metric_table.METRICS`) sit at the top
+    level; ``per_class`` and ``confusion_matrix`` are lists indexed by class.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)

@@ -4,37 +4,41 @@ Reads each run's ``cv_summary.json`` (DESIGN.md §6) and writes ``leaderboard.cs
 ``leaderboard.md`` into the study's output root. ``run_train_clip.sh`` calls it at the end;
 it also runs on its own::
 
-    python -m utils.leaderboard checkpoints/clip_models               # every run folder there
-    python -m utils.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
-    python -m utils.leaderboard checkpoints/clip_models --status       # complete / partial / empty
+    python -m reporting.leaderboard checkpoints/clip_models               # every run folder there
+    python -m reporting.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
+    python -m reporting.leaderboard checkpoints/clip_models --status       # complete / partial / empty
 
-Only the standard library is imported at module level so that ``--status`` answers at once
-(the driver asks it before every study); writing uses :mod:`utils.io`, which imports torch.
+Nothing imported here loads numpy or torch, so that ``--status`` answers at once (the driver
+asks it before every study).
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-SUMMARY_FILE = "cv_summary.json"
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-METRIC_TITLES = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1",
-                 "roc_auc": "AUC"}
+from reporting import metric_table
+from reporting.metric_table import HEADLINE_METRICS, Metric
+from reporting.tables import Table, format_mean_std, render_markdown
+from utils.errors import UserError
+from utils.io import atomic_write, write_csv
+from utils.run_dir import RunDir
+
+LEADERBOARD_METRICS = HEADLINE_METRICS  # in every summary: each finished run has them all
 DEFAULT_METRIC = "balanced_accuracy"
+CSV_FILE = "leaderboard.csv"
+MARKDOWN_FILE = "leaderboard.md"
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(UserError):
     """Bad input to the leaderboard; the message is meant for the user as is."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
     """One finished run: its folder name, encoders and the mean ± std of each metric over folds."""
 
@@ -74,8 +78,8 @@ def parse_summary(data: Any, run: str) -> Entry | None:
     if not isinstance(n_splits, int) or n_splits != len(folds):
         return None
     try:
-        means = {key: _number(mean[key]) for key in METRICS}
-        stds = {key: _number(std[key]) for key in METRICS}
+        means = {key: _number(mean[key]) for key in LEADERBOARD_METRICS}
+        stds = {key: _number(std[key]) for key in LEADERBOARD_METRICS}
         wall_time = _number(data.get("wall_time_s"))
     except (KeyError, TypeError):
         return None
@@ -86,41 +90,42 @@ def parse_summary(data: Any, run: str) -> Entry | None:
 def read_entry(run_dir: Path) -> Entry | None:
     """The entry of ``run_dir``, or None when it holds no complete ``cv_summary.json``."""
     try:
-        data = json.loads((run_dir / SUMMARY_FILE).read_bytes().decode("utf-8-sig"))
+        data = json.loads(RunDir(run_dir).summary.read_bytes().decode("utf-8-sig"))
     except (OSError, ValueError):
         return None
     return parse_summary(data, run_dir.name)
 
 
 def run_status(run_dir: Path) -> str:
-    """``complete`` (results to rank), ``partial`` (started, not finished) or ``empty``."""
-    if read_entry(run_dir) is not None:
-        return "complete"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        return "partial"
-    return "empty"
+    """``complete``, ``partial`` or ``empty`` as :meth:`RunDir.status` says.
+
+    A summary the leaderboard can rank also counts as complete: the trainer writes it last, and
+    runs of trainers older than ``folds.json`` and the folds' ``result.json`` hold only that.
+    """
+    status = RunDir(run_dir).status()
+    return "complete" if status != "complete" and read_entry(run_dir) is not None else status
 
 
 def find_runs(root: Path) -> list[str]:
     """Folders directly under ``root`` that a training run wrote (they hold its config.json)."""
     return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and ((p / SUMMARY_FILE).is_file() or (p / "config.json").is_file()))
+                  if p.is_dir() and (RunDir(p).summary.is_file() or RunDir(p).config.is_file()))
 
 
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        close = difflib.get_close_matches(metric, METRICS, n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise LeaderboardError(f"unknown leaderboard metric '{metric}'{hint}; expected one of "
-                               f"{', '.join(METRICS)}")
+def ranked_metric(name: str) -> Metric:
+    """The table's row for a metric the leaderboard can rank on (every finished run has it)."""
+    return metric_table.metric(name, "leaderboard metric", LEADERBOARD_METRICS)
 
 
 def rank(entries: Sequence[Entry], metric: str) -> list[Entry]:
     """Best mean first; runs whose metric is NaN go last; ties keep name order."""
-    check_metric(metric)
-    return sorted(entries, key=lambda e: (math.isnan(e.mean[metric]),
-                                          -e.mean[metric] if not math.isnan(e.mean[metric]) else 0.0,
-                                          e.run))
+    sign = -1.0 if ranked_metric(metric).higher_is_better else 1.0
+
+    def order(entry: Entry) -> tuple[bool, float, str]:
+        value = entry.mean[metric]
+        return math.isnan(value), 0.0 if math.isnan(value) else sign * value, entry.run
+
+    return sorted(entries, key=order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,55 +142,33 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def format_mean_std(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.4f} ± {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
-
-
-def display_width(text: str) -> int:
-    """Terminal columns of ``text``: CJK characters take two (run names may be Chinese)."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, width: int, right: bool) -> str:
-    fill = " " * (width - display_width(text))
-    return fill + text if right else text + fill
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A Markdown table whose columns also line up in a terminal."""
-    widths = [max(display_width(cell) for cell in column) for column in zip(header, *rows)]
-    widths = [max(w, 3) for w in widths]
-    lines = ["| " + " | ".join(_pad(cell, w, False) for cell, w in zip(header, widths)) + " |",
-             "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_pad(cell, w, r) for cell, w, r in zip(row, widths, right)) + " |")
-    return "\n".join(lines)
+def leaderboard_table(ranked: Sequence[Entry], metric: str) -> Table:
+    """Rank, run, encoders, mean ± std of each metric (▼ marks the one ranked on), folds, wall time."""
+    columns = [ranked_metric(m) for m in LEADERBOARD_METRICS]
+    header = ["rank", "run", "image encoder", "text encoder"]
+    header += [m.short_label + (" ▼" if m.name == metric else "") for m in columns] + ["folds", "wall time"]
+    rows = [[str(i), e.run, e.image_encoder, e.text_encoder]
+            + [format_mean_std(e.mean[m.name], e.std[m.name]) for m in columns]
+            + [str(e.n_splits), format_duration(e.wall_time_s)]
+            for i, e in enumerate(ranked, 1)]
+    return Table(header, rows, [True, False, False, False] + [True] * len(columns) + [True, True])
 
 
 def format_leaderboard(ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = ()) -> str:
     """The leaderboard as Markdown: ranked runs, then the runs that have no results (yet)."""
-    header = ["rank", "run", "image encoder", "text encoder"]
-    header += [METRIC_TITLES[m] + (" ▼" if m == metric else "") for m in METRICS] + ["folds", "wall time"]
-    rows = [[str(i), e.run, e.image_encoder, e.text_encoder]
-            + [format_mean_std(e.mean[m], e.std[m]) for m in METRICS]
-            + [str(e.n_splits), format_duration(e.wall_time_s)]
-            for i, e in enumerate(ranked, 1)]
-    right = [True, False, False, False] + [True] * len(METRICS) + [True, True]
     parts = [f"Leaderboard: mean ± std over folds, best {metric} first.", "",
-             markdown_table(header, rows, right) if rows else "(no finished runs)"]
+             render_markdown(leaderboard_table(ranked, metric)) if ranked else "(no finished runs)"]
     if without_results:
         parts += ["", "Runs without results (failed, interrupted or not run):", ""]
-        parts += [f"- {name}" for name in without_results]
+        parts += [f"- {run}" for run in without_results]
     return "\n".join(parts) + "\n"
 
 
 def csv_rows(ranked: Sequence[Entry]) -> tuple[list[str], list[list[Any]]]:
     header = ["rank", "run", "image_encoder", "text_encoder", "n_splits"]
-    header += [f"{m}_{part}" for m in METRICS for part in ("mean", "std")] + ["wall_time_s"]
+    header += [f"{m}_{part}" for m in LEADERBOARD_METRICS for part in ("mean", "std")] + ["wall_time_s"]
     rows = [[i, e.run, e.image_encoder, e.text_encoder, e.n_splits]
-            + [value for m in METRICS for value in (e.mean[m], e.std[m])] + [e.wall_time_s]
+            + [value for m in LEADERBOARD_METRICS for value in (e.mean[m], e.std[m])] + [e.wall_time_s]
             for i, e in enumerate(ranked, 1)]
     return header, rows
 
@@ -197,7 +180,7 @@ def build_leaderboard(root: Path, runs: Sequence[str] | None = None,
                       metric: str = DEFAULT_METRIC) -> tuple[list[Entry], list[str]]:
     """Ranked entries of ``runs`` (folder names under ``root``; default: every run folder there)
     and the names of those without a complete summary."""
-    check_metric(metric)
+    ranked_metric(metric)
     if not root.is_dir():
         raise LeaderboardError(f"output root not found: {root}")
     names = list(runs) if runs is not None else find_runs(root)
@@ -214,26 +197,31 @@ def build_leaderboard(root: Path, runs: Sequence[str] | None = None,
 def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str,
                       without_results: Sequence[str] = ()) -> str:
     """Write ``leaderboard.csv`` and ``leaderboard.md`` into ``root``; returns the Markdown."""
-    from utils.io import atomic_write, write_csv  # imports torch: only when writing
-
     text = format_leaderboard(ranked, metric, without_results)
     header, rows = csv_rows(ranked)
-    write_csv(root / "leaderboard.csv", header, rows)
-    with atomic_write(root / "leaderboard.md", "w") as handle:
+    write_csv(root / CSV_FILE, header, rows)
+    with atomic_write(root / MARKDOWN_FILE, "w") as handle:
         handle.write(text)
     return text
 
 
+def print_status(root: Path, runs: Sequence[str]) -> None:
+    """``complete``, ``partial`` or ``empty`` and the name of each run (default: every run folder)."""
+    for name in runs or (find_runs(root) if root.is_dir() else []):
+        print(f"{run_status(root / name)}\t{name}")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.leaderboard",
+        prog="python -m reporting.leaderboard",
         description="Rank the runs of a study by their cross-validated metrics and write "
-                    "leaderboard.csv and leaderboard.md into OUTPUT_ROOT.")
+                    f"{CSV_FILE} and {MARKDOWN_FILE} into OUTPUT_ROOT.")
     parser.add_argument("output_root", metavar="OUTPUT_ROOT", help="Folder holding one folder per run.")
     parser.add_argument("runs", metavar="RUN", nargs="*",
                         help="Run folder names under OUTPUT_ROOT (default: every run folder there).")
     parser.add_argument("--metric", default=DEFAULT_METRIC,
-                        help=f"Metric to rank on: {', '.join(METRICS)} (default: {DEFAULT_METRIC}).")
+                        help=f"Metric to rank on: {', '.join(LEADERBOARD_METRICS)} "
+                             f"(default: {DEFAULT_METRIC}).")
     parser.add_argument("--status", action="store_true",
                         help="Only print 'complete', 'partial' or 'empty' and the name of each run; "
                              "write nothing.")
@@ -244,14 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.output_root)
     try:
-        check_metric(args.metric)  # also with --status: the driver checks its setting before training
+        ranked_metric(args.metric)  # also with --status: the driver checks its setting before training
         if args.status:
-            for name in args.runs or (find_runs(root) if root.is_dir() else []):
-                print(f"{run_status(root / name)}\t{name}")
+            print_status(root, args.runs)
             return 0
         ranked, without_results = build_leaderboard(root, args.runs or None, args.metric)
         print(write_leaderboard(root, ranked, args.metric, without_results), end="")
-    except LeaderboardError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -27,9 +27,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from reporting.metric_table import metric
+from reporting.metrics import macro_roc_auc
 from utils.io import atomic_write
 from utils.logging_setup import get_logger
-from utils.metrics import macro_roc_auc
 
 log = get_logger(__name__)
 
@@ -160,8 +161,9 @@ def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], m
 
     ``histories`` maps a fold number to its ``history.json`` rows. Keys missing from a row, or
     NaN, are left out of that curve, so an epoch-0 (zero-shot) row shows on the validation
-    curves only.
+    curves only. The star marks the best epoch in the monitored metric's direction.
     """
+    watched = metric(monitor, "monitored metric")
     with _picture([]):
         figure = _new_figure(11, 4.2)
         loss_ax, metric_ax = figure.subplots(1, 2)
@@ -176,10 +178,10 @@ def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], m
             epochs, values = _series(history, monitor)
             if epochs:
                 metric_ax.plot(epochs, values, "-", color=color, marker=".", label=f"fold {fold}")
-                best = int(np.argmax(values))
+                best = watched.best_of(values)
                 metric_ax.plot(epochs[best], values[best], "*", color=color, markersize=12)
         loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
-        metric_ax.set(title=f"Validation {monitor} (★ best)", xlabel="epoch", ylabel=monitor)
+        metric_ax.set(title=f"Validation {watched.label} (★ best)", xlabel="epoch", ylabel=watched.label)
         for ax in (loss_ax, metric_ax):
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
