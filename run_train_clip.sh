@@ -83,12 +83,14 @@ die() {
     exit 2
 }
 
-# A variable the environment gave keeps the environment's value (the block above may have
+# A setting the environment gave keeps the environment's value (the block above may have
 # replaced it, or made an array of it, which would not reach the runner).
 restore_environment() {
-    local name
+    local name declaration
     for name in "${!_environment[@]}"; do
-        if [[ "$(declare -p "$name" 2>/dev/null)" =~ ^declare\ -[^\ ]*[aA] || "${!name-}" != "${_environment[$name]}" ]]; then
+        declaration="$(declare -p "$name" 2>/dev/null)" || declaration=""
+        [[ "$name" =~ ^[A-Z][A-Z0-9_]*$ && ! "$declaration" =~ ^declare\ -[^\ ]*r ]] || continue
+        if [[ "$declaration" =~ ^declare\ -[^\ ]*[aA] || "${!name-}" != "${_environment[$name]}" ]]; then
             unset -v "$name"
             export "$name=${_environment[$name]}"
         fi
@@ -116,7 +118,7 @@ block_settings() {
 
 choose_python() {
     local script_dir=$1
-    if [[ -n "$PYTHON" ]]; then
+    if [[ -n "${PYTHON:-}" ]]; then
         command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such program"
     elif [[ -x "$script_dir/.venv/bin/python" ]]; then
         PYTHON="$script_dir/.venv/bin/python"

@@ -36,7 +36,8 @@ class Job:
     action: str = NEW
 
     def describe(self) -> str:
-        return f"job {self.number} ({self.name})"
+        entry = f", entry {self.config_index} of CONFIG_FILE" if self.config_index is not None else ""
+        return f"job {self.number} ({self.name}{entry})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ CHOSEN_PER_JOB = frozenset({"output_dir", "log_file", "gpu_id", "resume", "overw
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
-Raw = dict[str, "str | list[str]"]
+Raw = dict[str, str | list[str]]  # a value, or the items of an array
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,7 @@ def parse_trainer_value(name: str, setting: TrainerSetting, value: str) -> Any:
 def parse_trainer_values(raw: Raw) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, setting in trainer_settings().items():
-        value = raw.get(name)
-        if isinstance(value, list):
-            raise ConfigError(f"{name} takes one value, not an array")
+        value = scalar(raw, name, "")
         if value:  # empty: not set (the trainer's default, or the config entry's value)
             values[setting.field.name] = parse_trainer_value(name, setting, value)
     return values
@@ -191,12 +189,19 @@ def parse_gpus(words: list[str]) -> tuple[int, ...]:
     return tuple(int(word) for word in words)
 
 
-def required_path(name: str, value: str | list[str] | None, default: Path) -> Path:
-    if value is None:
-        return default
-    if not isinstance(value, str) or not value:
+def scalar(raw: Raw, name: str, default: str) -> str:
+    """A one-value setting; unset or empty: ``default``."""
+    value = raw.get(name)
+    if isinstance(value, list):
+        raise ConfigError(f"{name} takes one value, not an array")
+    return value or default
+
+
+def required_path(raw: Raw, name: str, default: Path) -> Path:
+    """A folder or file setting: unset means the default, but an empty one is a mistake."""
+    if name in raw and not scalar(raw, name, ""):
         raise ConfigError(f"{name} is empty")
-    return Path(value)
+    return Path(scalar(raw, name, str(default)))
 
 
 def parse_metric(value: str) -> str:
@@ -212,20 +217,19 @@ def read_settings(block_arguments: Sequence[str], environ: Mapping[str, str], dr
     block = parse_block_arguments(block_arguments)
     check_block_names(block)
     raw, given = merge(block, environ)
-    text = {name: value for name, value in raw.items() if isinstance(value, str)}
     defaults = Settings()
     return Settings(
         gpus=parse_gpus(parse_words("GPUS", raw["GPUS"])) if "GPUS" in raw else defaults.gpus,
         image_encoders=tuple(parse_words("IMAGE_ENCODERS", raw.get("IMAGE_ENCODERS", ""))),
         text_encoders=tuple(parse_words("TEXT_ENCODERS", raw.get("TEXT_ENCODERS", ""))),
-        use_multi_config=parse_bool("USE_MULTI_CONFIG", text.get("USE_MULTI_CONFIG") or "false"),
-        config_file=required_path("CONFIG_FILE", raw.get("CONFIG_FILE"), defaults.config_file),
-        output_root=required_path("OUTPUT_ROOT", raw.get("OUTPUT_ROOT"), defaults.output_root),
+        use_multi_config=parse_bool("USE_MULTI_CONFIG", scalar(raw, "USE_MULTI_CONFIG", "false")),
+        config_file=required_path(raw, "CONFIG_FILE", defaults.config_file),
+        output_root=required_path(raw, "OUTPUT_ROOT", defaults.output_root),
         extra_args=tuple(parse_words("EXTRA_ARGS", raw.get("EXTRA_ARGS", ""))),
-        log_dir=required_path("LOG_DIR", raw.get("LOG_DIR"), defaults.log_dir),
-        leaderboard_metric=parse_metric(text.get("LEADERBOARD_METRIC") or DEFAULT_METRIC),
-        force=parse_bool("FORCE", text.get("FORCE") or "false"),
-        dry_run=dry_run or parse_bool("DRY_RUN", text.get("DRY_RUN") or "false"),
+        log_dir=required_path(raw, "LOG_DIR", defaults.log_dir),
+        leaderboard_metric=parse_metric(scalar(raw, "LEADERBOARD_METRIC", DEFAULT_METRIC)),
+        force=parse_bool("FORCE", scalar(raw, "FORCE", "false")),
+        dry_run=dry_run or parse_bool("DRY_RUN", scalar(raw, "DRY_RUN", "false")),
         trainer_values=parse_trainer_values(raw),
         from_environment=given,
         force_cpu=parse_bool("DRIVER_FORCE_CPU", environ.get("DRIVER_FORCE_CPU") or "false"),
