@@ -228,7 +228,8 @@ def test_valid_jobs_pass_and_parse_with_the_trainers_parser(data_dir: Path) -> N
 @pytest.mark.parametrize("block, message", [
     ({"IMAGE_ENCODERS": ["resnet18", "resnet9000"]},
      "job 2 (resnet9000_clip_ViT-B_32): --image-encoder: unknown image encoder 'resnet9000' (did you mean"),
-    ({"TEXT_ENCODERS": ["clip:ViT-B/32", "bert-base-chinse"]}, "job 2 (resnet18_bert-base-chinse): --text-encoder: unknown text encoder 'bert-base-chinse' (did you "
+    ({"TEXT_ENCODERS": ["clip:ViT-B/32", "bert-base-chinse"]},
+     "job 2 (resnet18_bert-base-chinse): --text-encoder: unknown text encoder 'bert-base-chinse' (did you "
      "mean 'bert-base-chinese'?)"),
     ({"IMAGE_ENCODERS": ["starnet_s050:pretrained"]}, "no pretrained weights exist for 'starnet_s050'"),
     ({"WEIGHT_METHOD": "inverse_sqr"}, "job 1 (resnet18_clip_ViT-B_32): --weight-method: invalid choice "
