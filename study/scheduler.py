@@ -228,17 +228,14 @@ class Scheduler:
         what was left unfinished."""
         for s in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(s, signal.SIG_IGN)
-        print(file=self.out)
-        event(self.out, f"Interrupted ({signal.Signals(self.signal_received).name}): stopping the running jobs")
         for job in running:
             signal_group(job.process, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace_seconds
-        while any(group_alive(job.process) for job in running) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for job in running:
-            signal_group(job.process, signal.SIGKILL)
-            job.process.wait()
-            tidy_console(job.log)
+        try:  # after a SIGHUP the terminal may be gone: the jobs are stopped even if printing fails
+            print(file=self.out)
+            event(self.out, f"Interrupted ({signal.Signals(self.signal_received).name}): "
+                            "stopping the running jobs")
+        finally:
+            self._wait_then_kill(running)
         print("Left unfinished:", file=self.out)
         for job in running:
             print(f"  {job.task.name}  (stopped on {job.slot.tag}; log: {job.log})", file=self.out)
@@ -246,6 +243,15 @@ class Scheduler:
             print(f"  {task.name}  (not started)", file=self.out)
         print("Run the same command again to go on: finished jobs are skipped, stopped ones resumed.",
               file=self.out, flush=True)
+
+    def _wait_then_kill(self, running: list[Running]) -> None:
+        deadline = time.monotonic() + self.stop_grace_seconds
+        while any(group_alive(job.process) for job in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for job in running:
+            signal_group(job.process, signal.SIGKILL)
+            job.process.wait()
+            tidy_console(job.log)
 
 
 def signal_group(process: subprocess.Popen, signal_number: int) -> None:

@@ -143,7 +143,10 @@ def process_alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-def test_a_signal_stops_every_job_group_and_lists_what_was_left(tmp_path: Path, fake_trainer: Path) -> None:
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_stops_every_job_group_and_lists_what_was_left(tmp_path: Path, fake_trainer: Path,
+                                                                signal_number: signal.Signals) -> None:
+    handler_before = signal.getsignal(signal_number)
     tasks = [make_task(fake_trainer, name, "hang") for name in ("one", "two", "three")]
     markers = [tmp_path / "one.started", tmp_path / "two.started"]
 
@@ -151,15 +154,15 @@ def test_a_signal_stops_every_job_group_and_lists_what_was_left(tmp_path: Path, 
         deadline = time.monotonic() + 60
         while not all(m.is_file() and m.read_text() for m in markers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal_number)
 
     threading.Thread(target=signal_when_both_run, daemon=True).start()
     outcome, output = run(tmp_path, tasks)
-    assert outcome.stopped_by == signal.SIGTERM
-    assert "Interrupted (SIGTERM): stopping the running jobs" in output
+    assert outcome.stopped_by == signal_number
+    assert f"Interrupted ({signal_number.name}): stopping the running jobs" in output
     unfinished = output.split("Left unfinished:", 1)[1]
     assert "one  (stopped on gpu0; log: " in unfinished and "two  (stopped on gpu1; log: " in unfinished
     assert "three  (not started)" in unfinished
     workers = [int(m.read_text()) for m in markers]
     assert not any(process_alive(pid) for pid in workers)  # the job's whole group was stopped
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+    assert signal.getsignal(signal_number) == handler_before  # the handlers are put back
