@@ -12,8 +12,12 @@
 # (WEIGHT_DECAY=0.05 gives --weight-decay 0.05). This file only holds the settings; the study
 # runner (python -m study) does the work. Full documentation: docs/driver.md
 
-if [ -z "${BASH_VERSION:-}" ] || ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); then
-    echo "error: run this script with bash 4.3 or newer: bash run_train_clip.sh" >&2
+if [ -z "${BASH_VERSION:-}" ]; then
+    echo "error: run this script with bash: bash run_train_clip.sh" >&2
+    exit 2
+fi
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 3))); then
+    echo "error: bash 4.3 or newer is needed, this is $BASH_VERSION" >&2
     exit 2
 fi
 
