@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
@@ -71,8 +71,8 @@ class CommandLine:
 
 @dataclass(frozen=True)
 class Devices:
-    slots: list[Slot] = field(default_factory=list)
-    description: str = ""
+    slots: list[Slot]
+    description: str  # for the plan's first line
 
 
 def parse_command_line(argv: Sequence[str]) -> CommandLine:

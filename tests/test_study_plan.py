@@ -244,3 +244,19 @@ def test_a_bad_job_is_named_before_any_starts(data_dir: Path, block: dict, messa
     with pytest.raises(UserError) as caught:
         validate_jobs(plan_jobs(settings), settings)
     assert message in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU slots
+# ---------------------------------------------------------------------------------------------
+def test_gpu_slots_follow_gpus_and_a_missing_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import study.__main__ as runner
+
+    monkeypatch.setattr(runner, "cuda_device_count", lambda: 2)
+    devices = runner.find_devices(settings_of({**BLOCK, "GPUS": ["1", "1", "0"]}))
+    assert [(slot.tag, slot.gpu, slot.hide_cuda) for slot in devices.slots] == [
+        ("gpu1", 1, False), ("gpu1", 1, False), ("gpu0", 0, False)]
+    with pytest.raises(ConfigError, match=r"GPUS: there is no GPU 2; this machine has 2 CUDA device\(s\)"):
+        runner.find_devices(settings_of({**BLOCK, "GPUS": ["0", "2"]}))
+    monkeypatch.setattr(runner, "cuda_device_count", lambda: 0)
+    assert [slot.tag for slot in runner.find_devices(settings_of({**BLOCK, "GPUS": ["0", "1"]})).slots] == ["cpu"]
