@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import train_clip  # noqa: E402
+import training.engine  # noqa: E402
 from data.demo import build_demo_dataset  # noqa: E402
 
 
@@ -42,13 +44,25 @@ def per_row_clip_loss(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: 
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
+def run_trainer_with_loss(loss: str, argv: list[str]) -> None:
+    """Run train_clip.py as ``__main__`` with the engine's loss replaced for ``clip-rows``."""
+    if loss == "clip-rows":
+        training.engine.class_contrastive_loss = per_row_clip_loss
+    sys.argv = [str(ROOT / "train_clip.py"), *argv]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
 def train(data: Path, texts: Path, out: Path, args: argparse.Namespace, loss: str) -> dict:
     argv = ["--data-dir", str(data), "--class-texts-file", str(texts), "--image-encoder", "resnet18",
             "--text-encoder", "all-MiniLM-L6-v2", "--freeze-text", "--img-size", "32", "--augmentation", "none",
             "--batch-size", "64", "--epochs", str(args.epochs), "--learning-rate", "1e-3", "--warmup-epochs", "0.5",
             "--use-cv", "--n-splits", str(args.n_splits), "--num-workers", "0", "--output-dir", str(out),
             "--log-file", str(out.with_suffix(".log")), "--loss", "ce" if loss == "ce" else "symmetric"]
-    if train_clip.main(argv) != 0:
+    # The trainer runs as a program (nothing imports train_clip.py), in a child process whose engine
+    # uses the loss under test.
+    child = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+             f"import bench_loss; bench_loss.run_trainer_with_loss({loss!r}, sys.argv[1:])")
+    if subprocess.run([sys.executable, "-c", child, *argv]).returncode != 0:
         raise SystemExit(f"training with loss {loss} failed; see {out.with_suffix('.log')}")
     summary = json.loads((out / "cv_summary.json").read_text())
     return {"mean": summary["mean"], "std": summary["std"], "wall_time_s": summary["wall_time_s"]}
@@ -69,11 +83,8 @@ def main() -> int:
         for folder in sorted(images.iterdir())[args.classes:]:
             shutil.rmtree(folder)
         texts = Path(tmp) / "digits" / "class_texts_en.json"
-        real_loss = train_clip.class_contrastive_loss
         for loss in ("clip-rows", "ce", "symmetric"):
-            train_clip.class_contrastive_loss = per_row_clip_loss if loss == "clip-rows" else real_loss
             results[loss] = train(images, texts, Path(tmp) / loss, args, loss)
-        train_clip.class_contrastive_loss = real_loss
     print(f"\n{'loss':<12}{'accuracy':>20}{'balanced accuracy':>22}{'macro-F1':>20}{'vs clip-rows':>14}")
     base = results["clip-rows"]["mean"]["balanced_accuracy"]
     for loss, r in results.items():

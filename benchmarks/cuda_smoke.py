@@ -14,12 +14,11 @@ Prints a table and writes JSON to ``$OUT/cuda_smoke.json`` (or ``benchmarks/resu
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
-from contextlib import redirect_stderr
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-import predict  # noqa: E402
-import train_clip  # noqa: E402
 from tests.helpers import make_image_tree, make_tiny_text_encoder  # noqa: E402
 
 
-def run(args: list[str]) -> tuple[int, str]:
-    captured = io.StringIO()
-    with redirect_stderr(captured):
-        code = train_clip.main(args)
-    return code, captured.getvalue()
+def run(script: str, args: list[str]) -> tuple[int, str]:
+    """Run one of the project's programs (train_clip.py, predict.py) as a user would."""
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True)
+    return done.returncode, done.stderr
 
 
 def mean_epoch_seconds(run_dir: Path) -> float:
@@ -59,7 +55,7 @@ def main() -> int:
                   "--img-size", "224", "--epochs", "4", "--batch-size", "32", "--num-workers", "4",
                   "--use-cv", "--n-splits", "2", "--learning-rate", "1e-3"]
         for name, extra in (("amp", []), ("fp32", ["--no-amp"])):
-            code, err = run(common + ["--output-dir", str(root / name), "--log-file", str(root / f"{name}.log"), *extra])
+            code, err = run("train_clip.py", common + ["--output-dir", str(root / name), "--log-file", str(root / f"{name}.log"), *extra])
             results[f"{name}_exit"] = code
             if code != 0:
                 print(err[-3000:], file=sys.stderr)
@@ -76,8 +72,8 @@ def main() -> int:
         for rel in folds["folds"][0]["val"]:
             (val / rel).parent.mkdir(parents=True, exist_ok=True)
             (val / rel).write_bytes((data / rel).read_bytes())
-        predict.main(["--run-dir", str(root / "amp"), "--images", str(val), "--fold", "1",
-                      "--output", str(root / "preds.csv")])
+        run("predict.py", ["--run-dir", str(root / "amp"), "--images", str(val), "--fold", "1",
+                           "--output", str(root / "preds.csv")])
         with open(root / "preds.csv", encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
         correct = sum(Path(r["path"]).parent.name == r["predicted_class"] for r in rows)
@@ -87,7 +83,7 @@ def main() -> int:
         oom_args = ["--data-dir", str(data), "--text-encoder", f"hf:{text}", "--image-encoder", "resnet152",
                     "--img-size", "2048", "--epochs", "1", "--batch-size", "48", "--num-workers", "2",
                     "--use-cv", "--n-splits", "2", "--output-dir", str(root / "oom"), "--log-file", str(root / "oom.log")]
-        code, err = run(oom_args)
+        code, err = run("train_clip.py", oom_args)
         results["oom_exit"] = code
         results["oom_message"] = next((line for line in err.splitlines() if "out of memory" in line), err[-500:])
 

@@ -20,6 +20,7 @@ from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix
 from models.text_encoders import build_text_encoder, resolve_text_encoder, text_weights_location, \
     valid_text_encoder_names
 from models.weights import downloads_disabled, hf_hub_cache, torch_hub_dir
+from utils.errors import UserError
 
 
 def is_image_encoder(base: str) -> bool:
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in names:
             check_name(name)
-    except (UnknownEncoderError, WeightsNotFoundError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0

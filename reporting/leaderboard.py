@@ -1,15 +1,13 @@
 """The leaderboard of a study: one row per run folder, ranked on a cross-validated metric.
 
 Reads each run's ``cv_summary.json`` (DESIGN.md §6) and writes ``leaderboard.csv`` and
-``leaderboard.md`` into the study's output root. ``run_train_clip.sh`` calls it at the end;
-it also runs on its own::
+``leaderboard.md`` into the study's output root. The study runner calls it at the end; it
+also runs on its own::
 
     python -m reporting.leaderboard checkpoints/clip_models               # every run folder there
     python -m reporting.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
-    python -m reporting.leaderboard checkpoints/clip_models --status       # complete / partial / empty
 
-Nothing imported here loads numpy or torch, so that ``--status`` answers at once (the driver
-asks it before every study).
+Nothing imported here loads numpy or torch, so that it answers at once.
 """
 from __future__ import annotations
 
@@ -94,16 +92,6 @@ def read_entry(run_dir: Path) -> Entry | None:
     except (OSError, ValueError):
         return None
     return parse_summary(data, run_dir.name)
-
-
-def run_status(run_dir: Path) -> str:
-    """``complete``, ``partial`` or ``empty`` as :meth:`RunDir.status` says.
-
-    A summary the leaderboard can rank also counts as complete: the trainer writes it last, and
-    runs of trainers older than ``folds.json`` and the folds' ``result.json`` hold only that.
-    """
-    status = RunDir(run_dir).status()
-    return "complete" if status != "complete" and read_entry(run_dir) is not None else status
 
 
 def find_runs(root: Path) -> list[str]:
@@ -205,12 +193,6 @@ def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str,
     return text
 
 
-def print_status(root: Path, runs: Sequence[str]) -> None:
-    """``complete``, ``partial`` or ``empty`` and the name of each run (default: every run folder)."""
-    for name in runs or (find_runs(root) if root.is_dir() else []):
-        print(f"{run_status(root / name)}\t{name}")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m reporting.leaderboard",
@@ -222,9 +204,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", default=DEFAULT_METRIC,
                         help=f"Metric to rank on: {', '.join(LEADERBOARD_METRICS)} "
                              f"(default: {DEFAULT_METRIC}).")
-    parser.add_argument("--status", action="store_true",
-                        help="Only print 'complete', 'partial' or 'empty' and the name of each run; "
-                             "write nothing.")
     return parser.parse_args(argv)
 
 
@@ -232,10 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.output_root)
     try:
-        ranked_metric(args.metric)  # also with --status: the driver checks its setting before training
-        if args.status:
-            print_status(root, args.runs)
-            return 0
         ranked, without_results = build_leaderboard(root, args.runs or None, args.metric)
         print(write_leaderboard(root, ranked, args.metric, without_results), end="")
     except UserError as exc:

@@ -100,6 +100,10 @@ def _summary_section(summary: Mapping[str, Any]) -> list[str]:
                  "images no fold saw in training or model selection: it is the unbiased estimate.")
     else:
         note += " Hold out a test set (--test-fraction) for an unbiased estimate."
+    untrained = [str(f["fold"]) for f in folds if f["best_epoch"] == 0]
+    if untrained:
+        note += (f" **Fold(s) {', '.join(untrained)}: the best epoch is 0, the untrained model** — training "
+                 "never improved on it, so those numbers are the zero-shot model's.")
     return ["## Summary", "", render_markdown(summary_table(summary)), "",
             "Best epochs: " + ", ".join(f"fold {f['fold']}: {f['best_epoch']}" for f in folds) + ".", "",
             note, ""]

@@ -76,10 +76,6 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "benchmarks import the train_clip.py/predict.py scripts, which nothing may import: "
-    "benchmarks/bench_loss.py:32 (import train_clip), benchmarks/cuda_smoke.py:31 (import predict), "
-    "benchmarks/cuda_smoke.py:32 (import train_clip). Remove this mark once they are fixed."))
 def test_the_repository_follows_the_import_rules() -> None:
     violations = find_violations(ROOT)
     assert violations == [], "\n".join(violations)

@@ -1,7 +1,8 @@
 """run_train_clip.sh: the real script, real trainer, tiny data, on the CPU.
 
 One study runs once for the module (three combinations on two GPU slots, one of them made to
-fail); the tests read what it left. Planning is checked with --dry-run, which runs nothing.
+fail); the tests read what it left. Checks and plans are run with --dry-run, which trains nothing.
+The runner's parts are unit-tested in test_study_plan.py and test_study_scheduler.py.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train_clip.sh"
 OUTPUT_ROOT = "runs 结果"
 GOOD = ["starnet_s050_hf_tiny_bert", "starnet_s050_scratch_hf_tiny_bert"]
-BAD = "no_such_net_hf_tiny_bert"
+BAD = "starnet_s1_pretrained_hf_tiny_bert"  # checks pass; offline, its weights cannot be had
 LOG_NAME = re.compile(r"^(?P<run>.+)_gpu(?P<gpu>[01])_\d{8}_\d{6}\.log$")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -70,9 +71,11 @@ def flag(command: list[str], name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Path):
-    """Three combinations on slots gpu0/gpu1: two train, one names an encoder that does not exist."""
+    """Three combinations on slots gpu0/gpu1: two train, one fails when it looks for its weights."""
     cwd = make_study_dir(tmp_path_factory.mktemp("driver"), tiny_text_encoder)
-    result = run_driver(cwd, IMAGE_ENCODERS="starnet_s050 no_such_net starnet_s050:scratch")
+    # An empty hub cache, so that starnet_s1's weights are missing on every machine.
+    result = run_driver(cwd, IMAGE_ENCODERS="starnet_s050 starnet_s1:pretrained starnet_s050:scratch",
+                        HF_HUB_CACHE=str(cwd / "empty hub cache"))
     return cwd, result
 
 
@@ -120,10 +123,11 @@ def test_failed_job_is_named_with_its_log_and_fails_the_run(study) -> None:
     cwd, result = study
     assert result.returncode == 1, result.stdout + result.stderr
     failed = [line for line in result.stdout.splitlines() if f"FAILED {BAD}" in line]
-    assert len(failed) == 1 and "unknown image encoder 'no_such_net'" in failed[0]
+    assert len(failed) == 1 and "--image-encoder starnet_s1:pretrained: pretrained weights not found" in failed[0]
     log = re.search(rf"^  {BAD}  \(exit 2\)  log: (.+)$", result.stdout, re.M)
     assert log, result.stdout
-    assert "unknown image encoder" in (cwd / log[1]).read_text(encoding="utf-8")
+    assert " ERROR --image-encoder starnet_s1:pretrained: pretrained weights not found" in \
+        (cwd / log[1]).read_text(encoding="utf-8")
     assert "2 finished, 0 skipped (already finished), 1 failed" in result.stdout
 
 
@@ -139,82 +143,87 @@ def test_second_run_skips_finished_jobs(study) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning (--dry-run: nothing is trained)
+# Checks and plans through the script (--dry-run: nothing is trained); the details of planning
+# are unit-tested in test_study_plan.py
 # ---------------------------------------------------------------------------------------------
-def write_summary(run_dir: Path) -> None:
-    metrics = {"accuracy": 0.9, "balanced_accuracy": 0.9, "macro_f1": 0.9, "roc_auc": 0.9}
-    run_dir.mkdir(parents=True)
-    (run_dir / "cv_summary.json").write_text(json.dumps({
-        "n_splits": 2, "folds": [{"fold": 1}, {"fold": 2}], "mean": metrics, "std": metrics,
-        "wall_time_s": 1.0}), encoding="utf-8")
+def assert_nothing_ran(cwd: Path) -> None:
+    assert not (cwd / OUTPUT_ROOT).exists() and not (cwd / "logs").exists()
 
 
-def test_config_entries_take_precedence_over_settings(tmp_path: Path) -> None:
-    entries = [
-        {"image_encoder_name": "resnet18", "text_encoder_name": "clip:ViT-B/32", "epochs": 7,
-         "use_amp": True, "data_dir": "other data"},
-        {"image_encoder": "resnet18", "text_encoder": "clip:ViT-B/32", "learning_rate": 1e-3},
-        {"image_encoder": "resnet50:pretrained", "text_encoder": "bert-base-chinese", "use_cv": False},
-    ]
-    (tmp_path / "study.json").write_text(json.dumps(entries), encoding="utf-8")
-    (tmp_path / "data").mkdir()
-    result = run_driver(tmp_path, "--dry-run", USE_MULTI_CONFIG="true", CONFIG_FILE="study.json",
-                        DATA_DIR="data", OUTPUT_ROOT="runs", EPOCHS="3", USE_AMP="false",
+def test_weight_smooth_factor_reaches_every_job(tmp_path: Path) -> None:
+    (tmp_path / "数据 集").mkdir()
+    result = run_driver(tmp_path, "--dry-run", WEIGHT_SMOOTH_FACTOR="0.5", IMAGE_ENCODERS="resnet18 resnet34",
                         EXTRA_ARGS="--text-template 'an X-ray of {class_name}'")
     assert result.returncode == 0, result.stderr
-    first, second, third = dry_run_commands(result.stdout)
-    assert [flag(c, "--config-index") for c in (first, second, third)] == ["0", "1", "2"]
-    assert all(flag(c, "--config") == "study.json" for c in (first, second, third))
-    # entries sharing an encoder pair get a folder each
-    assert [flag(c, "--output-dir") for c in (first, second, third)] == [
-        "runs/resnet18_clip_ViT-B_32_cfg0", "runs/resnet18_clip_ViT-B_32_cfg1",
-        "runs/resnet50_pretrained_bert-base-chinese"]
-    # a setting only fills in what the entry leaves out
-    assert flag(first, "--epochs") is None and flag(second, "--epochs") == "3"
-    assert "--no-amp" not in first and "--no-amp" in second
-    assert flag(first, "--data-dir") is None and flag(second, "--data-dir") == "data"
-    assert "--use-cv" in second and "--use-cv" not in third
-    assert flag(second, "--learning-rate") is None
-    assert all(c[-2:] == ["--text-template", "an X-ray of {class_name}"] for c in (first, second, third))
-    assert all(flag(c, "--gpu-id") is None for c in (first, second, third))  # CPU: no GPU to pick
+    commands = dry_run_commands(result.stdout)
+    assert len(commands) == 2 and all(flag(c, "--weight-smooth-factor") == "0.5" for c in commands)
+    assert all(c[-2:] == ["--text-template", "an X-ray of {class_name}"] for c in commands)
+    assert all(flag(c, "--data-dir") == "数据 集" and flag(c, "--gpu-id") is None for c in commands)
+    assert [Path(flag(c, "--log-file")).parent for c in commands] == [Path("logs/clip_training")] * 2
+    assert all(LOG_NAME.match(Path(flag(c, "--log-file")).name) for c in commands)
+    assert_nothing_ran(tmp_path)
 
 
-def test_run_folders_use_the_trainers_path_safe_names(tmp_path: Path) -> None:
-    from training.config import run_name
+def test_a_misspelt_encoder_stops_the_dry_run_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "数据 集").mkdir()
+    result = run_driver(tmp_path, "--dry-run", IMAGE_ENCODERS="starnet_s050 resnet9000")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: job 2 (resnet9000_hf_tiny_bert): --image-encoder: unknown image encoder "
+                           "'resnet9000' (did you mean 'resnet50'?)")
+    assert "Commands" not in result.stdout
+    assert_nothing_ran(tmp_path)
 
-    (tmp_path / "data").mkdir()
-    images, texts = ["resnet18:pretrained", "vit_b/16.augreg"], ["clip:ViT-B/32", "hf:org/股骨柄-v1.0"]
-    result = run_driver(tmp_path, "--dry-run", DATA_DIR="data", OUTPUT_ROOT="runs",
-                        IMAGE_ENCODERS=" ".join(images), TEXT_ENCODERS=" ".join(texts))
+
+@pytest.mark.parametrize("entry, message", [
+    ({"image_encoder": "resnet18", "text_encoder": "clip:ViT-B/32", "weight_smoth_factor": 0.5},
+     "entry 1: unknown key 'weight_smoth_factor' (did you mean 'weight_smooth_factor'?)"),
+    ({"image_encoder": "resnet18", "text_encoder": "clip:ViT-B/32", "epochs": "100"},
+     "entry 1: 'epochs' must be an integer, got '100'"),
+])
+def test_a_bad_config_entry_stops_before_any_job(tmp_path: Path, entry: dict, message: str) -> None:
+    good = {"image_encoder_name": "resnet18", "text_encoder_name": "clip:ViT-B/32", "use_amp": True}
+    (tmp_path / "study.json").write_text(json.dumps([good, entry]), encoding="utf-8")
+    result = run_driver(tmp_path, USE_MULTI_CONFIG="true", CONFIG_FILE="study.json")
+    assert result.returncode == 2 and f"CONFIG_FILE study.json {message}" in result.stderr, result.stderr
+    assert_nothing_ran(tmp_path)
+
+
+def test_the_settings_block_of_the_file(tmp_path: Path, tiny_text_encoder: Path) -> None:
+    """A copy of the script with its block edited as the user's guide says: an array item with a
+    space stays one item, and a misspelt setting name is refused."""
+    (tmp_path / "数据 集").mkdir()
+    script = tmp_path / "run_train_clip.sh"
+    text = SCRIPT.read_text(encoding="utf-8")
+    text = text.replace('    "clip:ViT-B/32"\n', '    "hf:tiny bert"\n    "clip:ViT-B/32"\n', 1)
+    script.write_text(text.replace("EPOCHS=200", "EPOCHS=3"), encoding="utf-8")
+    env = {k: v for k, v in driver_env().items() if k not in ("TEXT_ENCODERS", "EPOCHS")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(["bash", str(script), "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     commands = dry_run_commands(result.stdout)
-    assert [flag(c, "--output-dir") for c in commands] == [f"runs/{run_name(i, t)}" for i in images for t in texts]
-    for command in commands:
-        log = Path(flag(command, "--log-file"))
-        assert log.parent == Path("logs/clip_training") and LOG_NAME.match(log.name)
+    assert [flag(c, "--text-encoder") for c in commands] == ["hf:tiny bert", "clip:ViT-B/32"]
+    assert all(flag(c, "--epochs") == "3" and flag(c, "--weight-smooth-factor") == "1.0" for c in commands)
+
+    script.write_text(text.replace("EPOCHS=200", "EPOCS=3"), encoding="utf-8")
+    result = subprocess.run(["bash", str(script), "--dry-run"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "EPOCS in run_train_clip.sh is not a setting (did you mean 'EPOCHS'?)" in result.stderr
 
 
-def test_finished_and_interrupted_runs(tmp_path: Path) -> None:
-    from training.config import config_fields
+def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path: Path) -> None:
+    from utils.run_dir import RunDir
 
-    (tmp_path / "data").mkdir()
-    write_summary(tmp_path / "runs" / "resnet18_clip_ViT-B_32")
-    interrupted = tmp_path / "runs" / "resnet34_clip_ViT-B_32"
-    (interrupted / "fold_1").mkdir(parents=True)
-    (interrupted / "config.json").write_text("{}", encoding="utf-8")
-    settings = dict(DATA_DIR="data", OUTPUT_ROOT="runs", IMAGE_ENCODERS="resnet18 resnet34 resnet50",
-                    TEXT_ENCODERS="clip:ViT-B/32")
-    result = run_driver(tmp_path, "--dry-run", **settings)
-    assert result.returncode == 0, result.stderr
-    assert "1. resnet18_clip_ViT-B_32: skip: finished" in result.stdout
-    resumed, fresh = dry_run_commands(result.stdout)
-    expected = "--resume" if any(f.name == "resume" for f in config_fields()) else "--overwrite"
-    assert expected in resumed and "--overwrite" not in fresh and "--resume" not in fresh
-
-    forced = run_driver(tmp_path, "--dry-run", FORCE="1", **settings)
-    commands = dry_run_commands(forced.stdout)
-    assert len(commands) == 3
-    assert ["--overwrite" in c for c in commands] == [True, True, False]
+    (tmp_path / "数据 集").mkdir()
+    with RunDir(tmp_path / OUTPUT_ROOT / "resnet18_hf_tiny_bert").lock():
+        result = run_driver(tmp_path, IMAGE_ENCODERS="resnet18", timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(rf"REFUSED resnet18_hf_tiny_bert: .+ is in use by process {os.getpid()} on host ", result.stdout)
+    assert "0 finished, 0 skipped (already finished), 1 failed" in result.stdout
+    assert re.search(rf"^  resnet18_hf_tiny_bert  \(refused: .+ in use by process {os.getpid()} ", result.stdout, re.M)
+    assert not list((tmp_path / "logs" / "clip_training").iterdir())  # it never started
 
 
 def test_without_cuda_jobs_run_one_at_a_time_on_the_cpu(tmp_path: Path) -> None:
@@ -234,40 +243,16 @@ def test_without_cuda_jobs_run_one_at_a_time_on_the_cpu(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES" not in result.stdout  # a real CPU machine: nothing is hidden
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"EPOCHS": "ten"}, "EPOCHS must be a whole number of at least 1, got 'ten'"),
-    ({"GPUS": ""}, "GPUS is empty"),
-    ({"GPUS": "0 x"}, "GPUS: 'x' is not a GPU index"),
-    ({"USE_CV": "maybe"}, "USE_CV must be true or false, got 'maybe'"),
-    ({"DATA_DIR": "missing"}, "DATA_DIR not found: missing"),
-    ({"USE_MULTI_CONFIG": "true", "CONFIG_FILE": "none.json"}, "CONFIG_FILE not found: none.json"),
-    ({"LEADERBOARD_METRIC": "balanced_acc"}, "did you mean 'balanced_accuracy'"),
-    ({"IMAGE_ENCODERS": "starnet_s050 starnet_s050"}, "would share the run folder 'starnet_s050_hf_tiny_bert'"),
-    ({"EXTRA_ARGS": "--text-template 'unbalanced"}, "EXTRA_ARGS: cannot split"),
-])
-def test_bad_settings_stop_before_any_job(tmp_path: Path, settings: dict, message: str) -> None:
-    (tmp_path / "数据 集").mkdir()
-    result = run_driver(tmp_path, **{"IMAGE_ENCODERS": "starnet_s050", **settings})
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert not (tmp_path / OUTPUT_ROOT).exists() and not (tmp_path / "logs").exists()
-
-
-@pytest.mark.parametrize("content, message", [
-    ('[{"image_encoder": "resnet18"}]', "entry 0 names no text encoder (key 'text_encoder' or 'text_encoder_name')"),
-    ('[{"image_encoder": "resnet18",}]', "is not valid JSON: Expecting property name"),
-    ("[]", "must hold an object or a non-empty list of objects"),
-])
-def test_bad_config_file_stops_before_any_job(tmp_path: Path, content: str, message: str) -> None:
-    (tmp_path / "study.json").write_text(content, encoding="utf-8")
-    result = run_driver(tmp_path, USE_MULTI_CONFIG="true", CONFIG_FILE="study.json")
-    assert result.returncode == 2 and "CONFIG_FILE study.json" in result.stderr and message in result.stderr, \
-        result.stderr
-    assert not (tmp_path / "logs").exists()
-
-
 def test_unknown_option_is_refused(tmp_path: Path) -> None:
     result = run_driver(tmp_path, "--epochs", "5")
     assert result.returncode == 2 and "unknown option '--epochs'" in result.stderr
+
+
+def test_help_shows_the_settings_as_they_stand(tmp_path: Path) -> None:
+    result = run_driver(tmp_path, "--help", EPOCHS="7")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: bash run_train_clip.sh" in result.stdout
+    assert "  EPOCHS=7\n" in result.stdout and "  WEIGHT_SMOOTH_FACTOR=1.0\n" in result.stdout
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")

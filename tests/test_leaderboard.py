@@ -70,37 +70,31 @@ def test_parse_summary_accepts_only_complete_summaries() -> None:
     assert math.isnan(parse_summary(summary(0.8, auc=None), "r").mean["roc_auc"])
 
 
-def statuses(root: Path, *runs: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
-    assert leaderboard.main(["--status", "--", str(root), *runs]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    return {name: state for state, name in (line.split("\t") for line in lines)}
+def statuses(root: Path, *runs: str) -> dict[str, str]:
+    return {name: RunDir(root / name).status() for name in runs}
 
 
-def test_status_is_the_run_folders(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_is_the_run_folders(study: Path) -> None:
     assert statuses(study, "resnet18_clip_ViT-B_32", "resnet101_interrupted", "resnet152_torn", "not_a_run",
-                    "missing", capsys=capsys) == {
+                    "missing") == {
         "resnet18_clip_ViT-B_32": "complete", "resnet101_interrupted": "partial",
         "resnet152_torn": "partial",  # 3 of 5 planned folds
         "not_a_run": "empty", "missing": "empty"}
     (study / "resnet18_clip_ViT-B_32" / "cv_summary.json").write_text('{"mean": ', encoding="utf-8")
-    torn = statuses(study, "resnet18_clip_ViT-B_32", capsys=capsys)
-    assert torn == {"resnet18_clip_ViT-B_32": "partial"}  # torn JSON is not finished
+    assert statuses(study, "resnet18_clip_ViT-B_32") == {"resnet18_clip_ViT-B_32": "partial"}  # torn JSON
 
 
-def test_a_summary_alone_is_complete_when_it_can_be_ranked(study: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    write_run(study, "resnet18_older_trainer", summary(0.7), fold_files=False)
-    write_run(study, "resnet18_older_torn", summary(0.7, n_splits=5, n_folds=3), fold_files=False)
-    assert statuses(study, "resnet18_older_trainer", "resnet18_older_torn", capsys=capsys) == {
-        "resnet18_older_trainer": "complete", "resnet18_older_torn": "partial"}
+def test_a_summary_without_its_fold_results_is_not_finished(study: Path) -> None:
+    write_run(study, "resnet18_summary_only", summary(0.7), fold_files=False)
+    assert statuses(study, "resnet18_summary_only") == {"resnet18_summary_only": "partial"}
 
 
 def test_a_finished_run_without_numbers_to_rank_is_listed_unranked(
-        study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        study: Path) -> None:
     broken = summary(0.95)
     del broken["mean"]["macro_f1"]
     write_run(study, "resnet200_old_summary", broken)
-    assert statuses(study, "resnet200_old_summary", capsys=capsys) == {"resnet200_old_summary": "complete"}
+    assert statuses(study, "resnet200_old_summary") == {"resnet200_old_summary": "complete"}
     ranked, without = leaderboard.build_leaderboard(study)
     assert "resnet200_old_summary" not in [e.run for e in ranked] and "resnet200_old_summary" in without
 
@@ -134,16 +128,8 @@ def test_cli_writes_csv_and_markdown(study: Path, capsys: pytest.CaptureFixture[
     assert float(rows[2]["wall_time_s"]) == 125.0
 
 
-def test_cli_status_lists_runs_in_the_order_given(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert leaderboard.main(["--status", "--", str(study), "resnet101_interrupted", "resnet18_clip_ViT-B_32",
-                             "new_run"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["partial\tresnet101_interrupted",
-                                                    "complete\tresnet18_clip_ViT-B_32", "empty\tnew_run"]
-    assert not (study / "leaderboard.md").exists()
-
-
 def test_cli_rejects_unknown_metric(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert leaderboard.main(["--status", "--metric", "balanced_acuracy", str(study)]) == 2
+    assert leaderboard.main(["--metric", "balanced_acuracy", str(study)]) == 2
     assert "did you mean 'balanced_accuracy'" in capsys.readouterr().err
     assert leaderboard.main([str(study / "missing")]) == 2
     error = capsys.readouterr().err
@@ -154,8 +140,8 @@ def test_format_duration() -> None:
     assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
 
 
-def test_status_and_the_config_load_neither_numpy_nor_torch() -> None:
-    # The driver asks --status before every study, and every command parses its config first.
+def test_the_leaderboard_and_the_config_load_neither_numpy_nor_torch() -> None:
+    # The study runner reads both before every study; every command parses its config first.
     probe = ("import sys, reporting.leaderboard, training.config; "
              "print(sorted({'numpy', 'torch', 'sklearn'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,

@@ -104,8 +104,11 @@ def test_overwrite_deletes_the_run_files_only(finished_run, tmp_path, tiny_text_
 
 
 # 2. Two trainings into one folder ------------------------------------------------------------
-def test_two_trainings_started_together_never_mix(tmp_path, tiny_text_encoder):
+def test_two_trainings_started_together_never_mix(finished_run, tmp_path, tiny_text_encoder):
     data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    (tmp_path / "notes.txt").write_text("next to the runs", encoding="utf-8")
+    untouched = {"data": checksums(data), "earlier run": checksums(finished_run[1]),
+                 "notes": checksums(tmp_path)["notes.txt"]}
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     rng = random.Random(0)
     for round_ in range(10):
@@ -122,6 +125,8 @@ def test_two_trainings_started_together_never_mix(tmp_path, tiny_text_encoder):
         refusal = next(err for code, err in results if code == 2)
         assert "is in use by process" in refusal or "already holds results" in refusal, refusal
         assert_consistent(out)
+    assert untouched == {"data": checksums(data), "earlier run": checksums(finished_run[1]),
+                         "notes": checksums(tmp_path)["notes.txt"]}
 
 
 def assert_consistent(out: Path) -> None:
@@ -238,6 +243,23 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_the_model(finis
     monkeypatch.setattr(train_clip, "build_clip_model", lambda *a, **k: pytest.fail("model built"))
     code = train_clip.main(train_args(finished_run[0], blocker / "run", tmp_path / "l.log", tiny_text_encoder))
     assert code == 2 and "cannot be written" in one_line_error(capsys)
+
+
+def test_a_permission_error_on_the_output_folder_is_one_line_before_the_model(finished_run, tmp_path,
+                                                                             tiny_text_encoder, capsys,
+                                                                             monkeypatch):
+    # Root ignores file permissions, so the refusal of the OS is simulated where the folder is first written.
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(train_clip, "build_clip_model", lambda *a, **k: pytest.fail("model built"))
+    code = train_clip.main(train_args(finished_run[0], tmp_path / "run", tmp_path / "l.log", tiny_text_encoder))
+    assert code == 2 and "cannot be written: Permission denied" in one_line_error(capsys)
 
 
 def test_predict_output_that_cannot_be_written_fails_before_predicting(finished_run, tmp_path, capsys, monkeypatch):

@@ -164,6 +164,15 @@ def test_report_without_test_set_or_histories(tmp_path: Path) -> None:
     report = write_report(tmp_path, summary, made).read_text(encoding="utf-8")
     assert "held-out test" not in report and "--test-fraction" in report
     assert markdown_table_after(report, "## Summary")["macro ROC-AUC (one-vs-rest)"][-1] == "n/a"
+    assert "untrained" not in report
+
+
+def test_report_warns_about_a_fold_whose_best_model_is_the_untrained_one(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs)
+    summary["folds"][1]["best_epoch"] = 0
+    report = write_report(tmp_path, summary, {}).read_text(encoding="utf-8")
+    assert "Fold(s) 2: the best epoch is 0, the untrained model" in report
 
 
 def test_report_cli_rebuilds_from_run_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 from reporting.metric_table import MONITOR_METRICS
 from utils.errors import ConfigError, suggest
 from utils.io import read_json
+from utils.run_dir import RunDir
 
 GROUPS = {
     "data": "data",
@@ -324,7 +325,7 @@ def merge_with_saved_run(values: dict[str, Any]) -> dict[str, Any]:
     """For ``--resume``: the saved ``config.json`` is the base; explicit values that change results
     must agree with it (the error names every differing key)."""
     output_dir = TrainConfig(**values).resolved_output_dir()
-    saved_path = output_dir / "config.json"
+    saved_path = RunDir(output_dir).config
     if not saved_path.is_file():
         raise ConfigError(f"--resume: {output_dir} holds no config.json, so there is no run to resume")
     saved_entry = read_json(saved_path, "saved config")

@@ -121,7 +121,7 @@ def tensorboard_writer(run: Run, fold: Fold) -> Any:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(run.run_dir.tensorboard / f"fold_{fold.number}"))
+    return SummaryWriter(log_dir=str(run.run_dir.tensorboard / run.run_dir.fold_dir(fold.number).name))
 
 
 def load_fold_result(run: Run, fold: Fold) -> FoldResult:
