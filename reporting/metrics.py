@@ -64,7 +64,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
 
     Scalars (accuracy, balanced_accuracy, macro_f1, roc_auc, ece and, with more than 5
     classes, top3_accuracy: the rows of :data:`reporting.metric_table.METRICS`) sit at the top
-    level; ``per_class`` and ``confusion_matrix`` are lists indexed by class.
+    level; ``per_class`` (precision, recall = sensitivity, specificity, F1, support) and
+    ``confusion_matrix`` are lists indexed by class.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -84,12 +85,20 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
     }
     if n_classes > 5:
         metrics[f"top{TOP_K}_accuracy"] = top_k_accuracy(y_true, probs, TOP_K)
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
     metrics["per_class"] = [
-        {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for p, r, f, s in zip(precision, recall, f1, support)
+        {"precision": float(p), "recall": float(r), "specificity": s, "f1": float(f), "support": int(n)}
+        for p, r, s, f, n in zip(precision, recall, specificities(matrix), f1, support)
     ]
-    metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    metrics["confusion_matrix"] = matrix.tolist()
     return metrics
+
+
+def specificities(matrix: np.ndarray) -> list[float]:
+    """One-vs-rest specificity of each class: of the images of other classes, the fraction not called it."""
+    called = matrix.sum(axis=0) - np.diag(matrix)  # false positives
+    others = matrix.sum() - matrix.sum(axis=1)
+    return [float(fp_free / n) if n else 0.0 for fp_free, n in zip(others - called, others)]
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -1,0 +1,203 @@
+"""95% bootstrap confidence intervals of the pooled and held-out metrics (issue 12, DESIGN.md §10).
+
+``scipy.stats.bootstrap`` draws the resamples and builds the intervals (BCa, falling back to the
+percentile interval for a metric whose BCa interval is undefined, e.g. a metric that is the same
+in every resample). What is resampled are *units*: images, or patients when a per-image group
+array is given, so that all images of a patient enter or leave a resample together.
+
+Speed: the test suite runs many tiny trainings and a real run may pool thousands of images, so
+the statistic is vectorised. A resample is turned into a weight per image (how many times its
+unit was drawn) and every metric is computed for a whole batch of resamples at once from those
+weights (:func:`weighted_metrics`); with weights of 1 the values equal
+:func:`reporting.metrics.classification_metrics` (a test checks it), so the interval is around
+the very number the summary reports.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+
+from reporting.metric_table import TOP_K
+from reporting.metrics import ECE_BINS
+
+CONFIDENCE_LEVEL = 0.95
+RESAMPLES_PER_BATCH = 200  # bounds memory: a batch holds (batch, images) weights
+PER_CLASS_CI_METRICS = ("sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """CIs of the scalar metrics (``metric → [low, high]``) and, per class, of sensitivity and specificity."""
+
+    scalar: dict[str, list[float | None]]
+    per_class: list[dict[str, list[float | None]]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How the intervals were made: written next to them, so a reader knows what they mean."""
+
+    n_resamples: int
+    seed: int
+    method: str = "BCa"
+    confidence_level: float = CONFIDENCE_LEVEL
+    resampled_unit: str = "image"
+    percentile_fallback: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics of many weighted resamples at once
+# ---------------------------------------------------------------------------------------------
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+                     where=denominator > 0)
+
+
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC-AUC of each weight row (Mann-Whitney: ties count one half); NaN if one-sided."""
+    order = np.argsort(scores, kind="stable")
+    _, tie_start = np.unique(scores[order], return_index=True)
+    w = weights[:, order]
+    pos_w = np.add.reduceat(w * positive[order], tie_start, axis=1)  # per distinct score
+    neg_w = np.add.reduceat(w * ~positive[order], tie_start, axis=1)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    pairs = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    wins = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1)
+    return np.divide(wins, pairs, out=np.full(len(w), np.nan), where=pairs > 0)
+
+
+def _macro_auc(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    # As reporting.metrics.macro_roc_auc: class 1's AUC for two classes, otherwise the mean over
+    # the classes that have positives and negatives in the resample.
+    if probs.shape[1] == 2:
+        return _weighted_auc(y_true == 1, probs[:, 1], weights)
+    per_class = np.stack([_weighted_auc(y_true == k, probs[:, k], weights) for k in range(probs.shape[1])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no class is defined: NaN
+        return np.nanmean(per_class, axis=0)
+
+
+def weighted_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The scalar metrics (and per-class sensitivity, specificity) of each row of ``weights``.
+
+    ``weights`` has shape (R, N): how often each of the N images counts in each of R resamples.
+    Scalars have shape (R,); ``sensitivity`` and ``specificity`` have shape (C, R).
+    """
+    n_classes = probs.shape[1]
+    predicted = probs.argmax(axis=1)
+    cells = np.eye(n_classes * n_classes)[y_true * n_classes + predicted]  # (N, C*C) one-hot
+    confusion = (weights @ cells).reshape(len(weights), n_classes, n_classes)
+    total = confusion.sum(axis=(1, 2))
+    hits = np.einsum("rkk->rk", confusion)
+    actual, called = confusion.sum(axis=2), confusion.sum(axis=1)
+    recall = _safe_divide(hits, actual)
+    specificity = _safe_divide(total[:, None] - actual - called + hits, total[:, None] - actual)
+    present = actual > 0  # balanced accuracy averages over the classes present (scikit-learn)
+    confidence = probs.max(axis=1)
+    bins = np.clip(np.digitize(confidence, np.linspace(0, 1, ECE_BINS + 1)[1:-1], right=True), 0, ECE_BINS - 1)
+    in_bin = np.eye(ECE_BINS)[bins]  # (N, bins)
+    gap = weights @ (in_bin * ((predicted == y_true) - confidence)[:, None])
+    metrics = {
+        "accuracy": hits.sum(axis=1) / total,
+        "balanced_accuracy": (recall * present).sum(axis=1) / present.sum(axis=1),
+        "macro_f1": _safe_divide(2 * hits, actual + called).mean(axis=1),
+        "roc_auc": _macro_auc(y_true, probs, weights),
+        "ece": np.abs(gap).sum(axis=1) / total,
+        "sensitivity": recall.T,
+        "specificity": specificity.T,
+    }
+    if n_classes > 5:
+        in_top = (np.argsort(-probs, axis=1)[:, :TOP_K] == y_true[:, None]).any(axis=1)
+        metrics[f"top{TOP_K}_accuracy"] = weights @ in_top / total
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The bootstrap
+# ---------------------------------------------------------------------------------------------
+def _units(n_images: int, groups: Sequence[Any] | None) -> np.ndarray:
+    """The resampled unit of each image: itself, or its group's number."""
+    if groups is None:
+        return np.arange(n_images)
+    if len(groups) != n_images:
+        raise ValueError(f"{len(groups)} groups for {n_images} images")
+    return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+
+
+def _counts(drawn: np.ndarray, n_units: int) -> np.ndarray:
+    """(R, draws) unit numbers → (R, n_units) how often each unit was drawn, in one bincount."""
+    rows = drawn.reshape(-1, drawn.shape[-1])
+    offsets = np.arange(len(rows))[:, None] * n_units
+    return np.bincount((rows + offsets).ravel(), minlength=len(rows) * n_units).reshape(len(rows), n_units)
+
+
+def bootstrap_intervals(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_resamples: int, seed: int,
+                        groups: Sequence[Any] | None = None,
+                        confidence_level: float = CONFIDENCE_LEVEL) -> Intervals:
+    """Bootstrap CIs of every scalar metric and of each class's sensitivity and specificity.
+
+    ``groups`` (one label per image, e.g. a patient id) makes the groups the resampled unit.
+    A metric undefined in the data (AUC without both classes) gets ``[None, None]``.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    unit_of = _units(len(y_true), groups)
+    n_units = int(unit_of.max()) + 1
+    n_classes = probs.shape[1]
+    names = [k for k in weighted_metrics(y_true, probs, np.ones((1, len(y_true))))
+             if k not in PER_CLASS_CI_METRICS]
+
+    def statistic(drawn: np.ndarray, axis: int = -1) -> np.ndarray:
+        unit_counts = _counts(np.asarray(drawn), n_units)
+        values = weighted_metrics(y_true, probs, unit_counts[:, unit_of].astype(np.float64))
+        stacked = np.concatenate([np.stack([values[k] for k in names]),
+                                  values["sensitivity"], values["specificity"]])
+        return stacked.reshape(len(stacked), *np.shape(drawn)[:-1])
+
+    kwargs = dict(vectorized=True, batch=RESAMPLES_PER_BATCH, confidence_level=confidence_level)
+    data = (np.arange(n_units),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa on a degenerate metric warns; it falls back below
+        with np.errstate(all="ignore"):
+            bca = stats.bootstrap(data, statistic, n_resamples=n_resamples, method="BCa",
+                                  rng=np.random.default_rng(seed), **kwargs)
+            percentile = stats.bootstrap(data, statistic, n_resamples=0, method="percentile",
+                                         bootstrap_result=bca, **kwargs)
+    low, high = _with_fallback(bca, percentile)
+    fell_back = ~(np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high))
+    rows = [_interval(lo, hi) for lo, hi in zip(low, high)]
+    n_scalar = len(names)
+    scalar = dict(zip(names, rows[:n_scalar]))
+    per_class = [{"sensitivity": rows[n_scalar + k], "specificity": rows[n_scalar + n_classes + k]}
+                 for k in range(n_classes)]
+    fallback = tuple(n for n, f in zip(names, fell_back[:n_scalar]) if f and scalar[n][0] is not None)
+    settings = BootstrapSettings(n_resamples, seed, confidence_level=confidence_level,
+                                 resampled_unit="image" if groups is None else "group",
+                                 percentile_fallback=fallback)
+    return Intervals(scalar, per_class, _settings_document(settings))
+
+
+def _with_fallback(bca: Any, percentile: Any) -> tuple[np.ndarray, np.ndarray]:
+    """BCa bounds where finite, the percentile bounds elsewhere (same bootstrap distribution)."""
+    ok = np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high)
+    low = np.where(ok, bca.confidence_interval.low, percentile.confidence_interval.low)
+    high = np.where(ok, bca.confidence_interval.high, percentile.confidence_interval.high)
+    return low, high
+
+
+def _interval(low: float, high: float) -> list[float | None]:
+    # Strict JSON: an interval that cannot be computed is null, never NaN.
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return [None, None]
+    return [float(low), float(high)]
+
+
+def _settings_document(settings: BootstrapSettings) -> dict[str, Any]:
+    document = asdict(settings)
+    document["percentile_fallback"] = list(settings.percentile_fallback)
+    return document
