@@ -31,6 +31,7 @@ from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.report import report_from_run_dir
+from reporting.statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
 from training.checkpoints import load_best_model_state
 from training.config import ConfigError, TrainConfig, config_from_args, run_name
@@ -46,6 +47,8 @@ from utils.run_dir import RunDir
 from utils.seeding import seed_everything
 
 log = logging.getLogger("train_clip")
+# What cv_summary.json repeats of test_metrics.json, as test_<key>.
+TEST_SUMMARY_KEYS = ("ci", "per_class_ci", "operating_point")
 
 
 def check_inputs(cfg: TrainConfig, run_dir: RunDir) -> tuple[ImageFolder, list[list[str]]]:
@@ -133,6 +136,7 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
                 names[run.labels[oof_idx[j]]], names[int(oof_probs[j].argmax())]]
                + [f"{p:.6f}" for p in oof_probs[j]] for j in order])
     mean, std = mean_and_std([scalar_metrics(r.metrics) for r in results])
+    oof_labels = np.asarray(run.labels)[oof_idx]
     summary = {
         "mode": "cv" if run.cfg.use_cv else "holdout",
         "n_splits": len(results),
@@ -143,7 +147,8 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         "folds": [{"fold": r.number, "best_epoch": r.best_epoch, "metrics": r.metrics} for r in results],
         "mean": mean,
         "std": std,
-        "oof": classification_metrics(np.asarray(run.labels)[oof_idx], oof_probs),
+        "oof": classification_metrics(oof_labels, oof_probs),
+        **pooled_statistics(oof_labels, oof_probs, names, run.cfg.bootstrap_resamples, run.cfg.seed),
     }
     untrained = [r.number for r in results if r.best_epoch == 0]
     if untrained:
@@ -152,8 +157,11 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
     return summary
 
 
-def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
-    """Mean probabilities of the best model of every fold on the held-out test set."""
+def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict[str, Any]) -> dict[str, Any]:
+    """Mean probabilities of the best model of every fold on the held-out test set (test_metrics.json).
+
+    ``pooled`` is the summary so far: its out-of-fold operating point is applied to the test set.
+    """
     cfg = run.cfg
     loader = DataLoader(CachedImageDataset(run.cache, run.test_idx, run.labels, None, ToModelInput()),
                         batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
@@ -169,13 +177,14 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult]) -> dict[str,
               [[run.display_path(i), names[run.labels[i]], names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
                for i, p in zip(indices, probs)])
     metrics = classification_metrics(labels, probs)
-    write_json(run.run_dir.test_metrics, {
-        "n_images": len(run.test_idx), "ensemble_of_folds": [r.number for r in results],
-        "class_names": names, "metrics": metrics})
+    document = {"n_images": len(run.test_idx), "ensemble_of_folds": [r.number for r in results],
+                "class_names": names, "metrics": metrics,
+                **held_out_statistics(labels, probs, cfg.bootstrap_resamples, cfg.seed, pooled)}
+    write_json(run.run_dir.test_metrics, document)
     log.info("Held-out test set (%d images, ensemble of %d fold models): accuracy %.4f, balanced accuracy "
              "%.4f, macro-F1 %.4f", len(run.test_idx), len(results), metrics["accuracy"],
              metrics["balanced_accuracy"], metrics["macro_f1"])
-    return metrics
+    return document
 
 
 def run_training(run: Run) -> dict[str, Any]:
@@ -186,7 +195,9 @@ def run_training(run: Run) -> dict[str, Any]:
         raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype) from None
     summary = summarise(run, results)
     if run.test_idx:
-        summary["test"] = evaluate_test_ensemble(run, results)
+        test = evaluate_test_ensemble(run, results, summary)
+        summary["test"] = test["metrics"]
+        summary.update({f"test_{key}": test[key] for key in TEST_SUMMARY_KEYS if key in test})
     run.record_time()
     summary["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
     write_json(run.run_dir.summary, summary)

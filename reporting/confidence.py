@@ -37,6 +37,10 @@ class Intervals:
     per_class: list[dict[str, list[float | None]]]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def document(self, prefix: str) -> dict[str, Any]:
+        """The keys of a summary file: ``{prefix}ci``, ``{prefix}per_class_ci`` and ``ci_settings``."""
+        return {f"{prefix}ci": self.scalar, f"{prefix}per_class_ci": self.per_class, "ci_settings": self.settings}
+
 
 @dataclass(frozen=True)
 class BootstrapSettings:

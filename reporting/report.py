@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reporting.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
-from reporting.summary import (is_cross_validation, per_class_table, pooled_name, summary_table,
-                               test_metrics_of)
+from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
+                               pooled_name, summary_table, test_metrics_of)
 from reporting.tables import render_markdown
 from utils.errors import UserError
 from utils.io import atomic_write, read_json
@@ -104,19 +104,20 @@ def _summary_section(summary: Mapping[str, Any]) -> list[str]:
     if untrained:
         note += (f" **Fold(s) {', '.join(untrained)}: the best epoch is 0, the untrained model** — training "
                  "never improved on it, so those numbers are the zero-shot model's.")
+    statistics = [line for line in (interval_note(summary), operating_point_note(summary)) if line]
     return ["## Summary", "", render_markdown(summary_table(summary)), "",
             "Best epochs: " + ", ".join(f"fold {f['fold']}: {f['best_epoch']}" for f in folds) + ".", "",
-            note, ""]
+            note, ""] + [line for text in statistics for line in (text, "")]
 
 
 def _per_class_sections(summary: Mapping[str, Any]) -> list[str]:
     names = list(summary["class_names"])
     lines = [f"## Per class ({pooled_name(summary)})", "",
-             render_markdown(per_class_table(summary["oof"], names))]
+             render_markdown(per_class_table(summary["oof"], names, summary.get("oof_per_class_ci")))]
     test = test_metrics_of(summary)
     if test is not None and "per_class" in test:
         lines += ["", "## Per class (held-out test set, fold ensemble)", "",
-                  render_markdown(per_class_table(test, names))]
+                  render_markdown(per_class_table(test, names, summary.get("test_per_class_ci")))]
     return lines
 
 

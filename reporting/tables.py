@@ -89,3 +89,10 @@ def format_mean_std(mean: Any, std: Any) -> str:
     if not _is_number(mean):
         return NOT_A_NUMBER
     return f"{mean:.4f} ± {std:.4f}" if _is_number(std) else f"{mean:.4f}"
+
+
+def format_interval(interval: Any) -> str:
+    """``[low, high]`` with four decimals; ``n/a`` when there is none or a bound is not a number."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(_is_number, interval))):
+        return NOT_A_NUMBER
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]"

@@ -277,6 +277,7 @@ def test_missing_config_file(tmp_path):
     (["--val-fraction", "1.0"], "--val-fraction must be between 0 and 1"),
     (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs must be between 0 and --epochs"),
     (["--weight-smooth-factor", "-1"], "--weight-smooth-factor must be non-negative"),
+    (["--bootstrap-resamples", "-1"], "--bootstrap-resamples must be non-negative"),
     (["--text-template", "an X-ray"], "--text-template must contain '{class_name}'"),
 ])
 def test_value_checks_name_the_flag(argv, message):

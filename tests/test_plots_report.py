@@ -150,8 +150,8 @@ def test_report_shows_numbers_tables_and_pictures(tmp_path: Path) -> None:
     assert rows["macro F1"][1:] == [f"{v:.4f}" for v in expected]
     per_class = markdown_table_after(report, "## Per class (pooled out-of-fold)")
     for name, stats in zip(CLASS_NAMES, summary["oof"]["per_class"]):
-        assert per_class[name] == [f"{stats['precision']:.4f}", f"{stats['recall']:.4f}", f"{stats['f1']:.4f}",
-                                   str(stats["support"])]
+        assert per_class[name] == [f"{stats['precision']:.4f}", f"{stats['recall']:.4f}",
+                                   f"{stats['specificity']:.4f}", f"{stats['f1']:.4f}", str(stats["support"])]
     assert "Per class (held-out test set" in report and "unbiased" in report
 
 
@@ -194,3 +194,49 @@ def test_report_cli_rebuilds_from_run_files(tmp_path: Path, capsys: pytest.Captu
     assert report_main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and "cv_summary.json" in err[-1]
+
+
+def test_report_and_console_show_the_intervals_of_pooled_and_test_metrics(tmp_path: Path) -> None:
+    from reporting.statistics import interval_keys, pooled_statistics
+    from reporting.summary import format_summary_table
+
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs, test=True)
+    summary.update(pooled_statistics(y, probs, CLASS_NAMES, n_resamples=200, seed=3))
+    y_test, p_test = fake_predictions(30, seed=1)  # the test set of fake_summary
+    summary.update(interval_keys("test_", y_test, p_test, n_resamples=200, seed=3))
+    report = write_report(tmp_path, summary, {}).read_text(encoding="utf-8")
+    low, high = summary["oof_ci"]["macro_f1"]
+    test_low, test_high = summary["test_ci"]["macro_f1"]
+    row = markdown_table_after(report, "## Summary")["macro F1"]
+    assert row[-4:] == [f"{summary['oof']['macro_f1']:.4f}", f"[{low:.4f}, {high:.4f}]",
+                        f"{summary['test']['macro_f1']:.4f}", f"[{test_low:.4f}, {test_high:.4f}]"]
+    assert "BCa bootstrap, 200 resamples of images, seed 3" in report
+    sensitivity = summary["oof_per_class_ci"][2]["sensitivity"]
+    cells = markdown_table_after(report, "## Per class (pooled out-of-fold)")[CLASS_NAMES[2]]
+    assert cells[2] == f"[{sensitivity[0]:.4f}, {sensitivity[1]:.4f}]"
+    console = format_summary_table(summary)
+    assert f"[{low:.4f}, {high:.4f}]" in console and "95% CI" in console.splitlines()[0]
+    assert "operating point" not in console.lower()  # three classes: no threshold to choose
+
+
+def test_two_classes_report_the_youden_operating_point_and_the_test_set_at_it(tmp_path: Path) -> None:
+    from reporting.statistics import held_out_statistics, pooled_statistics
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.column_stack([1 - np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]),
+                             [0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]])
+    pooled = pooled_statistics(y, probs, ["absent", "present"], n_resamples=0, seed=0)
+    assert "oof_ci" not in pooled  # 0 resamples: no intervals
+    point = pooled["operating_point"]
+    # Thresholds 0.7 (sens 3/4, spec 4/4) and 0.4 (sens 4/4, spec 3/4) tie at J = 0.75; roc_curve
+    # meets 0.7 first.
+    assert point["threshold"] == pytest.approx(0.7) and point["positive_class"] == "present"
+    assert (point["sensitivity"], point["specificity"], point["youden_j"]) == pytest.approx((0.75, 1.0, 0.75))
+    test = held_out_statistics(np.array([0, 1, 1]), np.array([[0.2, 0.8], [0.5, 0.5], [0.1, 0.9]]),
+                               n_resamples=0, seed=0, pooled=pooled)
+    assert test["operating_point"] == {"threshold": point["threshold"], "sensitivity": 0.5, "specificity": 0.0}
+    summary = fake_summary(*fake_predictions()) | pooled | {"test_operating_point": test["operating_point"]}
+    report = write_report(tmp_path, summary, {}).read_text(encoding="utf-8")
+    assert "Operating point for 'present'" in report and "probability >= 0.7000" in report
+    assert "on the held-out test set at that threshold: sensitivity 0.5000, specificity 0.0000" in report

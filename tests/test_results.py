@@ -81,6 +81,19 @@ def test_test_metrics_are_the_mean_of_the_fold_models(run_with_test_set):
         assert max(row["macro_f1"] for row in history) == fold["metrics"]["macro_f1"]
 
 
+def test_pooled_and_test_metrics_have_seeded_confidence_intervals(run_with_test_set):
+    _, out = run_with_test_set
+    summary, test = read(out / "cv_summary.json"), read(out / "test_metrics.json")
+    assert summary["ci_settings"]["n_resamples"] == 1000 and summary["ci_settings"]["seed"] == 42
+    for metrics, intervals in ((summary["oof"], summary["oof_ci"]), (test["metrics"], test["ci"])):
+        for name in ("accuracy", "balanced_accuracy", "macro_f1", "ece"):
+            low, high = intervals[name]
+            assert low <= metrics[name] <= high, name
+    assert summary["test_ci"] == test["ci"] and len(test["per_class_ci"]) == len(CLASSES)
+    low, high = summary["oof_ci"]["accuracy"]
+    assert f"[{low:.4f}, {high:.4f}]" in (out / "report.md").read_text(encoding="utf-8")
+
+
 def test_zero_shot_epoch_and_report(run_with_test_set):
     _, out = run_with_test_set
     history = read(out / "fold_1" / "history.json")

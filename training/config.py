@@ -25,6 +25,7 @@ GROUPS = {
     "training": "training",
     "cv": "cross-validation",
     "imbalance": "class imbalance",
+    "statistics": "statistics",
     "system": "system",
 }
 
@@ -115,6 +116,9 @@ class TrainConfig:
                               choices=("inverse_freq", "inverse_sqrt", "balanced"))
     weight_smooth_factor: float = _opt(1.0, "Exponent s on the weights (weight**s): 0 uniform, 1 the full "
                                        "method.", "imbalance")
+    # statistics
+    bootstrap_resamples: int = _opt(1000, "Bootstrap resamples for the 95-percent confidence intervals of the "
+                                    "pooled and test metrics (seeded by --seed; 0: no intervals).", "statistics")
     # system
     output_dir: Optional[str] = _opt(None, "Run folder (default checkpoints/clip_models/<image>_<text>).",
                                      "system")
@@ -371,6 +375,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.n_splits >= 2, f"--n-splits must be at least 2, got {cfg.n_splits}")
     _check(0 < cfg.val_fraction < 1, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     _check(0 <= cfg.test_fraction < 1, f"--test-fraction must be in [0, 1), got {cfg.test_fraction}")
+    _check(cfg.bootstrap_resamples >= 0,
+           f"--bootstrap-resamples must be non-negative, got {cfg.bootstrap_resamples}")
     _check(cfg.patience >= 0, f"--patience must be non-negative, got {cfg.patience}")
     _check(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other")
     _check(cfg.save_best or cfg.test_fraction == 0,
