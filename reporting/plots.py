@@ -1,4 +1,4 @@
-"""Pictures of a run: learning curves, confusion matrix, one-vs-rest ROC curves.
+"""Pictures of a run: learning curves, confusion matrix, one-vs-rest ROC curves, reliability diagram.
 
 Figures are plain :class:`matplotlib.figure.Figure` objects drawn by the Agg canvas: pyplot and
 its global figure registry are never touched, so nothing leaks between calls or into a notebook,
@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -28,7 +29,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
 from reporting.metric_table import metric
-from reporting.metrics import macro_roc_auc
+from reporting.metrics import ECE_BINS, expected_calibration_error, macro_roc_auc
 from utils.io import atomic_write
 from utils.logging_setup import get_logger
 
@@ -258,4 +259,59 @@ def plot_roc_curves(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
                ylabel="true positive rate", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize="small")
+        return save_png(figure, out_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """The ECE's equal-width confidence bins that hold images: left edges, accuracy, mean confidence, counts."""
+
+    left: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    counts: np.ndarray
+
+
+def reliability_bins(y_true: Sequence[int] | np.ndarray, probs: np.ndarray) -> ReliabilityBins:
+    """Top-label confidence binned exactly as :func:`reporting.metrics.expected_calibration_error` bins it."""
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    bin_of = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, ECE_BINS - 1)
+    counts = np.bincount(bin_of, minlength=ECE_BINS)
+    filled = counts > 0
+    return ReliabilityBins(edges[:-1][filled],
+                           np.bincount(bin_of, weights=correct, minlength=ECE_BINS)[filled] / counts[filled],
+                           np.bincount(bin_of, weights=confidence, minlength=ECE_BINS)[filled] / counts[filled],
+                           counts[filled])
+
+
+def plot_reliability_diagram(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, out_path: str | os.PathLike,
+                             title: str = "Reliability diagram") -> Path:
+    """Accuracy against top-label confidence in the ECE's bins (top), and how many images each holds.
+
+    A calibrated model's bars reach the diagonal; the shaded gaps are what the ECE (in the title)
+    averages, weighted by the images in each bin.
+    """
+    bins = reliability_bins(y_true, probs)
+    width = 1.0 / ECE_BINS
+    with _picture([]):
+        figure = _new_figure(5.5, 6.5)
+        top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        top.bar(bins.left, bins.accuracy, width=width, align="edge", edgecolor="black", label="accuracy")
+        top.bar(bins.left, bins.confidence - bins.accuracy, bottom=bins.accuracy, width=width, align="edge",
+                facecolor=(1.0, 0.6, 0.6, 0.5), edgecolor="tab:red", hatch="//", linewidth=0,
+                label="gap to the mean confidence")
+        top.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        ece = expected_calibration_error(np.asarray(y_true), np.asarray(probs, dtype=np.float64))
+        top.set(title=f"{title}\nECE {ece:.3f} ({ECE_BINS} bins)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        top.legend(loc="upper left", fontsize="small")
+        bottom.bar(bins.left, bins.counts, width=width, align="edge", color="grey", edgecolor="black")
+        bottom.set(xlabel="confidence (top-class probability)", ylabel="images")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
         return save_png(figure, out_path)

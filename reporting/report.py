@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reporting.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
+from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
+                             plot_roc_curves)
 from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
                                pooled_name, summary_table, test_metrics_of)
 from reporting.tables import render_markdown
@@ -30,6 +31,7 @@ PLOT_CAPTIONS = {
     "learning_curves": "Learning curves",
     "confusion_matrix": "Confusion matrix",
     "roc_curves": "ROC curves",
+    "reliability_diagram": "Calibration: reliability diagram",
     "test_confusion_matrix": "Held-out test set confusion matrix",
 }
 
@@ -48,7 +50,8 @@ def write_plots(run_dir: str | os.PathLike, summary: Mapping[str, Any],
 
     Learning curves need ``histories`` (fold number → history rows) and are skipped without
     them; the confusion matrix comes from ``summary['oof']``; the ROC curves from the
-    out-of-fold labels and probabilities. A held-out test set adds its own confusion matrix.
+    out-of-fold labels and probabilities, and so does the reliability diagram (calibration,
+    next to the ECE). A held-out test set adds its own confusion matrix.
     """
     plots_dir = RunDir(Path(run_dir)).plots
     names = list(summary["class_names"])
@@ -65,6 +68,8 @@ def write_plots(run_dir: str | os.PathLike, summary: Mapping[str, Any],
                           title=f"Confusion matrix ({pooled})")
     plot_roc_curves(oof_y_true, oof_probs, names, target("roc_curves"),
                     title=f"One-vs-rest ROC curves ({pooled})")
+    plot_reliability_diagram(oof_y_true, oof_probs, target("reliability_diagram"),
+                             title=f"Reliability diagram ({pooled})")
     test = test_metrics_of(summary)
     if test is not None and "confusion_matrix" in test:
         plot_confusion_matrix(test["confusion_matrix"], names, target("test_confusion_matrix"),

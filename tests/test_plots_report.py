@@ -134,7 +134,8 @@ def test_report_shows_numbers_tables_and_pictures(tmp_path: Path) -> None:
     y, probs = fake_predictions()
     summary = fake_summary(y, probs, test=True)
     made = write_plots(tmp_path, summary, fake_histories(), y, probs)
-    assert set(made) == {"learning_curves", "confusion_matrix", "roc_curves", "test_confusion_matrix"}
+    assert set(made) == {"learning_curves", "confusion_matrix", "roc_curves", "reliability_diagram",
+                         "test_confusion_matrix"}
     for relative in made.values():
         assert not Path(relative).is_absolute()
         assert_png(tmp_path / relative)
@@ -160,7 +161,7 @@ def test_report_without_test_set_or_histories(tmp_path: Path) -> None:
     summary = fake_summary(y, probs)
     summary["oof"]["roc_auc"] = float("nan")
     made = write_plots(tmp_path, summary, {}, y, probs)
-    assert set(made) == {"confusion_matrix", "roc_curves"}
+    assert set(made) == {"confusion_matrix", "roc_curves", "reliability_diagram"}
     report = write_report(tmp_path, summary, made).read_text(encoding="utf-8")
     assert "held-out test" not in report and "--test-fraction" in report
     assert markdown_table_after(report, "## Summary")["macro ROC-AUC (one-vs-rest)"][-1] == "n/a"
@@ -240,3 +241,13 @@ def test_two_classes_report_the_youden_operating_point_and_the_test_set_at_it(tm
     report = write_report(tmp_path, summary, {}).read_text(encoding="utf-8")
     assert "Operating point for 'present'" in report and "probability >= 0.7000" in report
     assert "on the held-out test set at that threshold: sensitivity 0.5000, specificity 0.0000" in report
+
+
+def test_reliability_diagram_shows_the_bins_the_ece_averages(tmp_path: Path) -> None:
+    y, probs = fake_predictions(200)
+    bins = plots.reliability_bins(y, probs)
+    assert bins.counts.sum() == len(y) and (bins.counts > 0).all()
+    gaps = np.abs(bins.accuracy - bins.confidence) * bins.counts / len(y)
+    assert gaps.sum() == pytest.approx(classification_metrics(y, probs)["ece"])
+    assert ((bins.left <= bins.confidence) & (bins.confidence <= bins.left + 1 / 15)).all()
+    assert_png(plots.plot_reliability_diagram(y, probs, tmp_path / "reliability.png"))

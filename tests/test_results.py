@@ -99,7 +99,8 @@ def test_zero_shot_epoch_and_report(run_with_test_set):
     history = read(out / "fold_1" / "history.json")
     assert history[0]["epoch"] == 0 and "train_loss" not in history[0]
     report = (out / "report.md").read_text(encoding="utf-8")
-    for picture in ("learning_curves", "confusion_matrix", "roc_curves", "test_confusion_matrix"):
+    for picture in ("learning_curves", "confusion_matrix", "roc_curves", "reliability_diagram",
+                    "test_confusion_matrix"):
         png = out / "plots" / f"{picture}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{picture}.png" in report
