@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -52,6 +52,19 @@ class BootstrapSettings:
     confidence_level: float = CONFIDENCE_LEVEL
     resampled_unit: str = "image"
     percentile_fallback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BootstrapBounds:
+    """Lower and upper bounds of K statistics, and which came from the percentile fallback."""
+
+    low: np.ndarray
+    high: np.ndarray
+    percentile: np.ndarray
+
+    def fallback_names(self, names: Sequence[str], rows: Sequence[list[float | None]]) -> tuple[str, ...]:
+        """The first ``len(names)`` statistics that fell back to a (defined) percentile interval."""
+        return tuple(n for n, fell, row in zip(names, self.percentile, rows) if fell and row[0] is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,20 +137,49 @@ def weighted_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray)
 # ---------------------------------------------------------------------------------------------
 # The bootstrap
 # ---------------------------------------------------------------------------------------------
-def _units(n_images: int, groups: Sequence[Any] | None) -> np.ndarray:
+def _counts(drawn: np.ndarray, n_units: int) -> np.ndarray:
+    """(R, draws) unit numbers → (R, n_units) how often each unit was drawn, in one bincount."""
+    rows = drawn.reshape(-1, drawn.shape[-1])
+    offsets = np.arange(len(rows))[:, None] * n_units
+    return np.bincount((rows + offsets).ravel(), minlength=len(rows) * n_units).reshape(len(rows), n_units)
+
+
+def bootstrap_weighted(statistic: Callable[[np.ndarray], np.ndarray], unit_of: np.ndarray, n_resamples: int,
+                       seed: int, confidence_level: float = CONFIDENCE_LEVEL) -> BootstrapBounds:
+    """CIs of each row of ``statistic(weights)`` ((R, N) image weights → (K, R) values) by resampling units.
+
+    ``unit_of`` gives each image's unit (0 .. U-1). BCa where defined, the percentile interval of
+    the same bootstrap distribution elsewhere.
+    """
+    n_units = int(unit_of.max()) + 1
+
+    def on_drawn_units(drawn: np.ndarray, axis: int = -1) -> np.ndarray:
+        weights = _counts(np.asarray(drawn), n_units)[:, unit_of].astype(np.float64)
+        values = statistic(weights)
+        return values.reshape(len(values), *np.shape(drawn)[:-1])
+
+    kwargs = dict(vectorized=True, batch=RESAMPLES_PER_BATCH, confidence_level=confidence_level)
+    data = (np.arange(n_units),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa on a degenerate metric warns; it falls back below
+        with np.errstate(all="ignore"):
+            bca = stats.bootstrap(data, on_drawn_units, n_resamples=n_resamples, method="BCa",
+                                  rng=np.random.default_rng(seed), **kwargs)
+            percentile = stats.bootstrap(data, on_drawn_units, n_resamples=0, method="percentile",
+                                         bootstrap_result=bca, **kwargs)
+    ok = np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high)
+    return BootstrapBounds(np.where(ok, bca.confidence_interval.low, percentile.confidence_interval.low),
+                           np.where(ok, bca.confidence_interval.high, percentile.confidence_interval.high),
+                           ~ok)
+
+
+def units_of(n_images: int, groups: Sequence[Any] | None) -> np.ndarray:
     """The resampled unit of each image: itself, or its group's number."""
     if groups is None:
         return np.arange(n_images)
     if len(groups) != n_images:
         raise ValueError(f"{len(groups)} groups for {n_images} images")
     return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
-
-
-def _counts(drawn: np.ndarray, n_units: int) -> np.ndarray:
-    """(R, draws) unit numbers → (R, n_units) how often each unit was drawn, in one bincount."""
-    rows = drawn.reshape(-1, drawn.shape[-1])
-    offsets = np.arange(len(rows))[:, None] * n_units
-    return np.bincount((rows + offsets).ravel(), minlength=len(rows) * n_units).reshape(len(rows), n_units)
 
 
 def bootstrap_intervals(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n_resamples: int, seed: int,
@@ -150,48 +192,28 @@ def bootstrap_intervals(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, n
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    unit_of = _units(len(y_true), groups)
-    n_units = int(unit_of.max()) + 1
     n_classes = probs.shape[1]
-    names = [k for k in weighted_metrics(y_true, probs, np.ones((1, len(y_true))))
-             if k not in PER_CLASS_CI_METRICS]
+    names = scalar_names(y_true, probs)
 
-    def statistic(drawn: np.ndarray, axis: int = -1) -> np.ndarray:
-        unit_counts = _counts(np.asarray(drawn), n_units)
-        values = weighted_metrics(y_true, probs, unit_counts[:, unit_of].astype(np.float64))
-        stacked = np.concatenate([np.stack([values[k] for k in names]),
-                                  values["sensitivity"], values["specificity"]])
-        return stacked.reshape(len(stacked), *np.shape(drawn)[:-1])
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        values = weighted_metrics(y_true, probs, weights)
+        return np.concatenate([np.stack([values[k] for k in names]), values["sensitivity"], values["specificity"]])
 
-    kwargs = dict(vectorized=True, batch=RESAMPLES_PER_BATCH, confidence_level=confidence_level)
-    data = (np.arange(n_units),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BCa on a degenerate metric warns; it falls back below
-        with np.errstate(all="ignore"):
-            bca = stats.bootstrap(data, statistic, n_resamples=n_resamples, method="BCa",
-                                  rng=np.random.default_rng(seed), **kwargs)
-            percentile = stats.bootstrap(data, statistic, n_resamples=0, method="percentile",
-                                         bootstrap_result=bca, **kwargs)
-    low, high = _with_fallback(bca, percentile)
-    fell_back = ~(np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high))
-    rows = [_interval(lo, hi) for lo, hi in zip(low, high)]
+    bounds = bootstrap_weighted(statistic, units_of(len(y_true), groups), n_resamples, seed, confidence_level)
+    rows = [_interval(lo, hi) for lo, hi in zip(bounds.low, bounds.high)]
     n_scalar = len(names)
     scalar = dict(zip(names, rows[:n_scalar]))
     per_class = [{"sensitivity": rows[n_scalar + k], "specificity": rows[n_scalar + n_classes + k]}
                  for k in range(n_classes)]
-    fallback = tuple(n for n, f in zip(names, fell_back[:n_scalar]) if f and scalar[n][0] is not None)
     settings = BootstrapSettings(n_resamples, seed, confidence_level=confidence_level,
                                  resampled_unit="image" if groups is None else "group",
-                                 percentile_fallback=fallback)
+                                 percentile_fallback=bounds.fallback_names(names, rows))
     return Intervals(scalar, per_class, _settings_document(settings))
 
 
-def _with_fallback(bca: Any, percentile: Any) -> tuple[np.ndarray, np.ndarray]:
-    """BCa bounds where finite, the percentile bounds elsewhere (same bootstrap distribution)."""
-    ok = np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high)
-    low = np.where(ok, bca.confidence_interval.low, percentile.confidence_interval.low)
-    high = np.where(ok, bca.confidence_interval.high, percentile.confidence_interval.high)
-    return low, high
+def scalar_names(y_true: np.ndarray, probs: np.ndarray) -> list[str]:
+    """The scalar metrics :func:`weighted_metrics` gives for these predictions, in its order."""
+    return [k for k in weighted_metrics(y_true, probs, np.ones((1, len(y_true)))) if k not in PER_CLASS_CI_METRICS]
 
 
 def _interval(low: float, high: float) -> list[float | None]:

@@ -155,6 +155,13 @@ def load_histories(run_dir: str | os.PathLike) -> dict[int, list[dict[str, Any]]
 
 def load_oof_predictions(path: str | os.PathLike, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """True labels and probabilities from ``oof_predictions.csv`` (columns true_class, prob_<class>)."""
+    _, y_true, probs = load_prediction_rows(path, class_names)
+    return y_true, probs
+
+
+def load_prediction_rows(path: str | os.PathLike,
+                         class_names: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Paths, true labels and probabilities of a predictions CSV (columns path, true_class, prob_<class>)."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"out-of-fold predictions not found: {path}")
@@ -162,7 +169,7 @@ def load_oof_predictions(path: str | os.PathLike, class_names: Sequence[str]) ->
     with path.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns = [f"prob_{name}" for name in class_names]
-    missing = [c for c in ["true_class"] + columns if rows and c not in rows[0]]
+    missing = [c for c in ["path", "true_class"] + columns if rows and c not in rows[0]]
     if not rows or missing:
         raise ReportError(f"{path} has no rows or lacks column(s) {', '.join(missing)}")
     try:
@@ -173,7 +180,7 @@ def load_oof_predictions(path: str | os.PathLike, class_names: Sequence[str]) ->
         probs = np.array([[float(row[c]) for c in columns] for row in rows], dtype=np.float64)
     except (TypeError, ValueError):  # an empty or non-numeric cell: a torn or hand-edited file
         raise ReportError(f"{path}: a probability is not a number") from None
-    return y_true, probs
+    return [row["path"] for row in rows], y_true, probs
 
 
 def report_from_run_dir(run_dir: str | os.PathLike) -> Path:
