@@ -29,6 +29,7 @@ from models.clip_model import build_clip_model
 from models.image_encoders import resolve_image_encoder
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
+from reporting.methods import run_environment
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.report import report_from_run_dir
 from reporting.statistics import held_out_statistics, pooled_statistics
@@ -149,6 +150,7 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         "std": std,
         "oof": classification_metrics(oof_labels, oof_probs),
         **pooled_statistics(oof_labels, oof_probs, names, run.cfg.bootstrap_resamples, run.cfg.seed),
+        "environment": run_environment(run.device, run.amp_dtype),  # for the methods paragraph
     }
     untrained = [r.number for r in results if r.best_epoch == 0]
     if untrained:

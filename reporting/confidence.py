@@ -168,9 +168,18 @@ def bootstrap_weighted(statistic: Callable[[np.ndarray], np.ndarray], unit_of: n
             percentile = stats.bootstrap(data, on_drawn_units, n_resamples=0, method="percentile",
                                          bootstrap_result=bca, **kwargs)
     ok = np.isfinite(bca.confidence_interval.low) & np.isfinite(bca.confidence_interval.high)
-    return BootstrapBounds(np.where(ok, bca.confidence_interval.low, percentile.confidence_interval.low),
-                           np.where(ok, bca.confidence_interval.high, percentile.confidence_interval.high),
-                           ~ok)
+    low = np.where(ok, bca.confidence_interval.low, percentile.confidence_interval.low)
+    high = np.where(ok, bca.confidence_interval.high, percentile.confidence_interval.high)
+    # A metric undefined in some resamples (AUC of a resample without one class) makes scipy's
+    # percentile NaN too: its interval is then taken over the resamples where it is defined.
+    undefined = ~(np.isfinite(low) & np.isfinite(high))
+    alpha = (1 - confidence_level) / 2
+    if undefined.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN: undefined everywhere
+            bounds = np.nanquantile(bca.bootstrap_distribution[undefined], [alpha, 1 - alpha], axis=-1)
+        low[undefined], high[undefined] = bounds
+    return BootstrapBounds(low, high, ~ok)
 
 
 def units_of(n_images: int, groups: Sequence[Any] | None) -> np.ndarray:

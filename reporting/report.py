@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reporting.methods import methods_section
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
                              plot_roc_curves)
 from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
@@ -26,6 +28,8 @@ from utils.errors import UserError
 from utils.io import atomic_write, read_json
 from utils.logging_setup import setup_logging
 from utils.run_dir import PLOTS_DIR, RunDir
+
+log = logging.getLogger("train_clip.report")
 
 PLOT_CAPTIONS = {
     "learning_curves": "Learning curves",
@@ -126,20 +130,25 @@ def _per_class_sections(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir: Path) -> str:
+def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir: Path,
+                  closing: Sequence[str] = ()) -> str:
     lines = _introduction(summary) + _summary_section(summary) + _per_class_sections(summary)
     for key, path in plots.items():
         caption = PLOT_CAPTIONS.get(key, key.replace("_", " ").capitalize())
         lines += ["", f"## {caption}", "", f"![{caption}]({_relative(path, run_dir)})"]
+    if closing:
+        lines += ["", *closing]
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str]) -> Path:
-    """Write ``run_dir/report.md``; ``plots`` maps names to PNG paths (relative to ``run_dir`` or absolute)."""
+def write_report(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str],
+                 closing: Sequence[str] = ()) -> Path:
+    """Write ``run_dir/report.md``; ``plots`` maps names to PNG paths (relative to ``run_dir`` or absolute);
+    ``closing`` are Markdown lines at the end (the methods section)."""
     run_dir = Path(run_dir)
     path = RunDir(run_dir).report
     with atomic_write(path, "w") as handle:
-        handle.write(render_report(summary, plots, run_dir))
+        handle.write(render_report(summary, plots, run_dir, closing))
     return path
 
 
@@ -190,9 +199,21 @@ def report_from_run_dir(run_dir: str | os.PathLike) -> Path:
     try:
         y_true, probs = load_oof_predictions(run.oof_predictions, summary["class_names"])
         plots = write_plots(run.path, summary, load_histories(run.path), y_true, probs)
-        return write_report(run.path, summary, plots)
+        return write_report(run.path, summary, plots, methods_of(run, summary))
     except KeyError as exc:
         raise ReportError(f"{run.summary} lacks {exc}: not a train_clip run summary") from None
+
+
+def methods_of(run: RunDir, summary: Mapping[str, Any]) -> list[str]:
+    """The methods section from config.json and folds.json; none when either is missing (e.g. a copied summary)."""
+    if not (run.config.is_file() and run.folds.is_file()):
+        return []
+    try:
+        return methods_section(read_json(run.config, "run configuration"), read_json(run.folds, "folds file"),
+                               summary)
+    except (KeyError, TypeError) as exc:  # a run from a version whose config lacked a setting
+        log.warning("report.md without its methods section: the run's files lack %s", exc)
+        return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

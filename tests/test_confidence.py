@@ -89,3 +89,11 @@ def test_an_undefined_metric_has_a_null_interval():
     y = np.zeros(10, dtype=int)  # one class only: no ROC-AUC
     probs = np.tile([0.7, 0.3], (10, 1))
     assert bootstrap_intervals(y, probs, n_resamples=100, seed=0).scalar["roc_auc"] == [None, None]
+
+
+def test_resamples_where_a_metric_is_undefined_are_left_out_of_its_interval():
+    # Four images, two per class: about one resample in eight holds one class only and has no AUC.
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
+    low, high = bootstrap_intervals(y, probs, n_resamples=300, seed=0).scalar["roc_auc"]
+    assert 0.0 <= low <= 0.75 <= high <= 1.0

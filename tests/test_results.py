@@ -94,6 +94,17 @@ def test_pooled_and_test_metrics_have_seeded_confidence_intervals(run_with_test_
     assert f"[{low:.4f}, {high:.4f}]" in (out / "report.md").read_text(encoding="utf-8")
 
 
+def test_report_ends_with_the_methods_of_this_run(run_with_test_set):
+    _, out = run_with_test_set
+    methods = (out / "report.md").read_text(encoding="utf-8").split("## Methods")[1]
+    assert "30 images in 3 classes: a (10), b (10), c (10)" in methods
+    assert "30% of the images (9) was held out" in methods and "stratified 3-fold" in methods
+    assert "image encoder starnet_s050 (randomly initialised)" in methods and "32×32 pixels" in methods
+    assert "best validation macro_f1" in methods and "for up to 2 epochs" in methods
+    environment = read(out / "cv_summary.json")["environment"]
+    assert f"torch {environment['versions']['torch']}" in methods and "trained on cpu" in methods
+
+
 def test_zero_shot_epoch_and_report(run_with_test_set):
     _, out = run_with_test_set
     history = read(out / "fold_1" / "history.json")
