@@ -29,7 +29,7 @@ from reporting.fold_comparison import TTest, paired_fold_test, per_fold
 from reporting.metric_table import label_of
 from reporting.report import load_prediction_rows
 from reporting.tables import Table, format_interval, format_number, render_text
-from utils.errors import UserError
+from utils.errors import UserError, exit_status
 from utils.io import read_json
 from utils.run_dir import RunDir
 
@@ -145,12 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resamples < 1:
         parser.error("--resamples must be at least 1")
-    try:
-        print(compare_runs(Path(args.run_a), Path(args.run_b), args.resamples, args.seed))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: compare_runs(Path(args.run_a), Path(args.run_b), args.resamples, args.seed) + "\n")
 
 
 if __name__ == "__main__":

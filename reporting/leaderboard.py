@@ -24,7 +24,7 @@ from reporting import metric_table
 from reporting.fold_comparison import TTest, paired_fold_test, per_fold
 from reporting.metric_table import HEADLINE_METRICS, Metric
 from reporting.tables import Table, format_mean_std, format_number, render_markdown
-from utils.errors import UserError
+from utils.errors import UserError, exit_status
 from utils.io import atomic_write, write_csv
 from utils.run_dir import RunDir
 
@@ -245,13 +245,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.output_root)
-    try:
+
+    def leaderboard_text() -> str:
         ranked, without_results = build_leaderboard(root, args.runs or None, args.metric)
-        print(write_leaderboard(root, ranked, args.metric, without_results), end="")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return write_leaderboard(root, ranked, args.metric, without_results)
+
+    return exit_status(leaderboard_text)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ ordinary exceptions with tracebacks.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import sys
+from typing import Callable, Iterable
 
 SUGGESTION_CUTOFF = 0.5
 
@@ -30,3 +31,13 @@ def suggest(name: str, valid: Iterable[str], cutoff: float = SUGGESTION_CUTOFF) 
     """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
     match = closest(name, valid, cutoff)
     return f" (did you mean '{match}'?)" if match else ""
+
+
+def exit_status(command: Callable[[], str]) -> int:
+    """Run a command-line action and print what it returns: 0, or 2 with a :class:`UserError` as one line."""
+    try:
+        print(command(), end="")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
