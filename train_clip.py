@@ -32,7 +32,7 @@ from models.text_encoders import resolve_text_encoder
 from reporting.methods import run_environment
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.report import report_from_run_dir
-from reporting.statistics import held_out_statistics, pooled_statistics
+from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
 from training.checkpoints import load_best_model_state
 from training.config import ConfigError, TrainConfig, config_from_args, run_name

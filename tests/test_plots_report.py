@@ -13,6 +13,8 @@ from reporting import plots
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.report import load_histories, write_plots, write_report
 from reporting.report import main as report_main
+from reporting.run_statistics import held_out_statistics, interval_keys, pooled_statistics
+from reporting.summary import format_summary_table
 from utils.io import write_csv, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -198,9 +200,6 @@ def test_report_cli_rebuilds_from_run_files(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_report_and_console_show_the_intervals_of_pooled_and_test_metrics(tmp_path: Path) -> None:
-    from reporting.statistics import interval_keys, pooled_statistics
-    from reporting.summary import format_summary_table
-
     y, probs = fake_predictions()
     summary = fake_summary(y, probs, test=True)
     summary.update(pooled_statistics(y, probs, CLASS_NAMES, n_resamples=200, seed=3))
@@ -222,8 +221,6 @@ def test_report_and_console_show_the_intervals_of_pooled_and_test_metrics(tmp_pa
 
 
 def test_two_classes_report_the_youden_operating_point_and_the_test_set_at_it(tmp_path: Path) -> None:
-    from reporting.statistics import held_out_statistics, pooled_statistics
-
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     probs = np.column_stack([1 - np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]),
                              [0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]])
