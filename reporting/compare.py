@@ -93,6 +93,8 @@ def read_run(path: Path) -> RunFiles:
     if not run.summary.is_file():
         raise CompareError(f"{path} holds no cv_summary.json: not a finished train_clip run")
     summary = read_json(run.summary, "run summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("class_names"), list):
+        raise CompareError(f"{run.summary} has no class_names: not a train_clip run summary")
     folds = read_json(run.folds, "folds file") if run.folds.is_file() else None
     paths, y_true, probs = load_prediction_rows(run.oof_predictions, summary["class_names"])
     return RunFiles(path.name or str(path), summary, folds, paths, y_true, probs)

@@ -61,7 +61,8 @@ def test_runs_are_paired_only_on_the_same_folds():
     assert why_not_comparable(same, None) == "folds.json missing or unreadable"
 
 
-def fake_run(root: Path, name: str, assignment: list[list[str]], skill: float, seed: int) -> Path:
+def fake_run(root: Path, name: str, assignment: list[list[str]], skill: float, seed: int,
+             classes: list[str] = CLASSES) -> Path:
     """A finished run folder: folds.json, oof_predictions.csv and a cv_summary.json made from them."""
     rng = np.random.default_rng(seed)
     run = RunDir(root / name)
@@ -72,13 +73,13 @@ def fake_run(root: Path, name: str, assignment: list[list[str]], skill: float, s
     probs[np.arange(len(y)), y] += skill
     probs /= probs.sum(axis=1, keepdims=True)
     fold_of = {f: k + 1 for k, fold in enumerate(assignment) for f in fold}
-    write_csv(run.oof_predictions, ["path", "fold", "true_class", "predicted_class"] + [f"prob_{c}" for c in CLASSES],
-              [[f, fold_of[f], CLASSES[t], CLASSES[int(p.argmax())], *p] for f, t, p in zip(FILES, y, probs)])
+    write_csv(run.oof_predictions, ["path", "fold", "true_class", "predicted_class"] + [f"prob_{c}" for c in classes],
+              [[f, fold_of[f], classes[t], classes[int(p.argmax())], *p] for f, t, p in zip(FILES, y, probs)])
     per_fold = [classification_metrics(y[[FILES.index(f) for f in fold]], probs[[FILES.index(f) for f in fold]])
                 for fold in assignment]
     mean, std = mean_and_std([scalar_metrics(m) for m in per_fold])
     write_json(run.summary, {"mode": "cv", "n_splits": len(assignment), "monitor": "balanced_accuracy",
-                             "image_encoder": name, "text_encoder": "t", "class_names": CLASSES,
+                             "image_encoder": name, "text_encoder": "t", "class_names": classes,
                              "folds": [{"fold": k + 1, "best_epoch": 1, "metrics": m} for k, m in enumerate(per_fold)],
                              "mean": mean, "std": std, "oof": classification_metrics(y, probs), "wall_time_s": 1.0})
     return run.path
@@ -135,3 +136,10 @@ def test_compare_refuses_a_folder_without_a_run(tmp_path, capsys):
     a = fake_run(tmp_path, "good", FOLDS, skill=3.0, seed=1)
     assert compare_main([str(a), str(tmp_path / "nothing")]) == 2
     assert "not a finished train_clip run" in capsys.readouterr().err
+
+
+def test_compare_refuses_runs_with_different_classes(tmp_path, capsys):
+    a = fake_run(tmp_path, "good", FOLDS, skill=3.0, seed=1)
+    b = fake_run(tmp_path, "renamed", FOLDS, skill=3.0, seed=1, classes=["a", "c"])
+    assert compare_main([str(a), str(b)]) == 2
+    assert "different classes" in capsys.readouterr().err
