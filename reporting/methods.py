@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from models.names import split_suffix
 from reporting.plots import needs_cjk
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -72,6 +71,17 @@ def class_counts(summary: Mapping[str, Any]) -> list[int]:
     for k, c in enumerate(test.get("per_class", [])):
         counts[k] += c["support"]
     return counts
+
+
+def split_suffix(name: str) -> Any:
+    """The encoder registries' own parse of ``NAME:pretrained`` / ``NAME:scratch``.
+
+    Imported here, not at the top: ``models`` loads torch, and ``python -m reporting.compare`` reads
+    prediction files through this package without ever writing a methods paragraph.
+    """
+    from models.names import split_suffix as parse
+
+    return parse(name)
 
 
 def _image_encoder(config: Mapping[str, Any]) -> str:
