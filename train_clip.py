@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data.dicom import check_window
 from data.folder import ImageFolder, scan_image_folder, undecodable_names
+from data.groups import assign_groups
+from data.manifest import scan_manifest
 from data.images import CachedImageDataset
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
@@ -37,7 +40,7 @@ from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
-                          folds_document, own_log_file, plan_folds, split_off_test)
+                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage)
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
@@ -54,8 +57,11 @@ def check_inputs(cfg: TrainConfig, run_dir: RunDir) -> tuple[ImageFolder, list[l
     resolve_text_encoder(cfg.text_encoder, cfg.text_weights)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    check_window(cfg.dicom_window)
     check_output_location(cfg, run_dir)
-    images = scan_image_folder(cfg.data_dir)
+    images = scan_image_folder(cfg.data_dir) if cfg.data_dir else scan_manifest(cfg.data_csv)
+    check_output_location(cfg, run_dir, images)  # a manifest may list images anywhere
+    images = assign_groups(images, cfg.groups_file, cfg.group_regex, cfg.group_by)
     odd = undecodable_names(images.paths, images.root)
     if odd:
         log.warning("%d file name(s) are not valid UTF-8; results name them with \\xNN escapes: %s", len(odd),
@@ -73,6 +79,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                  "validation", 100 * cfg.val_fraction)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
+    if images.groups is not None:
+        log.info("Grouped by patient: %d groups; no group is on both sides of any split", len(set(images.groups)))
     device = select_device(cfg.gpu_id)
     amp_dtype = mixed_precision_dtype(device, cfg.amp)
     describe_device(device, amp_dtype)
@@ -86,13 +94,14 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
     model.to(device)
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    cache, decoded = decode_images(cfg, images)
-    if decoded is not images:  # unreadable images were dropped: split what is left
-        images = decoded
+    decoded, readable = decode_images(cfg, images)
+    if readable is not images:  # unreadable images were dropped: split what is left
+        images = readable
         dev_idx, test_idx = split_off_test(cfg, images)
         folds = plan_folds(cfg, images, dev_idx)
-    run = Run(cfg, run_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state,
-              model.text_encoder.saved_files())
+    warn_leakage(cfg, images, decoded, folds)
+    run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, folds, test_idx, model,
+              initial_state, model.text_encoder.saved_files())
     if cfg.resume and run_dir.folds.is_file():
         check_resumable(run)
     return run
