@@ -33,6 +33,7 @@ from models.image_encoders import resolve_image_encoder
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.summary import format_summary_table
 from training.checkpoints import load_best_model_state
@@ -154,6 +155,13 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         "std": std,
         "oof": classification_metrics(np.asarray(run.labels)[oof_idx], oof_probs),
     }
+    if run.images.groups is not None:
+        summary["n_groups"] = len(set(run.images.groups))
+        summary["oof_patient"] = patient_metrics([run.labels[i] for i in oof_idx], oof_probs,
+                                                 [run.images.groups[i] for i in oof_idx])
+        log.info("Per patient (pooled out-of-fold, %d patients): accuracy %.4f, balanced accuracy %.4f",
+                 summary["oof_patient"]["n_groups"], summary["oof_patient"]["accuracy"],
+                 summary["oof_patient"]["balanced_accuracy"])
     untrained = [r.number for r in results if r.best_epoch == 0]
     if untrained:
         log.warning("Fold(s) %s: the best epoch is 0, the untrained model; their numbers are the zero-shot "
