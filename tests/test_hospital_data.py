@@ -155,3 +155,33 @@ def test_near_duplicates_are_found_across_a_fold_but_not_within_a_side():
     folds = [Fold(1, [0, 1, 4, 2], [3, 5]), Fold(2, [3, 5], [0, 1, 4, 2])]
     (pair,) = near_duplicates_across_folds(codes, hashes, folds)
     assert (pair.first, pair.second, pair.distance, pair.folds) == (0, 3, 2, (1, 2))
+
+
+# -- refusals before anything is written --------------------------------------------------------
+def refused(tmp_path: Path, capsys, *argv: str) -> str:
+    import train_clip
+
+    code = train_clip.main([*argv, "--log-file", str(tmp_path / "logs" / "run.log"), "--image-encoder",
+                            "starnet_s050", "--text-encoder", "hf:unused", "--epochs", "1"])
+    assert code == 2
+    logging.getLogger("train_clip").handlers.clear()
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_an_output_folder_inside_a_folder_of_listed_images_is_refused(tmp_path, capsys):
+    images = make_image_tree(tmp_path / "pacs", {"a": 2, "b": 2})
+    (tmp_path / "sheets").mkdir()
+    rows = [f"{path},{path.parent.name}" for path in sorted(images.rglob("*.png"))]  # absolute paths
+    manifest = write_manifest(tmp_path / "sheets" / "labels.csv", ["path,label"] + rows)
+    out = images / "a" / "run"
+    message = refused(tmp_path, capsys, "--data-csv", str(manifest), "--output-dir", str(out))
+    assert f"is inside {images / 'a'}, a folder of images listed in --data-csv" in message
+    assert not out.exists()
+
+
+def test_a_bad_dicom_window_is_one_line_before_anything_is_written(tmp_path, capsys):
+    make_image_tree(tmp_path / "data", {"a": 2, "b": 2})
+    message = refused(tmp_path, capsys, "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
+                      "--dicom-window", "400")
+    assert "--dicom-window must be auto, none or CENTER,WIDTH" in message
+    assert not (tmp_path / "out").exists()
