@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import predict
@@ -23,6 +22,7 @@ from utils.run_dir import RunDir
 
 N_PATIENTS, IMAGES_PER_PATIENT, SIZE = 20, 3, 32
 CLASSES = ("loose", "stable")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def patient_images(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
@@ -58,14 +58,6 @@ def train(root: Path, name: str, text_encoder: Path, data: list[str], *extra: st
 
 def read(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
