@@ -85,6 +85,22 @@ def test_jpeg_compressed_files_decode():
     assert (lossy - lossless).abs().mean() < 8  # the same colour bars, up to JPEG loss
 
 
+@pytest.mark.parametrize("name", ["SC_ybr_full_422_uncompressed.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm"])
+def test_ybr_files_decode_to_the_rgb_colours(name):
+    # The same colour bars stored as YBR (uncompressed, and JPEG with the YBR colour transform).
+    rgb = decode_image(get_testdata_file("SC_rgb_rle.dcm"), SIZE).float()
+    ybr = decode_image(get_testdata_file(name), SIZE).float()
+    assert ybr.shape == (3, SIZE, SIZE)
+    assert (ybr - rgb).abs().mean() < 8
+
+
+def test_signed_16_bit_ct_and_a_palette_image_decode():
+    ct = decode_image(get_testdata_file("CT_small.dcm"), 128)  # 128x128 signed 16-bit with a rescale
+    assert ct.shape == (1, 128, 128) and ct.min() == 0 and ct.max() == 255
+    palette = decode_image(get_testdata_file("examples_palette.dcm"), SIZE)
+    assert palette.shape == (3, SIZE, SIZE) and palette.float().std() > 5
+
+
 def test_multi_frame_is_refused_unless_frame_0_is_asked_for():
     path = get_testdata_file("rtdose.dcm")  # 15 frames
     with pytest.raises(ImageDecodeError, match=r"multi-frame DICOM \(15 frames\); --dicom-first-frame"):

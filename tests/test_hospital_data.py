@@ -136,6 +136,19 @@ def test_groups_file_maps_paths_to_patients_and_names_the_missing(tmp_path):
 GROUPS_OF_TREE = ["P01", "P01", "P02", "P02", "P03", "P03"]
 
 
+def test_group_by_dicom_reads_patient_id_and_names_files_without_one(tmp_path):
+    from tests.helpers import write_dicom
+
+    pixels = np.zeros((8, 8), dtype=np.uint8)
+    for cls, patient in (("a", "PAT-1"), ("b", "PAT-2")):
+        write_dicom(tmp_path / "data" / cls / "IM1", pixels, patient_id=patient)
+    images = scan_image_folder(tmp_path / "data")
+    assert assign_groups(images, None, None, "dicom").groups == ["PAT-1", "PAT-2"]
+    make_image_tree(tmp_path / "data", {"b": 1})  # b/img_000.png: no PatientID
+    with pytest.raises(DataError, match=r"1 file\(s\) are not DICOM or have no PatientID: b/img_000.png"):
+        assign_groups(scan_image_folder(tmp_path / "data"), None, None, "dicom")
+
+
 def test_a_second_source_of_groups_is_refused(tmp_path):
     images = patient_tree(tmp_path)
     grouped = ImageFolder(images.root, images.class_names, images.paths, images.labels, GROUPS_OF_TREE)
