@@ -53,6 +53,10 @@ def check_group_sizes(labels: Sequence[int], groups: Sequence[str], class_names:
     if too_few:
         raise DataError(f"class(es) with fewer than 2 groups (patients) cannot appear on both sides of a "
                         f"grouped split: {', '.join(too_few)}; add patients or remove the grouping")
+    n_groups = len(set(groups))
+    if n_groups < n_splits:
+        raise DataError(f"--n-splits {n_splits}: only {n_groups} groups (patients), and a fold needs at least one; "
+                        "lower --n-splits or add patients")
     few = [f"{class_names[k]} ({len(g)})" for k, g in per_class.items() if len(g) < n_splits]
     if few:
         log.warning("Class(es) with fewer groups (patients) than the %d folds: %s; some folds will validate "

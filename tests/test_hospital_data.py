@@ -65,6 +65,8 @@ def test_group_sizes_error_below_two_and_warn_below_the_fold_count(warnings_of_t
     check_group_sizes(labels, groups, ["cat", "dog"], 3)
     (warning,) = set(warnings_of_train_clip())  # the root logger may see the record too
     assert "cat (2)" in warning and "dog" not in warning
+    with pytest.raises(DataError, match=r"--n-splits 6: only 5 groups"):
+        check_group_sizes(labels, groups, ["cat", "dog"], 6)
 
 
 # -- CSV manifests ------------------------------------------------------------------------------
