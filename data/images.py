@@ -160,21 +160,22 @@ def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, thre
     phashes: list[int] = []
     failures: list[tuple[Path, str]] = []
 
-    def decode(path: Path) -> tuple[torch.Tensor, str] | str:
+    def decode(path: Path) -> tuple[torch.Tensor, str, int] | str:
         try:
-            return read_and_decode(path, img_size, dicom)
+            image, digest = read_and_decode(path, img_size, dicom)
         except ImageDecodeError as exc:
             return str(exc)
+        return image, digest, perceptual_hash(image)  # in the worker thread too
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for path, result in zip(paths, pool.map(decode, paths)):
             if isinstance(result, str):
                 failures.append((Path(path), result))
                 continue
-            result, digest = result
+            result, digest, phash = result
             kept_paths.append(Path(path))
             hashes.append(digest)
-            phashes.append(perceptual_hash(result))
+            phashes.append(phash)
             if used + result.numel() <= budget:
                 images.append(result)
                 used += result.numel()

@@ -15,8 +15,9 @@ import numpy as np
 
 from data.folds import Fold
 
-# Out of 64 bits: unrelated images differ in about 32, re-exposures of one view in a handful.
-NEAR_DUPLICATE_BITS = 6
+# Out of 64 bits: unrelated images differ in about 32 (rarely under 20), copies with a little noise
+# in a few; 10 is the usual cut-off for "the same picture" with phash.
+NEAR_DUPLICATE_BITS = 10
 BLOCK = 512  # validation images compared at once: BLOCK x n_train distances in memory
 
 

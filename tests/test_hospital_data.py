@@ -200,3 +200,23 @@ def test_a_bad_dicom_window_is_one_line_before_anything_is_written(tmp_path, cap
                       "--dicom-window", "400")
     assert "--dicom-window must be auto, none or CENTER,WIDTH" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_perceptual_hashes_of_two_exposures_are_near_and_of_two_patients_far(tmp_path):
+    from data.images import build_image_cache
+    from data.leakage import NEAR_DUPLICATE_BITS
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for patient in range(2):
+        coarse = Image.fromarray(rng.integers(0, 256, size=(8, 8)).astype(np.uint8))
+        pattern = np.asarray(coarse.resize((64, 64), Image.Resampling.BICUBIC), dtype=float)
+        for exposure in range(2):
+            noisy = np.clip(pattern + rng.normal(0, 3, pattern.shape), 0, 255).astype(np.uint8)
+            paths.append(tmp_path / f"p{patient}_{exposure}.png")
+            Image.fromarray(noisy).save(paths[-1])
+    codes = build_image_cache(paths, 32, 16, threads=1).phashes
+    distance = [[bin(a ^ b).count("1") for b in codes] for a in codes]
+    assert distance[0][1] <= NEAR_DUPLICATE_BITS and distance[2][3] <= NEAR_DUPLICATE_BITS
+    assert min(distance[0][2], distance[0][3], distance[1][2], distance[1][3]) > NEAR_DUPLICATE_BITS
