@@ -220,3 +220,19 @@ def test_perceptual_hashes_of_two_exposures_are_near_and_of_two_patients_far(tmp
     distance = [[bin(a ^ b).count("1") for b in codes] for a in codes]
     assert distance[0][1] <= NEAR_DUPLICATE_BITS and distance[2][3] <= NEAR_DUPLICATE_BITS
     assert min(distance[0][2], distance[0][3], distance[1][2], distance[1][3]) > NEAR_DUPLICATE_BITS
+
+
+def test_the_test_set_and_the_single_split_of_a_run_are_grouped_too():
+    from training.config import TrainConfig
+    from training.run import folds_document, plan_folds, split_off_test
+
+    paths = [Path(f"/data/{'ab'[y]}/{g}_{i}.png") for i, (y, g) in enumerate(zip(LABELS, GROUPS))]
+    images = ImageFolder(Path("/data"), ["a", "b"], paths, LABELS, GROUPS)
+    cfg = TrainConfig(data_dir="/data", test_fraction=0.2, val_fraction=0.25, batch_size=4)
+    dev, test = split_off_test(cfg, images)
+    (fold,) = plan_folds(cfg, images, dev)
+    sides = [{GROUPS[i] for i in part} for part in (test, fold.train_idx, fold.val_idx)]
+    assert all(sides[a].isdisjoint(sides[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
+    assert len(sides[0]) == 4 and {LABELS[i] for i in test} == {0, 1}
+    document = folds_document(cfg, images, [fold], test)
+    assert document["groups"]["a/P00_0.png"] == "P00" and len(document["groups"]) == len(paths)
