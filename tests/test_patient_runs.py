@@ -86,7 +86,7 @@ def leakage_pairs(log_text: str) -> list[tuple[str, str]]:
     lines = [line for line in log_text.splitlines() if "Possible leakage" in line]
     if not lines:
         return []
-    listing = lines[0].split("the same patient: ", 1)[1].split("; group them")[0]
+    listing = lines[0].split("the same patient: ", 1)[1].rsplit("; ", 1)[0]
     pairs = [item.split(" (fold")[0].split(" ~ ") for item in listing.split("; ")]
     return [(a, b) for a, b in pairs]
 
@@ -114,6 +114,7 @@ def test_without_grouping_patients_straddle_folds_and_the_leakage_warning_names_
     # Most named pairs are two images of one patient, e.g. "loose/P03_0.png ~ loose/P03_2.png (fold 4)".
     pairs = leakage_pairs(log_text)
     assert sum(patient_of(a) == patient_of(b) for a, b in pairs) >= 5, pairs
+    assert log_text.count("group them (a CSV group column, --groups-file, --group-regex or --group-by dicom)") == 1
     assert "oof_patient" not in read(RunDir(out).summary)
 
 

@@ -102,9 +102,11 @@ def warn_leakage(cfg: TrainConfig, images: ImageFolder, decoded: DecodedImages, 
                        f"{display_path(images.paths[p.second], images.root)} (fold {', '.join(map(str, p.folds))})"
                        for p in pairs[:limit])
     more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+    hint = ("each pair is in two groups: check that one patient does not have two IDs" if images.groups is not None
+            else "group them (a CSV group column, --groups-file, --group-regex or --group-by dicom)")
     log.warning("Possible leakage: %d pair(s) of near-duplicate images are on the training and validation "
-                "sides of a fold, which inflates the score if they show the same patient: %s%s; group them "
-                "(a CSV group column, --groups-file, --group-regex or --group-by dicom)", len(pairs), listed, more)
+                "sides of a fold, which inflates the score if they show the same patient: %s%s; %s",
+                len(pairs), listed, more, hint)
 
 
 def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
