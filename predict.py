@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from data.dicom import DicomOptions
 from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
 from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
@@ -215,13 +216,15 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
 
 
 def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size: int,
-                    failures: list[tuple[str, str]]) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Batches of (names, model input) preprocessed as validation images; unreadable files go to ``failures``."""
+                    failures: list[tuple[str, str]],
+                    dicom: DicomOptions) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """Batches of (names, model input) preprocessed as validation images (DICOM windowed as in training);
+    unreadable files go to ``failures``."""
     to_input = ToModelInput()
 
     def decode(path: Path) -> torch.Tensor | str:
         try:
-            return decode_image(path, img_size)
+            return decode_image(path, img_size, dicom)
         except ImageDecodeError as exc:
             return str(exc)
 
@@ -260,7 +263,8 @@ def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray,
     amp_dtype = mixed_precision_dtype(device, config.get("amp", True))  # as training validated
     failures: list[tuple[str, str]] = []
     names, probs = [], []
-    for batch_names, images in decoded_batches(files, img_size, args.batch_size, failures):
+    dicom = DicomOptions(config.get("dicom_window", "auto"), config.get("dicom_first_frame", False))
+    for batch_names, images in decoded_batches(files, img_size, args.batch_size, failures, dicom):
         names += batch_names
         probs.append(ensemble_probs(models, images, device, amp_dtype))
     warn_failures(failures)

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data.dicom import check_window
 from data.folder import ImageFolder, scan_image_folder, undecodable_names
+from data.groups import assign_groups
+from data.manifest import scan_manifest
 from data.images import CachedImageDataset
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
@@ -31,6 +34,7 @@ from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from reporting.methods import run_environment
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
@@ -39,7 +43,7 @@ from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
-                          folds_document, own_log_file, plan_folds, split_off_test)
+                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage)
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
@@ -58,8 +62,11 @@ def check_inputs(cfg: TrainConfig, run_dir: RunDir) -> tuple[ImageFolder, list[l
     resolve_text_encoder(cfg.text_encoder, cfg.text_weights)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    check_window(cfg.dicom_window)
     check_output_location(cfg, run_dir)
-    images = scan_image_folder(cfg.data_dir)
+    images = scan_image_folder(cfg.data_dir) if cfg.data_dir else scan_manifest(cfg.data_csv)
+    check_output_location(cfg, run_dir, images)  # a manifest may list images anywhere
+    images = assign_groups(images, cfg.groups_file, cfg.group_regex, cfg.group_by)
     odd = undecodable_names(images.paths, images.root)
     if odd:
         log.warning("%d file name(s) are not valid UTF-8; results name them with \\xNN escapes: %s", len(odd),
@@ -77,6 +84,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                  "validation", 100 * cfg.val_fraction)
     log.info("Data: %d images in %d classes (%s)", len(images.paths), len(images.class_names),
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
+    if images.groups is not None:
+        log.info("Grouped by patient: %d groups; no group is on both sides of any split", len(set(images.groups)))
     device = select_device(cfg.gpu_id)
     amp_dtype = mixed_precision_dtype(device, cfg.amp)
     describe_device(device, amp_dtype)
@@ -90,13 +99,14 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
     model.to(device)
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    cache, decoded = decode_images(cfg, images)
-    if decoded is not images:  # unreadable images were dropped: split what is left
-        images = decoded
+    decoded, readable = decode_images(cfg, images)
+    if readable is not images:  # unreadable images were dropped: split what is left
+        images = readable
         dev_idx, test_idx = split_off_test(cfg, images)
         folds = plan_folds(cfg, images, dev_idx)
-    run = Run(cfg, run_dir, device, amp_dtype, images, cache, class_texts, folds, test_idx, model, initial_state,
-              model.text_encoder.saved_files())
+    warn_leakage(cfg, images, decoded, folds)
+    run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, folds, test_idx, model,
+              initial_state, model.text_encoder.saved_files())
     if cfg.resume and run_dir.folds.is_file():
         check_resumable(run)
     return run
@@ -149,9 +159,18 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         "mean": mean,
         "std": std,
         "oof": classification_metrics(oof_labels, oof_probs),
-        **pooled_statistics(oof_labels, oof_probs, names, run.cfg.bootstrap_resamples, run.cfg.seed),
+        # Patients, when folds are grouped, are resampled whole: their images are not independent.
+        **pooled_statistics(oof_labels, oof_probs, names, run.cfg.bootstrap_resamples, run.cfg.seed,
+                            run.images.groups_of(oof_idx)),
         "environment": run_environment(run.device, run.amp_dtype),  # for the methods paragraph
     }
+    if run.images.groups is not None:
+        summary["n_groups"] = len(set(run.images.groups))
+        summary["oof_patient"] = patient_metrics([run.labels[i] for i in oof_idx], oof_probs,
+                                                 run.images.groups_of(oof_idx))
+        log.info("Per patient (pooled out-of-fold, %d patients): accuracy %.4f, balanced accuracy %.4f",
+                 summary["oof_patient"]["n_groups"], summary["oof_patient"]["accuracy"],
+                 summary["oof_patient"]["balanced_accuracy"])
     untrained = [r.number for r in results if r.best_epoch == 0]
     if untrained:
         log.warning("Fold(s) %s: the best epoch is 0, the untrained model; their numbers are the zero-shot "
@@ -181,7 +200,8 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict
     metrics = classification_metrics(labels, probs)
     document = {"n_images": len(run.test_idx), "ensemble_of_folds": [r.number for r in results],
                 "class_names": names, "metrics": metrics,
-                **held_out_statistics(labels, probs, cfg.bootstrap_resamples, cfg.seed, pooled)}
+                **held_out_statistics(labels, probs, cfg.bootstrap_resamples, cfg.seed, pooled,
+                                      run.images.groups_of(indices))}
     write_json(run.run_dir.test_metrics, document)
     log.info("Held-out test set (%d images, ensemble of %d fold models): accuracy %.4f, balanced accuracy "
              "%.4f, macro-F1 %.4f", len(run.test_idx), len(results), metrics["accuracy"],

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+from data.dicom import DICOM_SUFFIX, is_dicom_file
 from utils.errors import UserError
 from utils.run_dir import RunDir
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", DICOM_SUFFIX})
 
 
 class DataError(UserError, ValueError):
@@ -22,6 +24,17 @@ class ImageFolder:
     class_names: list[str]
     paths: list[Path]
     labels: list[int]
+    # The group (patient) of each image, when known: folds then never split a group.
+    groups: list[str] | None = None
+
+    def subset(self, keep: list[int]) -> "ImageFolder":
+        """The images at positions ``keep``, in that order."""
+        return ImageFolder(self.root, self.class_names, [self.paths[i] for i in keep],
+                           [self.labels[i] for i in keep], self.groups_of(keep))
+
+    def groups_of(self, indices: Sequence[int]) -> list[str] | None:
+        """The group (patient) of each image at ``indices``, or None when groups are not known."""
+        return None if self.groups is None else [self.groups[i] for i in indices]
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.class_names)
@@ -37,7 +50,12 @@ def display_path(path: Path, root: Path) -> str:
     UTF-8 file can store: they are shown as ``\\xNN`` escapes instead (readable, and stable, so a
     resumed run compares equal).
     """
-    return printable(path.relative_to(root).as_posix())
+    return printable(_relative_or_absolute(path, root))
+
+
+def _relative_or_absolute(path: Path, root: Path) -> str:
+    """A CSV manifest may name images outside its folder: those are shown by their absolute path."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
 def printable(text: str) -> str:
@@ -47,7 +65,7 @@ def printable(text: str) -> str:
 
 def undecodable_names(paths: list[Path], root: Path) -> list[str]:
     """The files of ``paths`` whose names are not valid UTF-8, in their displayed form."""
-    return [display_path(p, root) for p in paths if display_path(p, root) != p.relative_to(root).as_posix()]
+    return [display_path(p, root) for p in paths if display_path(p, root) != _relative_or_absolute(p, root)]
 
 
 def _is_hidden(path: Path) -> bool:
@@ -55,7 +73,10 @@ def _is_hidden(path: Path) -> bool:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image by its suffix, or a suffix-less DICOM file (as PACS exports write them)."""
+    if not path.is_file() or _is_hidden(path):
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS or (path.suffix == "" and is_dicom_file(path))
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -1,4 +1,9 @@
-"""Train/validation splits: stratified K folds, or one stratified hold-out split."""
+"""Train/validation splits: stratified K folds, or one stratified hold-out split.
+
+With groups (patients), every split is made by sklearn's ``StratifiedGroupKFold``: all images of a
+group land on one side, so a patient's second radiograph cannot be validated against a model that
+trained on the first (DESIGN.md §10).
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,9 +11,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from data.folder import DataError
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,17 +42,53 @@ def check_class_sizes(labels: Sequence[int], class_names: Sequence[str], n_split
                         "add images or lower --n-splits")
 
 
-def make_folds(labels: Sequence[int], n_splits: int, random_state: int) -> list[Fold]:
-    """Stratified K-fold split (shuffled with ``random_state``): each image is validated exactly once."""
+def check_group_sizes(labels: Sequence[int], groups: Sequence[str], class_names: Sequence[str],
+                      n_splits: int) -> None:
+    """A class needs groups on both sides of a split (error below two) and, for stratified folds, one
+    group per fold (a warning below that: some folds then validate none of the class)."""
+    per_class: dict[int, set[str]] = {k: set() for k in range(len(class_names))}
+    for label, group in zip(labels, groups):
+        per_class[label].add(group)
+    too_few = [f"{class_names[k]} ({len(g)})" for k, g in per_class.items() if len(g) < 2]
+    if too_few:
+        raise DataError(f"class(es) with fewer than 2 groups (patients) cannot appear on both sides of a "
+                        f"grouped split: {', '.join(too_few)}; add patients or remove the grouping")
+    n_groups = len(set(groups))
+    if n_groups < n_splits:
+        raise DataError(f"--n-splits {n_splits}: only {n_groups} groups (patients), and a fold needs at least one; "
+                        "lower --n-splits or add patients")
+    few = [f"{class_names[k]} ({len(g)})" for k, g in per_class.items() if len(g) < n_splits]
+    if few:
+        log.warning("Class(es) with fewer groups (patients) than the %d folds: %s; some folds will validate "
+                    "none of their images", n_splits, ", ".join(few))
+
+
+def make_folds(labels: Sequence[int], n_splits: int, random_state: int,
+               groups: Sequence[str] | None = None) -> list[Fold]:
+    """Stratified K-fold split (shuffled with ``random_state``): each image is validated exactly once;
+    with ``groups``, no group is on both sides of any fold."""
     y = np.asarray(labels)
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    if groups is None:
+        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state).split(np.zeros(len(y)), y)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+        splits = splitter.split(np.zeros(len(y)), y, np.asarray(groups))
     return [Fold(number=i + 1, train_idx=sorted(train.tolist()), val_idx=sorted(val.tolist()))
-            for i, (train, val) in enumerate(splitter.split(np.zeros(len(y)), y))]
+            for i, (train, val) in enumerate(splits)]
+
+
+def grouped_holdout(labels: Sequence[int], groups: Sequence[str], fraction: float,
+                    random_state: int) -> tuple[list[int], list[int]]:
+    """(kept, held out) indices, about ``fraction`` held out, whole groups on each side, stratified:
+    the first fold of ``StratifiedGroupKFold`` with round(1/fraction) splits."""
+    n_splits = max(2, min(round(1 / fraction), len(set(groups))))
+    first = make_folds(labels, n_splits, random_state, groups)[0]
+    return first.train_idx, first.val_idx
 
 
 def make_holdout_split(labels: Sequence[int], class_names: Sequence[str], val_fraction: float,
-                       random_state: int) -> list[Fold]:
-    """One stratified train/validation split, returned as a single fold."""
+                       random_state: int, groups: Sequence[str] | None = None) -> list[Fold]:
+    """One stratified train/validation split (by whole groups when given), returned as a single fold."""
     y = np.asarray(labels)
     n_classes = len(class_names)
     n_val = int(np.ceil(val_fraction * len(y)))
@@ -55,5 +99,9 @@ def make_holdout_split(labels: Sequence[int], class_names: Sequence[str], val_fr
     if small:
         raise DataError(f"class(es) with fewer than 2 images cannot appear on both sides of the "
                         f"train/validation split: {', '.join(small)}; add images")
+    if groups is not None:
+        check_group_sizes(labels, groups, class_names, 2)
+        train, val = grouped_holdout(labels, groups, val_fraction, random_state)
+        return [Fold(number=1, train_idx=train, val_idx=val)]
     train, val = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=random_state)
     return [Fold(number=1, train_idx=sorted(train.tolist()), val_idx=sorted(val.tolist()))]

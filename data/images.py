@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
+import imagehash
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from data.dicom import DICOM_SUFFIX, PREAMBLE_END, DicomOptions, dicom_to_image, has_dicom_preamble, is_dicom_file
 from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
@@ -51,26 +53,29 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(source: str | Path | BinaryIO, img_size: int) -> torch.Tensor:
+def decode_image(source: str | Path | BinaryIO, img_size: int, dicom: DicomOptions = DicomOptions()) -> torch.Tensor:
     """Read an image file (path or open binary file) into a uint8 tensor (C, img_size, img_size),
-    C = 1 for grayscale, 3 for colour.
+    C = 1 for grayscale, 3 for colour. DICOM files are recognised by their ``.dcm`` suffix or preamble.
 
     The whole image is kept: it is scaled so its longer side is ``img_size`` and padded
     with black to a square, so no anatomy is cropped away and nothing is distorted.
     """
+    if isinstance(source, (str, Path)):
+        is_dicom = is_dicom_file(Path(source))
+    else:
+        start = source.tell()
+        is_dicom = has_dicom_preamble(source.read(PREAMBLE_END))
+        source.seek(start)
+    return _decode(source, img_size, dicom if is_dicom else None)
+
+
+def _decode(source: str | Path | BinaryIO, img_size: int, dicom: DicomOptions | None) -> torch.Tensor:
+    """Decode (as DICOM when ``dicom`` is given), pad to a square and resize."""
     try:
-        with Image.open(source) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageDecodeError(f"{width}x{height} pixels is more than {MAX_PIXELS:,}")
-            # JPEG can decode at a reduced scale directly: bounded memory for huge files.
-            img.draft(img.mode, (img_size, img_size))
-            img = ImageOps.exif_transpose(img)
-            img = _to_8bit(img)
-            img.load()
+        img = dicom_to_image(source, dicom, MAX_PIXELS) if dicom is not None else _read_pil(source, img_size)
     except ImageDecodeError:
         raise
-    except Exception as exc:  # PIL raises many types for corrupt or truncated files
+    except Exception as exc:  # PIL and pydicom raise many types for corrupt or truncated files
         raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
     scale = img_size / max(img.size)
     new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -83,6 +88,26 @@ def decode_image(source: str | Path | BinaryIO, img_size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def _read_pil(source: str | Path | BinaryIO, img_size: int) -> Image.Image:
+    with Image.open(source) as img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ImageDecodeError(f"{width}x{height} pixels is more than {MAX_PIXELS:,}")
+        # JPEG can decode at a reduced scale directly: bounded memory for huge files.
+        img.draft(img.mode, (img_size, img_size))
+        img = ImageOps.exif_transpose(img)
+        img = _to_8bit(img)
+        img.load()
+    return img
+
+
+def perceptual_hash(image: torch.Tensor) -> int:
+    """64-bit DCT hash (imagehash.phash) of a decoded image: near-identical images differ in few bits."""
+    array = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    return int(str(imagehash.phash(pil)), 16)
+
+
 @dataclass
 class ImageCache:
     """Decoded images by index; ``None`` entries are re-decoded on access (past the RAM budget)."""
@@ -90,16 +115,17 @@ class ImageCache:
     paths: list[Path]
     img_size: int
     images: list[torch.Tensor | None]
+    dicom: DicomOptions = DicomOptions()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def get(self, index: int) -> torch.Tensor:
         cached = self.images[index]
-        return cached if cached is not None else decode_image(self.paths[index], self.img_size)
+        return cached if cached is not None else decode_image(self.paths[index], self.img_size, self.dicom)
 
 
-def read_and_decode(path: Path, img_size: int) -> tuple[torch.Tensor, str]:
+def read_and_decode(path: Path, img_size: int, dicom: DicomOptions = DicomOptions()) -> tuple[torch.Tensor, str]:
     """Decode ``path`` and hash its bytes (one read serves both); raises :class:`ImageDecodeError`."""
     try:
         data = Path(path).read_bytes()
@@ -107,52 +133,59 @@ def read_and_decode(path: Path, img_size: int) -> tuple[torch.Tensor, str]:
         raise ImageDecodeError(f"cannot read: {exc.strerror}") from exc
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    return decode_image(io.BytesIO(data), img_size), hashlib.sha1(data).hexdigest()
+    is_dicom = Path(path).suffix.lower() == DICOM_SUFFIX or has_dicom_preamble(data)
+    image = _decode(io.BytesIO(data), img_size, dicom if is_dicom else None)
+    return image, hashlib.sha1(data).hexdigest()
 
 
 @dataclass
 class DecodedImages:
-    """Result of :func:`build_image_cache`: the cache of readable images, their content hashes,
-    and ``(path, reason)`` for every unreadable file (the caller decides to skip or stop)."""
+    """Result of :func:`build_image_cache`: the cache of readable images, their content hashes and
+    perceptual hashes, and ``(path, reason)`` for every unreadable file (the caller decides to skip or stop)."""
 
     cache: ImageCache
     hashes: list[str]
+    phashes: list[int]
     failures: list[tuple[Path, str]]
 
 
-def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, threads: int = 4) -> DecodedImages:
+def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, threads: int = 4,
+                      dicom: DicomOptions = DicomOptions()) -> DecodedImages:
     """Decode every image once (in threads: PIL releases the GIL while decoding)."""
     budget = budget_mb * 2**20
     used = 0
     images: list[torch.Tensor | None] = []
     kept_paths: list[Path] = []
     hashes: list[str] = []
+    phashes: list[int] = []
     failures: list[tuple[Path, str]] = []
 
-    def decode(path: Path) -> tuple[torch.Tensor, str] | str:
+    def decode(path: Path) -> tuple[torch.Tensor, str, int] | str:
         try:
-            return read_and_decode(path, img_size)
+            image, digest = read_and_decode(path, img_size, dicom)
         except ImageDecodeError as exc:
             return str(exc)
+        return image, digest, perceptual_hash(image)  # in the worker thread too
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for path, result in zip(paths, pool.map(decode, paths)):
             if isinstance(result, str):
                 failures.append((Path(path), result))
                 continue
-            result, digest = result
+            result, digest, phash = result
             kept_paths.append(Path(path))
             hashes.append(digest)
+            phashes.append(phash)
             if used + result.numel() <= budget:
                 images.append(result)
                 used += result.numel()
             else:
                 images.append(None)
-    cache = ImageCache(kept_paths, img_size, images)
+    cache = ImageCache(kept_paths, img_size, images, dicom)
     n_cached = sum(t is not None for t in images)
     log.info("Decoded %d images at %dx%d: %d cached in RAM (%.1f MiB), %d read from disk each time",
              len(kept_paths), img_size, img_size, n_cached, used / 2**20, len(kept_paths) - n_cached)
-    return DecodedImages(cache, hashes, failures)
+    return DecodedImages(cache, hashes, phashes, failures)
 
 
 def describe_failures(failures: Sequence[tuple[object, str]], limit: int = 20) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reporting.methods import methods_section
+from reporting.patients import patient_table
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
                              plot_roc_curves)
 from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
@@ -130,9 +131,20 @@ def _per_class_sections(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _patient_section(summary: Mapping[str, Any]) -> list[str]:
+    """Folds grouped by patient: the pooled out-of-fold results per patient (mean of its images)."""
+    if "oof_patient" not in summary:
+        return []
+    return ["", "## Per patient (pooled out-of-fold)", "",
+            f"Folds were grouped by patient ({summary['n_groups']} patients): no patient is on both sides of "
+            "any fold. A patient's probabilities are the mean of its images'.", "",
+            render_markdown(patient_table(summary["oof_patient"]))]
+
+
 def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir: Path,
                   closing: Sequence[str] = ()) -> str:
-    lines = _introduction(summary) + _summary_section(summary) + _per_class_sections(summary)
+    lines = (_introduction(summary) + _summary_section(summary) + _patient_section(summary)
+             + _per_class_sections(summary))
     for key, path in plots.items():
         caption = PLOT_CAPTIONS.get(key, key.replace("_", " ").capitalize())
         lines += ["", f"## {caption}", "", f"![{caption}]({_relative(path, run_dir)})"]

@@ -33,9 +33,9 @@ def pooled_statistics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequen
 
 
 def held_out_statistics(y_true: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int,
-                    pooled: Mapping[str, Any]) -> dict[str, Any]:
+                        pooled: Mapping[str, Any], groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """CIs of the held-out metrics and the test numbers at the threshold the pooled predictions chose."""
-    found = interval_keys("", y_true, probs, n_resamples, seed)
+    found = interval_keys("", y_true, probs, n_resamples, seed, groups)
     if "operating_point" in pooled:
         found["operating_point"] = at_threshold(y_true, probs, pooled["operating_point"]["threshold"])
     return found

@@ -27,7 +27,11 @@ class JobError(ConfigError):
 
 
 def check_inputs_exist(cfg: TrainConfig) -> None:
-    if not Path(str(cfg.data_dir)).is_dir():
+    if cfg.data_csv is not None:
+        if not Path(cfg.data_csv).is_file():
+            raise ConfigError(f"data CSV not found: {cfg.data_csv} (DATA_CSV or the entry's data_csv: a CSV with "
+                              "the columns path,label[,group])")
+    elif not Path(str(cfg.data_dir)).is_dir():
         raise ConfigError(f"data folder not found: {cfg.data_dir} (DATA_DIR or the entry's data_dir: a "
                           "folder with one sub-folder of images per class)")
     if cfg.class_texts_file is not None and not Path(cfg.class_texts_file).is_file():

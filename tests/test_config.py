@@ -279,6 +279,9 @@ def test_missing_config_file(tmp_path):
     (["--weight-smooth-factor", "-1"], "--weight-smooth-factor must be non-negative"),
     (["--bootstrap-resamples", "-1"], "--bootstrap-resamples must be non-negative"),
     (["--text-template", "an X-ray"], "--text-template must contain '{class_name}'"),
+    (["--data-csv", "labels.csv"], "--data-dir and --data-csv exclude each other"),
+    (["--group-regex", "(P\\d+)", "--group-by", "dicom"], "--groups-file, --group-regex and --group-by exclude each other"),
+    (["--group-by", "patient"], "--group-by: invalid choice 'patient'"),
 ])
 def test_value_checks_name_the_flag(argv, message):
     if argv:

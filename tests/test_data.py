@@ -29,7 +29,7 @@ def touch(path):
 # -- scan_image_folder --------------------------------------------------------------------------
 def test_scan_finds_every_extension_case_insensitively(tmp_path):
     names = ["a.jpg", "b.jpeg", "c.png", "d.bmp", "e.tif", "f.tiff", "g.webp", "h.JPG", "i.Png", "j.TIFF",
-             "k.WebP"]
+             "k.WebP", "l.DCM"]
     for name in names:
         touch(tmp_path / "one" / name)
     touch(tmp_path / "two" / "x.png")
@@ -40,18 +40,22 @@ def test_scan_finds_every_extension_case_insensitively(tmp_path):
 
 def test_scan_ignores_hidden_and_non_image_files_and_includes_subfolders(tmp_path):
     keep = [tmp_path / "b" / "x.png", tmp_path / "b" / "view" / "lateral" / "y.png",
-            tmp_path / "a" / "z.jpg"]
+            tmp_path / "a" / "z.jpg", tmp_path / "b" / "scan.dcm"]
     skip = [tmp_path / "b" / ".hidden.png", tmp_path / "b" / ".thumbs" / "t.png",
             tmp_path / "b" / "sub" / ".cache" / "c.png", tmp_path / "b" / "notes.txt",
-            tmp_path / "b" / "Thumbs.db", tmp_path / "b" / "scan.dcm", tmp_path / "b" / "png",
+            tmp_path / "b" / "Thumbs.db", tmp_path / "b" / "png",
             tmp_path / ".git" / "objects" / "o.png", tmp_path / "loose.png"]
     for path in keep + skip:
         touch(path)
+    # A PACS export without suffix is found by its DICOM preamble (128 bytes, then DICM).
+    pacs_export = tmp_path / "b" / "IM000001"
+    pacs_export.write_bytes(bytes(128) + b"DICM" + bytes(16))
+    keep.append(pacs_export)
     found = scan_image_folder(tmp_path)
     assert found.class_names == ["a", "b"]
     assert sorted(found.paths) == sorted(keep)
-    assert found.labels == [0, 1, 1]
-    assert found.class_counts() == [1, 2]
+    assert found.labels == [0, 1, 1, 1, 1]
+    assert found.class_counts() == [1, 4]
 
 
 def test_scan_sorts_classes_and_keeps_utf8_names(tmp_path):

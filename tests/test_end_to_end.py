@@ -22,6 +22,7 @@ from utils.run_dir import RunDir
 CLASSES = {"cat_a": 8, "cat_b": 8, "股骨柄A": 8}
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 EPOCHS = 2
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(root: Path, text_encoder: Path, *extra: str, log_file: Path | None = None) -> tuple[Path, list[str]]:
@@ -36,15 +37,6 @@ def train(root: Path, text_encoder: Path, *extra: str, log_file: Path | None = N
             "--embed-dim", "16", "--learning-rate", "1e-3", "--text-template", "an image of {class_name}", *extra]
     assert train_clip.main(argv) == 0
     return out, argv
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches gain nothing from two threads, and lose much when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -236,6 +236,7 @@ def test_valid_jobs_pass_and_parse_with_the_trainers_parser(data_dir: Path) -> N
                                        "'inverse_sqr' (did you mean 'inverse_sqrt'?)"),
     ({"EPOCHS": "0"}, "job 1 (resnet18_clip_ViT-B_32): --epochs must be at least 1"),
     ({"DATA_DIR": "missing"}, "data folder not found: missing"),
+    ({"DATA_DIR": "", "DATA_CSV": "labels.csv"}, "data CSV not found: labels.csv (DATA_CSV"),
     ({"CLASS_TEXTS_FILE": "texts.json"}, "class texts file not found: texts.json"),
     ({"EXTRA_ARGS": ["--epoch", "5"]}, "unrecognized arguments: --epoch 5 (did you mean '--epochs'?)"),
 ])

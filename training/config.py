@@ -48,6 +48,14 @@ class TrainConfig:
 
     # data
     data_dir: Optional[str] = _opt(None, "Folder with one sub-folder of images per class.", "data")
+    data_csv: Optional[str] = _opt(None, "CSV manifest with the columns path,label[,group] (paths relative to "
+                                   "the CSV's folder, or absolute); instead of --data-dir.", "data")
+    dicom_window: str = _opt("auto", "DICOM grey-level window: auto (the file's VOI LUT or first window), none "
+                             "(the full range) or C,W (center,width).", "data")
+    dicom_first_frame: bool = _opt(False, "Use frame 0 of a multi-frame DICOM instead of skipping it as "
+                                   "unreadable.", "data")
+    leakage_check: str = _opt("on", "Warn about near-duplicate images on the training and validation sides of "
+                              "a fold (perceptual hashes).", "data", choices=("on", "off"))
     class_texts_file: Optional[str] = _opt(
         None, "JSON file mapping each class name to a description or a list of descriptions.", "data")
     text_template: Optional[str] = _opt(
@@ -108,6 +116,12 @@ class TrainConfig:
     val_fraction: float = _opt(0.2, "Validation fraction of the single split used without --use-cv.", "cv")
     test_fraction: float = _opt(0.0, "Hold out this stratified fraction as a test set before the folds are "
                                 "made; the fold models are scored on it as an ensemble at the end.", "cv")
+    groups_file: Optional[str] = _opt(None, "CSV with the columns path,group (paths as in folds.json): each "
+                                      "image's patient; no fold splits a group.", "cv")
+    group_regex: Optional[str] = _opt(None, "Regular expression searched in each image's path below the data "
+                                      "folder; its first capture group is the patient, e.g. '(P\\d+)_'.", "cv")
+    group_by: str = _opt("none", "dicom: each DICOM file's PatientID is its group (patient).", "cv",
+                         choices=("none", "dicom"))
     # class imbalance
     use_weighted_sampling: bool = _opt(False, "Draw training images with class-balancing weights.",
                                        "imbalance")
@@ -353,7 +367,11 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that do not need the data (those live in the data layer)."""
-    _check(cfg.data_dir is not None, "--data-dir is required (a folder with one sub-folder per class)")
+    _check(cfg.data_dir is not None or cfg.data_csv is not None, "--data-dir is required (a folder with one "
+           "sub-folder per class), or --data-csv instead (a CSV with the columns path,label[,group])")
+    _check(cfg.data_dir is None or cfg.data_csv is None, "--data-dir and --data-csv exclude each other")
+    sources = [cfg.groups_file is not None, cfg.group_regex is not None, cfg.group_by != "none"]
+    _check(sum(sources) <= 1, "--groups-file, --group-regex and --group-by exclude each other")
     for f in config_fields():
         choices = f.metadata["choices"]
         value = getattr(cfg, f.name)

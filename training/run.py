@@ -11,9 +11,11 @@ from typing import Any, Sequence
 import torch
 from sklearn.model_selection import train_test_split
 
+from data.dicom import DicomOptions
 from data.folder import DataError, ImageFolder, display_path
-from data.folds import Fold, check_class_sizes, make_folds, make_holdout_split
-from data.images import ImageCache, build_image_cache, describe_failures, duplicate_groups
+from data.folds import Fold, check_class_sizes, check_group_sizes, grouped_holdout, make_folds, make_holdout_split
+from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
+from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
 from training.config import ConfigError, TrainConfig
 from utils.io import read_json
@@ -60,20 +62,19 @@ class Run:
         return display_path(self.images.paths[index], self.images.root)
 
 
-def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[ImageCache, ImageFolder]:
+def decode_images(cfg: TrainConfig, images: ImageFolder) -> tuple[DecodedImages, ImageFolder]:
     """Decode every image once; unreadable files are skipped with a warning (fatal with --strict-images)."""
-    decoded = build_image_cache(images.paths, cfg.img_size, cfg.cache_mb, threads=max(1, cfg.num_workers))
+    decoded = build_image_cache(images.paths, cfg.img_size, cfg.cache_mb, threads=max(1, cfg.num_workers),
+                                dicom=DicomOptions(cfg.dicom_window, cfg.dicom_first_frame))
     if decoded.failures:
         listed = describe_failures(decoded.failures)
         if cfg.strict_images:
             raise DataError(f"--strict-images: {len(decoded.failures)} unreadable image(s): {listed}")
         log.warning("Skipping %d unreadable image(s): %s", len(decoded.failures), listed)
         failed = {path for path, _ in decoded.failures}
-        keep = [i for i, p in enumerate(images.paths) if p not in failed]
-        images = ImageFolder(images.root, images.class_names, [images.paths[i] for i in keep],
-                             [images.labels[i] for i in keep])
+        images = images.subset([i for i, p in enumerate(images.paths) if p not in failed])
     warn_duplicates(images, decoded.hashes)
-    return decoded.cache, images
+    return decoded, images
 
 
 def warn_duplicates(images: ImageFolder, hashes: Sequence[str]) -> None:
@@ -88,12 +89,36 @@ def warn_duplicates(images: ImageFolder, hashes: Sequence[str]) -> None:
                         "once, inflating the score): %s", classes[0], files)
 
 
+def warn_leakage(cfg: TrainConfig, images: ImageFolder, decoded: DecodedImages, folds: Sequence[Fold],
+                 limit: int = 10) -> None:
+    """Warn about near-duplicate images that one fold trains on and validates (the same patient, most
+    likely); --leakage-check off skips it."""
+    if cfg.leakage_check == "off":
+        return
+    pairs = near_duplicates_across_folds(decoded.phashes, decoded.hashes, folds)
+    if not pairs:
+        return
+    listed = "; ".join(f"{display_path(images.paths[p.first], images.root)} ~ "
+                       f"{display_path(images.paths[p.second], images.root)} (fold {', '.join(map(str, p.folds))})"
+                       for p in pairs[:limit])
+    more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+    hint = ("each pair is in two groups: check that one patient does not have two IDs" if images.groups is not None
+            else "group them (a CSV group column, --groups-file, --group-regex or --group-by dicom)")
+    log.warning("Possible leakage: %d pair(s) of near-duplicate images are on the training and validation "
+                "sides of a fold, which inflates the score if they show the same patient: %s%s; %s",
+                len(pairs), listed, more, hint)
+
+
 def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
-    """Development and test indices; the test set is stratified and never seen by any fold."""
+    """Development and test indices; the test set is stratified, by whole groups when known, and never
+    seen by any fold."""
     everything = list(range(len(images.labels)))
     if cfg.test_fraction == 0:
         return everything, []
     check_class_sizes(images.labels, images.class_names, 2)
+    if images.groups is not None:
+        check_group_sizes(images.labels, images.groups, images.class_names, 2)
+        return grouped_holdout(images.labels, images.groups, cfg.test_fraction, cfg.random_state)
     dev, test = train_test_split(everything, test_size=cfg.test_fraction, stratify=images.labels,
                                  random_state=cfg.random_state)
     return sorted(dev), sorted(test)
@@ -101,11 +126,14 @@ def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], li
 
 def plan_folds(cfg: TrainConfig, images: ImageFolder, dev_idx: list[int]) -> list[Fold]:
     dev_labels = [images.labels[i] for i in dev_idx]
+    dev_groups = None if images.groups is None else [images.groups[i] for i in dev_idx]
     if cfg.use_cv:
         check_class_sizes(dev_labels, images.class_names, cfg.n_splits)
-        local = make_folds(dev_labels, cfg.n_splits, cfg.random_state)
+        if dev_groups is not None:
+            check_group_sizes(dev_labels, dev_groups, images.class_names, cfg.n_splits)
+        local = make_folds(dev_labels, cfg.n_splits, cfg.random_state, dev_groups)
     else:
-        local = make_holdout_split(dev_labels, images.class_names, cfg.val_fraction, cfg.random_state)
+        local = make_holdout_split(dev_labels, images.class_names, cfg.val_fraction, cfg.random_state, dev_groups)
     folds = [Fold(f.number, [dev_idx[i] for i in f.train_idx], [dev_idx[i] for i in f.val_idx]) for f in local]
     smallest = min(len(f.train_idx) for f in folds)
     if cfg.batch_size > smallest:
@@ -118,31 +146,50 @@ def folds_document(cfg: TrainConfig, images: ImageFolder, folds: list[Fold], tes
     def paths(indices: Sequence[int]) -> list[str]:
         return [display_path(images.paths[i], images.root) for i in indices]
 
-    return {"mode": "cv" if cfg.use_cv else "holdout", "random_state": cfg.random_state,
-            "class_names": images.class_names, "test": paths(test_idx),
-            "folds": [{"fold": f.number, "train": paths(f.train_idx), "val": paths(f.val_idx)} for f in folds]}
+    document = {"mode": "cv" if cfg.use_cv else "holdout", "random_state": cfg.random_state,
+                "class_names": images.class_names, "test": paths(test_idx),
+                "folds": [{"fold": f.number, "train": paths(f.train_idx), "val": paths(f.val_idx)} for f in folds]}
+    if images.groups is not None:
+        document["groups"] = dict(zip(paths(range(len(images.paths))), images.groups))
+    return document
 
 
 def check_resumable(run: Run) -> None:
     """A resumed run must see the same images in the same folds."""
     saved = read_json(run.run_dir.folds, "folds file of the run")
     if saved != folds_document(run.cfg, run.images, run.folds, run.test_idx):
-        raise ConfigError(f"--resume refused: the images under {run.cfg.data_dir} changed since the run in "
+        raise ConfigError(f"--resume refused: the images of {data_source(run.cfg)} changed since the run in "
                           f"{run.run_dir.path} started (its folds.json no longer matches)")
 
 
 
-def check_output_location(cfg: TrainConfig, run_dir: RunDir) -> None:
+def data_source(cfg: TrainConfig) -> str:
+    """The data as the user named it: ``--data-dir X`` or ``--data-csv X``."""
+    return f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"--data-csv {cfg.data_csv}"
+
+
+def data_folders(cfg: TrainConfig, images: ImageFolder | None = None) -> list[Path]:
+    """Folders that hold the data: the data folder, or the CSV's folder and every listed image's folder."""
+    if cfg.data_dir:
+        return [Path(cfg.data_dir)]
+    return [Path(cfg.data_csv).parent] + sorted({p.parent for p in images.paths} if images else set())
+
+
+def check_output_location(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder | None = None) -> None:
     """Refuse an output folder that is, holds or lies inside the data (before anything is written)."""
-    output, data = run_dir.path.resolve(), Path(cfg.data_dir).resolve()
     if run_dir.path.exists() and not run_dir.path.is_dir():
         raise RunDirError(f"--output-dir {run_dir.path} exists and is not a folder")
-    if output == data or output in data.parents:
-        raise RunDirError(f"--output-dir {run_dir.path} holds the data (--data-dir {cfg.data_dir}); a run "
-                          "writes only into a folder of its own: choose one outside the data")
-    if data in output.parents:
-        raise RunDirError(f"--output-dir {run_dir.path} is inside --data-dir {cfg.data_dir}: the next run "
-                          "would read its files as a class; choose a folder outside the data")
+    output = run_dir.path.resolve()
+    main, *image_folders = data_folders(cfg, images)
+    for folder in [main, *image_folders]:
+        data = folder.resolve()
+        named = data_source(cfg) if folder == main else f"{folder}, a folder of images listed in --data-csv"
+        if output == data or output in data.parents:
+            raise RunDirError(f"--output-dir {run_dir.path} holds the data ({named}); a run writes only into a "
+                              "folder of its own: choose one outside the data")
+        if data in output.parents:
+            raise RunDirError(f"--output-dir {run_dir.path} is inside {named}: the next run would read its files "
+                              "as data; choose a folder outside the data")
 
 
 def check_output_contents(cfg: TrainConfig, run_dir: RunDir) -> None:
