@@ -25,6 +25,7 @@ GROUPS = {
     "training": "training",
     "cv": "cross-validation",
     "imbalance": "class imbalance",
+    "report": "report",
     "system": "system",
 }
 
@@ -115,6 +116,9 @@ class TrainConfig:
                               choices=("inverse_freq", "inverse_sqrt", "balanced"))
     weight_smooth_factor: float = _opt(1.0, "Exponent s on the weights (weight**s): 0 uniform, 1 the full "
                                        "method.", "imbalance")
+    # report
+    explain_method: str = _opt("gradcam", "Heatmap method of report.md's gallery of where the model looks "
+                               "(the grad-cam package).", "report", choices=("gradcam", "gradcam++", "eigencam"))
     # system
     output_dir: Optional[str] = _opt(None, "Run folder (default checkpoints/clip_models/<image>_<text>).",
                                      "system")
@@ -149,7 +153,7 @@ NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
 INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
-                             "resume", "tensorboard"})
+                             "resume", "tensorboard", "explain_method"})
 
 
 def path_safe(name: str) -> str:
