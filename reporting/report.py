@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reporting.gallery import gallery_section
 from reporting.plots import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
 from reporting.summary import (is_cross_validation, per_class_table, pooled_name, summary_table,
                                test_metrics_of)
@@ -125,6 +126,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir:
     for key, path in plots.items():
         caption = PLOT_CAPTIONS.get(key, key.replace("_", " ").capitalize())
         lines += ["", f"## {caption}", "", f"![{caption}]({_relative(path, run_dir)})"]
+    lines += gallery_section(RunDir(run_dir))
     return "\n".join(lines) + "\n"
 
 
