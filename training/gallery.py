@@ -24,15 +24,20 @@ from data.images import ImageDecodeError, decode_image
 from data.transforms import ToModelInput
 from reporting.gallery import Gallery, GalleryCase, choose_cases, read_oof_rows
 from reporting.report import report_from_run_dir
-from reporting.saliency import EXPLAIN_METHODS, ClassLogits, as_rgb, class_heatmaps, save_overlay, unique_file_names
+from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, class_heatmaps, save_overlay,
+                                unique_file_names)
 from training.ensemble import load_fold_model
 from utils.device import select_device
 from utils.errors import UserError
 from utils.io import read_json
 from utils.logging_setup import get_logger, setup_logging
-from utils.run_dir import PLOTS_DIR, GALLERY_DIR, RunDir
+from utils.run_dir import RunDir
 
 log = get_logger(__name__)
+
+
+class GalleryError(UserError):
+    """The gallery cannot be drawn for this folder."""
 
 
 def draw_fold_cases(run: RunDir, fold: int, cases: Sequence[GalleryCase], file_names: Sequence[str],
@@ -57,8 +62,8 @@ def draw_fold_cases(run: RunDir, fold: int, cases: Sequence[GalleryCase], file_n
         heatmap = class_heatmaps(logits, inputs, [class_names.index(case.predicted_class)], method)[0]
         title = (f"{case.path} (fold {fold})\ntrue {case.true_class}, predicted {case.predicted_class} "
                  f"(p = {case.probability:.2f})")
-        save_overlay(run.gallery / file_name, as_rgb(image), heatmap, title)
-        drawn.append(replace(case, picture=f"{PLOTS_DIR}/{GALLERY_DIR}/{file_name}"))
+        picture = save_overlay(run.gallery / file_name, as_rgb(image), heatmap, title)
+        drawn.append(replace(case, picture=picture.relative_to(run.path).as_posix()))  # as report.md links it
     return drawn
 
 
@@ -95,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = RunDir(Path(args.run_dir))
     try:
         if not run.is_finished():
-            raise UserError(f"{run.path} is not a finished train_clip run (no cv_summary.json, or a fold "
+            raise GalleryError(f"{run.path} is not a finished train_clip run (no cv_summary.json, or a fold "
                             "without result.json)")
-        method = args.explain_method or read_json(run.config, "run config").get("explain_method", "gradcam")
+        method = args.explain_method or read_json(run.config, "run config").get("explain_method", DEFAULT_METHOD)
         gallery = write_gallery(run, select_device(args.gpu_id), method)
         report = report_from_run_dir(run.path)
     except UserError as exc:
