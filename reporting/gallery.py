@@ -76,11 +76,17 @@ class Gallery:
             return None
 
 
+def _text(text: str) -> str:
+    """Text for a Markdown table cell: a ``|`` (allowed in class and file names) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _cell(case: GalleryCase | None) -> str:
     if case is None:
         return "—"
-    return (f"![{case.kind}: {case.path}]({Path(case.picture).as_posix()})<br>{case.path}, fold {case.fold}: "
-            f"predicted {case.predicted_class} (p = {case.probability:.2f})")
+    # <...> around the link: file names may hold spaces, which end a plain Markdown link.
+    return (f"![{_text(case.kind)}](<{_text(case.picture)}>)<br>{_text(case.path)}, fold {case.fold}: "
+            f"predicted {_text(case.predicted_class)} (p = {case.probability:.2f})")
 
 
 def gallery_section(run: RunDir) -> list[str]:
@@ -95,5 +101,5 @@ def gallery_section(run: RunDir) -> list[str]:
              "it predicted.", "", "| class | most confident correct | most confident wrong |", "|---|---|---|"]
     for name in dict.fromkeys(case.true_class for case in cases):
         found = {case.kind: case for case in cases if case.true_class == name}
-        lines.append(f"| {name} | {_cell(found.get(CORRECT))} | {_cell(found.get(WRONG))} |")
+        lines.append(f"| {_text(name)} | {_cell(found.get(CORRECT))} | {_cell(found.get(WRONG))} |")
     return lines

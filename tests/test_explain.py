@@ -12,7 +12,7 @@ from PIL import Image
 
 import predict
 import train_clip
-from reporting.gallery import CORRECT, WRONG, Gallery, choose_cases
+from reporting.gallery import CORRECT, WRONG, Gallery, GalleryCase, choose_cases, gallery_section
 from tests.helpers import make_image_tree
 from utils.run_dir import RunDir
 
@@ -56,7 +56,7 @@ def test_report_shows_a_gallery_drawn_by_the_validating_fold(finished_run) -> No
     assert "## Where the model looks" in report
     for case in gallery.cases:
         assert_png(run / case.picture)
-        assert f"]({case.picture})" in report  # linked relative to the run folder
+        assert f"](<{case.picture}>)" in report  # linked relative to the run folder
     assert "股骨柄A" in report
 
 
@@ -127,3 +127,12 @@ def test_gallery_command_redraws_with_another_method(finished_run, tmp_path: Pat
     assert Gallery.read(RunDir(run)).method == "eigencam"
     assert "(eigencam)" in (run / "report.md").read_text(encoding="utf-8")
     assert json.loads((run / "config.json").read_text())["explain_method"] == "gradcam++"  # the run is unchanged
+
+
+def test_gallery_section_links_names_with_spaces_and_bars(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    case = GalleryCase("a|b", WRONG, "a|b/x 1.png", 2, "c", 0.75, picture="plots/gallery/a|b_wrong_x 1.png")
+    Gallery("eigencam", [case]).write(run)
+    row = gallery_section(run)[-1]
+    assert row.startswith("| a\\|b | — | ![wrong](<plots/gallery/a\\|b_wrong_x 1.png>)")
+    assert "fold 2: predicted c (p = 0.75)" in row
