@@ -136,3 +136,13 @@ def test_gallery_section_links_names_with_spaces_and_bars(tmp_path: Path) -> Non
     row = gallery_section(run)[-1]
     assert row.startswith("| a\\|b | — | ![wrong](<plots/gallery/a\\|b_wrong_x 1.png>)")
     assert "fold 2: predicted c (p = 0.75)" in row
+
+
+def test_rebuilding_the_report_keeps_the_gallery(finished_run, tmp_path: Path) -> None:
+    from reporting.report import report_from_run_dir
+
+    _, finished = finished_run
+    run = shutil.copytree(finished, tmp_path / "run")
+    (run / "report.md").unlink()
+    report_from_run_dir(run)
+    assert "## Where the model looks" in (run / "report.md").read_text(encoding="utf-8")
