@@ -32,7 +32,7 @@ from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
-                                unique_file_names)
+                                target_layer, unique_file_names)
 from training.ensemble import FoldModel, ensemble_probs, load_fold_model
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
@@ -274,6 +274,8 @@ class Explanations:
               class_names: list[str]) -> Explanations | None:
         if args.explain is None:
             return None
+        for model in models:
+            target_layer(model.model)  # a model with no known heatmap layer is refused before anything is written
         out_dir = Path(args.explain)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)

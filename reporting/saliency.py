@@ -29,6 +29,7 @@ from torch import nn
 from models.clip_model import CLIPClassifier
 from models.image_encoders import image_encoder_spec
 from reporting.plots import _new_figure, _picture, save_png
+from utils.errors import UserError
 
 EXPLAIN_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 DEFAULT_METHOD = "gradcam"
@@ -117,10 +118,20 @@ TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], TargetLayer]] = {
 }
 
 
+class SaliencyError(UserError, ValueError):
+    """No heatmap can be made for this model (ValueError too: the report warns about those and goes on)."""
+
+
 def target_layer(model: CLIPClassifier) -> TargetLayer:
     """The target layer of the classifier's image encoder, by its registry family."""
-    family = image_encoder_spec(model.image_encoder.name).family
-    return TARGET_LAYER_RULES[family](model.image_encoder.backbone)
+    encoder = model.image_encoder
+    family = image_encoder_spec(encoder.name).family
+    try:
+        return TARGET_LAYER_RULES[family](encoder.backbone)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:  # a timm model without feature_info, ...
+        raise SaliencyError(f"no heatmap layer is known for image encoder {encoder.name} (family {family}: "
+                            f"{type(exc).__name__}: {exc}); add a rule to TARGET_LAYER_RULES in "
+                            "reporting/saliency.py") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,10 +19,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from data.transforms import ToModelInput
 from models.clip_model import CLIPClassifier, build_clip_model
-from models.image_encoders import IMAGE_ENCODERS
+from models.image_encoders import IMAGE_ENCODERS, ImageEncoder
 from models.loss import class_contrastive_loss
-from reporting.saliency import (EXPLAIN_METHODS, TARGET_LAYER_RULES, ClassLogits, class_heatmaps, target_layer,
-                                tokens_to_grid, unique_file_names)
+from reporting.saliency import (EXPLAIN_METHODS, TARGET_LAYER_RULES, ClassLogits, SaliencyError, class_heatmaps,
+                                target_layer, tokens_to_grid, unique_file_names)
 from tests.helpers import make_tiny_text_encoder
 from training.config import config_fields
 
@@ -141,6 +142,12 @@ def test_every_family_of_the_registry_has_a_target_layer_rule():
 def test_registry_names_get_their_family_layer(name, expected, tiny_text_encoder):
     model = build_clip_model(name, f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=32)
     assert target_layer(model).module is expected(model.image_encoder.backbone)
+
+
+def test_a_timm_model_without_feature_maps_is_a_one_line_error():
+    encoder = ImageEncoder("timm:resnet10t", torch.nn.Linear(3, 4), 4)  # no feature_info to find a stage in
+    with pytest.raises(SaliencyError, match="no heatmap layer is known for image encoder timm:resnet10t"):
+        target_layer(SimpleNamespace(image_encoder=encoder))
 
 
 def test_explain_methods_are_the_config_choices():
