@@ -86,9 +86,17 @@ def _efficientnet_layer(backbone: nn.Module) -> TargetLayer:
     return TargetLayer(backbone.features[-1])  # torchvision: the last 1×1 convolution (BN, SiLU)
 
 
+def channels_last_to_first(features: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) → (B, C, h, w): grad-cam reads channels first."""
+    return features.permute(0, 3, 1, 2)
+
+
 def _last_feature_stage(backbone: nn.Module) -> TargetLayer:
     # timm names the module of each feature map it offers; the last one is the deepest stage.
-    return TargetLayer(backbone.get_submodule(backbone.feature_info[-1]["module"]))
+    # Some timm models (Swin, MambaOut, ...) keep their feature maps channels-last.
+    channels_last = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
+    return TargetLayer(backbone.get_submodule(backbone.feature_info[-1]["module"]),
+                       channels_last_to_first if channels_last else None)
 
 
 def _vit_layer(backbone: nn.Module) -> TargetLayer:

@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from data.transforms import ToModelInput
 from models.clip_model import CLIPClassifier, build_clip_model
-from models.image_encoders import IMAGE_ENCODERS, ImageEncoder
+from models.image_encoders import IMAGE_ENCODERS, ImageEncoder, build_image_encoder
 from models.loss import class_contrastive_loss
 from reporting.saliency import (EXPLAIN_METHODS, TARGET_LAYER_RULES, ClassLogits, SaliencyError, class_heatmaps,
                                 target_layer, tokens_to_grid, unique_file_names)
@@ -148,6 +148,15 @@ def test_a_timm_model_without_feature_maps_is_a_one_line_error():
     encoder = ImageEncoder("timm:resnet10t", torch.nn.Linear(3, 4), 4)  # no feature_info to find a stage in
     with pytest.raises(SaliencyError, match="no heatmap layer is known for image encoder timm:resnet10t"):
         target_layer(SimpleNamespace(image_encoder=encoder))
+
+
+def test_channels_last_timm_feature_maps_are_turned_channels_first():
+    # timm:mambaout_femto keeps its feature maps (B, h, w, C), as Swin does.
+    model = SimpleNamespace(image_encoder=build_image_encoder("timm:mambaout_femto", img_size=32))
+    layer = target_layer(model)
+    assert layer.module is model.image_encoder.backbone.stages[-1]
+    features = torch.arange(2 * 3 * 5, dtype=torch.float32).view(1, 2, 3, 5)  # (B, h, w, C)
+    assert torch.equal(layer.reshape(features)[0, 4], features[0, :, :, 4])
 
 
 def test_explain_methods_are_the_config_choices():
