@@ -126,8 +126,8 @@ TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], TargetLayer]] = {
 }
 
 
-class SaliencyError(UserError, ValueError):
-    """No heatmap can be made for this model (ValueError too: the report warns about those and goes on)."""
+class SaliencyError(UserError):
+    """No heatmap can be made for this model; the message is meant for the user."""
 
 
 def target_layer(model: CLIPClassifier) -> TargetLayer:
