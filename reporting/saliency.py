@@ -13,6 +13,7 @@ its attention they do), with its tokens folded back into the patch grid.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,9 @@ from models.clip_model import CLIPClassifier
 from models.image_encoders import image_encoder_spec
 from reporting.plots import _new_figure, _picture, save_png
 from utils.errors import UserError
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
 
 EXPLAIN_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 DEFAULT_METHOD = "gradcam"
@@ -156,7 +160,18 @@ def class_heatmaps(logits: ClassLogits, images: torch.Tensor, classes: Sequence[
     targets = [ClassifierOutputTarget(int(k)) for k in classes]
     with torch.enable_grad(), EXPLAIN_METHODS[method](model=logits, target_layers=[layer.module],
                                                       reshape_transform=layer.reshape) as cam:
-        return cam(input_tensor=images, targets=targets)
+        heatmaps = cam(input_tensor=images, targets=targets)
+        grid = tuple(cam.activations_and_grads.activations[0].shape[-2:])
+    if grid == (1, 1):
+        _warn_single_cell(logits.model.image_encoder.name, images.shape[-1])
+    return heatmaps
+
+
+@functools.cache
+def _warn_single_cell(encoder: str, img_size: int) -> None:
+    # Cached: said once per encoder and size, not once per batch or picture.
+    log.warning("Heatmaps of %s at %d pixels are uniform: its heatmap layer is a single cell at that size "
+                "(a larger --img-size gives it a grid)", encoder, img_size)
 
 
 def mean_heatmaps(models: Sequence[ClassLogits], images: torch.Tensor, classes: Sequence[int],

@@ -24,6 +24,7 @@ from models.loss import class_contrastive_loss
 from reporting.saliency import (EXPLAIN_METHODS, TARGET_LAYER_RULES, ClassLogits, SaliencyError, class_heatmaps,
                                 target_layer, tokens_to_grid, unique_file_names)
 from tests.helpers import make_tiny_text_encoder
+from reporting import saliency
 from training.config import config_fields
 
 SQUARE = 16  # side of the planted square, in pixels
@@ -179,6 +180,13 @@ def test_a_frozen_image_tower_still_gets_a_heatmap(tiny_text_encoder):
     heatmaps = class_heatmaps(ClassLogits.of(model), images, [0, 1])
     # Without an input that asks for a gradient, grad-cam finds no gradient to weight and fails.
     assert heatmaps.shape == (2, 64, 64) and np.isfinite(heatmaps).all()
+
+
+def test_a_single_cell_heatmap_layer_is_warned_about(tiny_text_encoder, caplog):
+    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=32)
+    saliency._warn_single_cell.cache_clear()  # said once per session: another test may have said it
+    class_heatmaps(ClassLogits.of(model), planted_squares(2, 32, seed=0).images, [0, 1])  # stride 32: 1×1
+    assert "Heatmaps of starnet_s050 at 32 pixels are uniform" in caplog.text
 
 
 def test_picture_names_are_safe_unique_and_keep_any_language():
