@@ -2,6 +2,7 @@
 """predict.py: classify images with the fold models of a finished train_clip run.
 
     python predict.py --run-dir OUTPUT_DIR --images PATH [--output predictions.csv] [--fold K]
+                      [--explain HEATMAP_DIR [--explain-method gradcam|gradcam++|eigencam]]
 
 Each fold model is rebuilt from its checkpoint alone (architecture, class texts and a HuggingFace
 text tower's tokenizer and config are stored in it; weights load with ``weights_only=True``).
@@ -10,7 +11,8 @@ one. Images are preprocessed exactly as validation images were during training, 
 exactly as ``train_clip.evaluate`` does, so ``--fold K`` on fold K's validation images
 reproduces its logged validation metrics.
 ``--class-texts-file`` replaces the class descriptions: the trained towers then classify into
-the classes of that file (zero-shot).
+the classes of that file (zero-shot). ``--explain`` also draws where the models looked
+(reporting/saliency.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import argparse
 import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -29,18 +32,17 @@ from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
 from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
-from models.clip_model import build_clip_model, model_kwargs_from_config
-from models.names import UnknownEncoderError, WeightsNotFoundError
-from training.ensemble import FoldModel, ensemble_probs
+from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
+                                target_layer, unique_file_names)
+from training.ensemble import FoldModel, ensemble_probs, load_fold_model
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
-from utils.io import CheckpointError, check_writable, load_checkpoint, read_json, write_csv
+from utils.io import check_writable, read_json, write_csv
 from utils.logging_setup import setup_logging
 from utils.run_dir import RunDir
 
 log = logging.getLogger("train_clip.predict")
 
-CHECKPOINT_KEYS = ("model", "config", "class_names", "class_texts")
 DECODE_THREADS = 4  # PIL releases the GIL while decoding
 
 
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-id", type=int, default=0, metavar="N",
                         help="CUDA device index (the CPU is used when CUDA is not available).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when CUDA is available.")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="Also write one PNG per image into DIR: the image and a heatmap of where the model "
+                             "looked for its predicted class (with several folds, the mean of their heatmaps).")
+    parser.add_argument("--explain-method", choices=sorted(EXPLAIN_METHODS), default=DEFAULT_METHOD,
+                        help="Heatmap method for --explain (default: %(default)s).")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="Use a run that has not finished (a fold without result.json, no cv_summary.json): "
                              "its models are not the final ones; the folds used are listed with their epochs.")
@@ -87,6 +94,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise PredictError(f"--gpu-id must be non-negative, got {args.gpu_id}")
     if Path(args.output).is_dir():
         raise PredictError(f"--output {args.output} is a folder; give a file name such as predictions.csv")
+    if args.explain is not None and Path(args.explain).is_file():
+        raise PredictError(f"--explain {args.explain} is a file; give a folder for the heatmap pictures")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +110,7 @@ def checkpoint_paths(run_dir: RunDir, fold: int | None, allow_unfinished: bool) 
     """
     if not run_dir.path.is_dir():
         raise PredictError(f"--run-dir {run_dir.path} does not exist or is not a folder")
-    found = {k: path for k in run_dir.fold_numbers()
-             for path in [run_dir.best_checkpoint(k), run_dir.latest_checkpoint(k)][::-1] if path.is_file()}
+    found = {k: path for k in run_dir.fold_numbers() if (path := run_dir.model_checkpoint(k)) is not None}
     if not found:
         raise PredictError(f"--run-dir {run_dir.path} holds no fold_K/checkpoint_best.pth: not a train_clip run "
                            "folder")
@@ -126,38 +134,6 @@ def check_finished(run_dir: RunDir, allow_unfinished: bool) -> None:
         raise PredictError(f"--run-dir {run_dir.path} is not a finished run ({what}): its checkpoints are not "
                            "the final models; finish it with train_clip.py --resume, or pass --allow-unfinished")
     log.warning("--allow-unfinished: %s is not a finished run (%s)", run_dir.path, what)
-
-
-def load_fold_model(fold: int, path: Path, device: torch.device,
-                    class_texts: list[list[str]] | None) -> tuple[FoldModel, dict]:
-    """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata."""
-    state = load_checkpoint(path, CHECKPOINT_KEYS)
-    config = state["config"]
-    try:
-        kwargs = model_kwargs_from_config(config)
-        img_size = int(config["img_size"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: its config lacks {exc}") from exc
-    try:
-        # Checkpoints carry a HuggingFace text tower's tokenizer and config: no folder or cache needed.
-        model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False,
-                                 text_files=state.get("text_encoder_files"))
-    except (UnknownEncoderError, WeightsNotFoundError) as exc:
-        raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: {first}") from exc
-    if class_texts is not None:
-        model.set_class_texts(class_texts)
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.image_encoder.to(memory_format=torch.channels_last)
-    fold_model = FoldModel.prepare(model, fold)
-    meta = {"class_names": list(state["class_names"]), "img_size": img_size,
-            "config": config, "epoch": state.get("epoch"), "file": path.name}
-    return fold_model, meta
 
 
 def load_models(checkpoints: Sequence[tuple[int, Path]], device: torch.device,
@@ -215,11 +191,17 @@ def list_images(images: Path) -> list[tuple[Path, str]]:
     return sorted(found, key=lambda item: item[1])
 
 
+@dataclass
+class Batch:
+    names: list[str]
+    decoded: list[torch.Tensor]  # uint8 (C, H, W) as decoded, for the --explain pictures
+    inputs: torch.Tensor  # model input, preprocessed as validation images
+
+
 def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size: int,
-                    failures: list[tuple[str, str]],
-                    dicom: DicomOptions) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Batches of (names, model input) preprocessed as validation images (DICOM windowed as in training);
-    unreadable files go to ``failures``."""
+                    failures: list[tuple[str, str]], dicom: DicomOptions) -> Iterator[Batch]:
+    """Batches of images preprocessed as validation images (DICOM windowed as in training); unreadable
+    files go to ``failures``."""
     to_input = ToModelInput()
 
     def decode(path: Path) -> torch.Tensor | str:
@@ -231,15 +213,15 @@ def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            names, tensors = [], []
+            names, decoded = [], []
             for (_, name), result in zip(chunk, pool.map(decode, [p for p, _ in chunk])):
                 if isinstance(result, str):
                     failures.append((name, result))
                 else:
                     names.append(name)
-                    tensors.append(to_input(result))
-            if tensors:
-                yield names, torch.stack(tensors)
+                    decoded.append(result)
+            if decoded:
+                yield Batch(names, decoded, torch.stack([to_input(image) for image in decoded]))
 
 
 def warn_failures(failures: Sequence[tuple[str, str]]) -> None:
@@ -263,14 +245,56 @@ def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray,
     amp_dtype = mixed_precision_dtype(device, config.get("amp", True))  # as training validated
     failures: list[tuple[str, str]] = []
     names, probs = [], []
-    dicom = DicomOptions(config.get("dicom_window", "auto"), config.get("dicom_first_frame", False))
-    for batch_names, images in decoded_batches(files, img_size, args.batch_size, failures, dicom):
-        names += batch_names
-        probs.append(ensemble_probs(models, images, device, amp_dtype))
+    dicom = DicomOptions.from_config(config)
+    explain = Explanations.start(args, files, models, class_names)
+    for batch in decoded_batches(files, img_size, args.batch_size, failures, dicom):
+        names += batch.names
+        probs.append(ensemble_probs(models, batch.inputs, device, amp_dtype))
+        if explain is not None:
+            explain.write(batch, probs[-1], device)
     warn_failures(failures)
     if not names:
         raise PredictError(f"--images {args.images}: none of the {len(files)} image file(s) could be read")
     return names, class_names, np.concatenate(probs), models, len(failures)
+
+
+@dataclass
+class Explanations:
+    """``--explain``: one picture per image of where the models looked for the predicted class.
+
+    With several folds each fold's heatmap (scaled to [0, 1]) is computed for the ensemble's
+    predicted class and the heatmaps are averaged, so the picture explains the ensemble's answer.
+    """
+
+    out_dir: Path
+    method: str
+    models: list[ClassLogits]
+    class_names: list[str]
+    file_names: dict[str, str]  # image name → PNG name, unique, safe for any file system
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, files: Sequence[tuple[Path, str]], models: Sequence[FoldModel],
+              class_names: list[str]) -> Explanations | None:
+        if args.explain is None:
+            return None
+        for model in models:
+            target_layer(model.model)  # a model with no known heatmap layer is refused before anything is written
+        out_dir = Path(args.explain)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PredictError(f"--explain {out_dir} cannot be created: {exc.strerror or exc}") from None
+        names = [name for _, name in files]
+        pictures = unique_file_names([str(Path(name).with_suffix("")) for name in names])
+        return cls(out_dir, args.explain_method, [ClassLogits(m.model, m.class_emb, m.scale) for m in models],
+                   class_names, dict(zip(names, pictures)))
+
+    def write(self, batch: Batch, probs: np.ndarray, device: torch.device) -> None:
+        predicted = probs.argmax(axis=1)
+        heatmaps = mean_heatmaps(self.models, batch.inputs.to(device), predicted.tolist(), self.method)
+        for name, image, heatmap, p, k in zip(batch.names, batch.decoded, heatmaps, probs, predicted):
+            title = f"{name}\npredicted {self.class_names[k]} (p = {p[k]:.2f}), {self.method}"
+            save_overlay(self.out_dir / self.file_names[name], as_rgb(image), heatmap, title)
 
 
 def write_predictions(path: str, names: Sequence[str], class_names: Sequence[str], probs: np.ndarray) -> None:
@@ -279,13 +303,15 @@ def write_predictions(path: str, names: Sequence[str], class_names: Sequence[str
 
 
 def print_summary(names: Sequence[str], class_names: Sequence[str], probs: np.ndarray,
-                  models: Sequence[FoldModel], skipped: int, output: str) -> None:
+                  models: Sequence[FoldModel], skipped: int, output: str, explain_dir: str | None) -> None:
     folds = ", ".join(str(m.fold) for m in models)
     how = f"the ensemble of folds {folds} (mean probability)" if len(models) > 1 else f"fold {folds}"
     counts = np.bincount(probs.argmax(axis=1), minlength=len(class_names))
     print(f"Classified {len(names)} image(s) with {how}" + (f"; skipped {skipped} unreadable" if skipped else ""))
     print("Predicted: " + ", ".join(f"{name} {n}" for name, n in zip(class_names, counts)))
     print(f"Wrote {output}")
+    if explain_dir is not None:
+        print(f"Wrote {len(names)} heatmap picture(s) into {explain_dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_summary(names, class_names, probs, models, skipped, args.output)
+    print_summary(names, class_names, probs, models, skipped, args.output, args.explain)
     return 0
 
 

@@ -42,6 +42,7 @@ from training.checkpoints import load_best_model_state
 from training.config import ConfigError, TrainConfig, config_from_args, run_name
 from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
+from training.gallery import write_gallery
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
                           folds_document, own_log_file, plan_folds, split_off_test, warn_leakage)
 from utils.device import mixed_precision_dtype, select_device
@@ -224,12 +225,18 @@ def run_training(run: Run) -> dict[str, Any]:
     summary["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
     write_json(run.run_dir.summary, summary)
     log.info("Cross-validation summary (%s):\n%s", run.run_dir.summary, format_summary_table(summary))
-    write_report_files(run.run_dir.path)
+    write_report_files(run)
     return summary
 
 
-def write_report_files(output_dir: Path) -> None:
-    """Plots and report.md; a failure here is reported but does not undo the finished results."""
+def write_report_files(run: Run) -> None:
+    """Gallery, plots and report.md; a failure here is reported but does not undo the finished results."""
+    output_dir = run.run_dir.path
+    try:
+        write_gallery(run.run_dir, run.device, run.cfg.explain_method)
+    except Exception as exc:  # noqa: BLE001 - the pictures are an extra: no failure of theirs may fail a run
+        log.warning("Could not draw the saliency gallery of report.md (results are complete; retry with "
+                    "'python -m training.gallery %s'): %s: %s", output_dir, type(exc).__name__, exc)
     try:
         log.info("Report: %s", report_from_run_dir(output_dir))
     except (ValueError, OSError, RuntimeError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 import pydicom
@@ -40,6 +40,11 @@ class DicomOptions:
 
     window: str = "auto"
     first_frame: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DicomOptions:
+        """The options a run was trained with, from its ``config.json`` (older runs: the defaults)."""
+        return cls(config.get("dicom_window", "auto"), config.get("dicom_first_frame", False))
 
 
 def parse_window(text: str) -> tuple[float, float] | None:

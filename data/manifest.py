@@ -31,6 +31,11 @@ def _read_rows(csv_file: Path) -> list[dict[str, str]]:
     return rows
 
 
+def data_root(data_dir: str | None, data_csv: str | None) -> Path:
+    """The folder the run's image paths are relative to: ``--data-dir``, or the CSV manifest's folder."""
+    return Path(data_dir) if data_dir else Path(str(data_csv)).parent
+
+
 def scan_manifest(csv_path: str | Path) -> ImageFolder:
     """The images a CSV manifest lists; a missing file, an empty label or group is an error naming the line."""
     csv_file = Path(csv_path)

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reporting.gallery import gallery_section
 from reporting.methods import methods_section
 from reporting.patients import patient_table
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
@@ -148,6 +149,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir:
     for key, path in plots.items():
         caption = PLOT_CAPTIONS.get(key, key.replace("_", " ").capitalize())
         lines += ["", f"## {caption}", "", f"![{caption}]({_relative(path, run_dir)})"]
+    lines += gallery_section(RunDir(run_dir))
     if closing:
         lines += ["", *closing]
     return "\n".join(lines) + "\n"

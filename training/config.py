@@ -26,6 +26,7 @@ GROUPS = {
     "cv": "cross-validation",
     "imbalance": "class imbalance",
     "statistics": "statistics",
+    "report": "report",
     "system": "system",
 }
 
@@ -133,6 +134,9 @@ class TrainConfig:
     # statistics
     bootstrap_resamples: int = _opt(1000, "Bootstrap resamples for the 95-percent confidence intervals of the "
                                     "pooled and test metrics (seeded by --seed; 0: no intervals).", "statistics")
+    # report
+    explain_method: str = _opt("gradcam", "Heatmap method of report.md's gallery of where the model looks "
+                               "(the grad-cam package).", "report", choices=("gradcam", "gradcam++", "eigencam"))
     # system
     output_dir: Optional[str] = _opt(None, "Run folder (default checkpoints/clip_models/<image>_<text>).",
                                      "system")
@@ -167,7 +171,7 @@ NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
 INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
-                             "resume", "tensorboard"})
+                             "resume", "tensorboard", "explain_method"})
 
 
 def path_safe(name: str) -> str:

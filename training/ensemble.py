@@ -1,5 +1,6 @@
 """Scoring images with fold models, alone or as an ensemble: one implementation for the trainer's
-validation and held-out test set and for predict.py, so the numbers agree exactly.
+validation and held-out test set and for predict.py, so the numbers agree exactly. A fold model
+is rebuilt from its checkpoint alone (:func:`load_fold_model`) by predict.py and the gallery.
 
 An image's probabilities are ``softmax(scale · image_emb @ class_emb.T)``; the class embeddings
 and the scale are computed once per model, outside autocast. An ensemble averages the fold
@@ -8,13 +9,18 @@ models' probabilities.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from models.clip_model import CLIPClassifier
+from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
+from models.names import UnknownEncoderError, WeightsNotFoundError
 from utils.device import autocast, to_device
+from utils.io import CheckpointError, load_checkpoint
+
+CHECKPOINT_KEYS = ("model", "config", "class_names", "class_texts")
 
 
 @dataclass
@@ -48,3 +54,35 @@ def ensemble_probs(models: Sequence[FoldModel], images: torch.Tensor, device: to
     """Mean over ``models`` of each one's class probabilities for a batch."""
     total = sum(image_logits(m, images, device, amp_dtype).softmax(dim=1) for m in models)
     return (total / len(models)).cpu().numpy()
+
+
+def load_fold_model(fold: int, path: Path, device: torch.device,
+                    class_texts: list[list[str]] | None = None) -> tuple[FoldModel, dict]:
+    """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata."""
+    state = load_checkpoint(path, CHECKPOINT_KEYS)
+    config = state["config"]
+    try:
+        kwargs = model_kwargs_from_config(config)
+        img_size = int(config["img_size"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its config lacks {exc}") from exc
+    try:
+        # Checkpoints carry a HuggingFace text tower's tokenizer and config: no folder or cache needed.
+        model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False,
+                                 text_files=state.get("text_encoder_files"))
+    except (UnknownEncoderError, WeightsNotFoundError) as exc:
+        raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: {first}") from exc
+    if class_texts is not None:
+        model.set_class_texts(class_texts)
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.image_encoder.to(memory_format=torch.channels_last)
+    fold_model = FoldModel.prepare(model, fold)
+    meta = {"class_names": list(state["class_names"]), "img_size": img_size,
+            "config": config, "epoch": state.get("epoch"), "file": path.name}
+    return fold_model, meta

@@ -6,7 +6,7 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
     OUTPUT_DIR/
       .train_clip.lock      held by the running process (host, pid, start time)
       config.json folds.json run_time.json cv_summary.json oof_predictions.csv
-      test_predictions.csv test_metrics.json report.md  plots/  tensorboard/
+      test_predictions.csv test_metrics.json report.md  plots/ (gallery/)  tensorboard/
       fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
 
 A run owns exactly these names (and the temporary files of its atomic writes, and the log file
@@ -44,6 +44,8 @@ TEST_PREDICTIONS_FILE = "test_predictions.csv"
 TEST_METRICS_FILE = "test_metrics.json"
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
+GALLERY_DIR = "gallery"  # inside plots/: the saliency heatmaps of report.md's gallery
+GALLERY_MANIFEST = "gallery.json"
 TENSORBOARD_DIR = "tensorboard"
 BEST_CHECKPOINT = "checkpoint_best.pth"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
@@ -118,6 +120,14 @@ class RunDir:
         return self.path / PLOTS_DIR
 
     @property
+    def gallery(self) -> Path:
+        return self.plots / GALLERY_DIR
+
+    @property
+    def gallery_manifest(self) -> Path:
+        return self.gallery / GALLERY_MANIFEST
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD_DIR
 
@@ -133,6 +143,10 @@ class RunDir:
 
     def latest_checkpoint(self, fold: int) -> Path:
         return self.fold_dir(fold) / LATEST_CHECKPOINT
+
+    def model_checkpoint(self, fold: int) -> Path | None:
+        """The fold's model for inference: ``checkpoint_best.pth``, else (``--no-save-best``) the latest."""
+        return next((p for p in (self.best_checkpoint(fold), self.latest_checkpoint(fold)) if p.is_file()), None)
 
     def history(self, fold: int) -> Path:
         return self.fold_dir(fold) / HISTORY_FILE

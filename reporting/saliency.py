@@ -1,0 +1,227 @@
+"""Where the model looks: class-activation heatmaps of a ``CLIPClassifier`` (the grad-cam package).
+
+grad-cam needs a model whose output is class scores. :class:`ClassLogits` is that model: images
+→ ``scale · image_emb @ class_emb.T``, the logits the classifier predicts with, so a heatmap
+answers "which pixels raised this class's logit". The class embeddings and the scale are
+computed once, without gradients: the heatmap is about the image only.
+
+The layer whose activations are weighted is chosen per encoder family in one table,
+:data:`TARGET_LAYER_RULES`, keyed by the family of the image-encoder registry: the last
+convolutional stage of a CNN, and for a ViT the first norm of its last block (the class token is
+all a ViT's last block passes on, so the patch tokens after that block get no gradient; before
+its attention they do), with its tokens folded back into the patch grid.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from models.clip_model import CLIPClassifier
+from models.image_encoders import image_encoder_spec
+from reporting.plots import _new_figure, _picture, save_png
+from utils.errors import UserError
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
+
+EXPLAIN_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
+DEFAULT_METHOD = "gradcam"
+# Characters that are not allowed in a file name on Linux, macOS or Windows (the overlays may be
+# copied to a Windows share); every other character, Chinese included, is kept.
+UNSAFE_FILE_CHARACTERS = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; UTF-8 Chinese takes 3 per character
+
+
+class ClassLogits(nn.Module):
+    """A classifier as grad-cam sees it: images → logits against every class."""
+
+    def __init__(self, model: CLIPClassifier, class_emb: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("class_emb", class_emb.detach())
+        self.register_buffer("scale", scale.detach())
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: CLIPClassifier) -> ClassLogits:
+        model.eval()
+        return cls(model, model.encode_classes(), model.scale())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # A frozen image tower (--freeze-image) computes activations that carry no gradient, and
+        # Grad-CAM needs theirs: an input that asks for a gradient makes every activation carry one.
+        images = images.detach().requires_grad_(True)
+        return CLIPClassifier.logits(self.model.encode_images(images), self.class_emb, self.scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target layers: one rule per encoder family
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetLayer:
+    """The module whose activations make the heatmap, and how to turn them into (B, C, h, w)."""
+
+    module: nn.Module
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
+    """ViT tokens (B, prefix + h·w, C) → (B, C, h, w): the class (and register) tokens have no place."""
+    patches = tokens[:, prefix_tokens:, :]
+    return patches.reshape(patches.size(0), grid[0], grid[1], patches.size(2)).permute(0, 3, 1, 2)
+
+
+def _resnet_layer(backbone: nn.Module) -> TargetLayer:
+    return TargetLayer(backbone.layer4)  # torchvision: the last residual stage
+
+
+def _efficientnet_layer(backbone: nn.Module) -> TargetLayer:
+    return TargetLayer(backbone.features[-1])  # torchvision: the last 1×1 convolution (BN, SiLU)
+
+
+def channels_last_to_first(features: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) → (B, C, h, w): grad-cam reads channels first."""
+    return features.permute(0, 3, 1, 2)
+
+
+def _last_feature_stage(backbone: nn.Module) -> TargetLayer:
+    # timm names the module of each feature map it offers; the last one is the deepest stage.
+    # Some timm models (Swin, MambaOut, ...) keep their feature maps channels-last.
+    channels_last = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
+    return TargetLayer(backbone.get_submodule(backbone.feature_info[-1]["module"]),
+                       channels_last_to_first if channels_last else None)
+
+
+def _vit_layer(backbone: nn.Module) -> TargetLayer:
+    grid = tuple(backbone.patch_embed.grid_size)
+    return TargetLayer(backbone.blocks[-1].norm1,
+                       partial(tokens_to_grid, prefix_tokens=backbone.num_prefix_tokens, grid=grid))
+
+
+def _is_vision_transformer(backbone: nn.Module) -> bool:
+    blocks = getattr(backbone, "blocks", None)
+    return (hasattr(backbone, "patch_embed") and hasattr(backbone, "num_prefix_tokens")
+            and isinstance(blocks, nn.Sequential) and hasattr(blocks[-1], "norm1"))
+
+
+def _any_timm_layer(backbone: nn.Module) -> TargetLayer:
+    return _vit_layer(backbone) if _is_vision_transformer(backbone) else _last_feature_stage(backbone)
+
+
+# Family of the image-encoder registry (models/image_encoders.py) → its target-layer rule.
+TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], TargetLayer]] = {
+    "ResNet": _resnet_layer,
+    "EfficientNet": _efficientnet_layer,
+    "ConvNeXt": _last_feature_stage,
+    "StarNet": _last_feature_stage,
+    "ViT": _vit_layer,
+    "timm": _any_timm_layer,  # timm:<name>: a ViT-like model, else its last feature stage
+}
+
+
+class SaliencyError(UserError):
+    """No heatmap can be made for this model; the message is meant for the user."""
+
+
+def target_layer(model: CLIPClassifier) -> TargetLayer:
+    """The target layer of the classifier's image encoder, by its registry family."""
+    encoder = model.image_encoder
+    family = image_encoder_spec(encoder.name).family
+    try:
+        return TARGET_LAYER_RULES[family](encoder.backbone)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:  # a timm model without feature_info, ...
+        raise SaliencyError(f"no heatmap layer is known for image encoder {encoder.name} (family {family}: "
+                            f"{type(exc).__name__}: {exc}); add a rule to TARGET_LAYER_RULES in "
+                            "reporting/saliency.py") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Heatmaps
+# ---------------------------------------------------------------------------------------------
+def class_heatmaps(logits: ClassLogits, images: torch.Tensor, classes: Sequence[int],
+                   method: str = DEFAULT_METHOD) -> np.ndarray:
+    """Heatmaps (B, H, W) in [0, 1] at the input's size: where ``images[i]`` supports ``classes[i]``.
+
+    ``images`` are model inputs (normalised) on the model's device. eigencam ignores the class:
+    it shows the first principal component of the target layer's activations.
+    """
+    layer = target_layer(logits.model)
+    targets = [ClassifierOutputTarget(int(k)) for k in classes]
+    with torch.enable_grad(), EXPLAIN_METHODS[method](model=logits, target_layers=[layer.module],
+                                                      reshape_transform=layer.reshape) as cam:
+        heatmaps = cam(input_tensor=images, targets=targets)
+        grid = tuple(cam.activations_and_grads.activations[0].shape[-2:])
+    if grid == (1, 1):
+        _warn_single_cell(logits.model.image_encoder.name, images.shape[-1])
+    return heatmaps
+
+
+@functools.cache
+def _warn_single_cell(encoder: str, img_size: int) -> None:
+    # Cached: said once per encoder and size, not once per batch or picture.
+    log.warning("Heatmaps of %s at %d pixels are uniform: its heatmap layer is a single cell at that size "
+                "(a larger --img-size gives it a grid)", encoder, img_size)
+
+
+def mean_heatmaps(models: Sequence[ClassLogits], images: torch.Tensor, classes: Sequence[int],
+                  method: str = DEFAULT_METHOD) -> np.ndarray:
+    """The mean of several models' heatmaps (a fold ensemble), each scaled to [0, 1] first."""
+    return np.mean([class_heatmaps(model, images, classes, method) for model in models], axis=0)
+
+
+def as_rgb(image: torch.Tensor) -> np.ndarray:
+    """A decoded uint8 image (C, H, W), C in {1, 3} → (H, W, 3) uint8 for display."""
+    return image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The heatmap in colour over the image (both H × W; image uint8 RGB): uint8 RGB."""
+    return show_cam_on_image(image.astype(np.float32) / 255.0, heatmap, use_rgb=True, image_weight=0.5)
+
+
+def save_overlay(path: Path, image: np.ndarray, heatmap: np.ndarray, title: str) -> Path:
+    """One PNG: the image and its heatmap overlay side by side, ``title`` above (any language)."""
+    # The fonts and figure of every other picture of a run (CJK fallback font, no pyplot state).
+    with _picture([title]):
+        figure = _new_figure(6.4, 3.6)
+        for ax, picture, caption in zip(figure.subplots(1, 2), (image, overlay(image, heatmap)),
+                                        ("image", "heatmap")):
+            ax.imshow(picture)
+            ax.set_title(caption, fontsize="small")
+            ax.axis("off")
+        figure.suptitle(title, fontsize="medium")
+        return save_png(figure, path)
+
+
+def safe_file_name(name: str, suffix: str = ".png") -> str:
+    """A file name made from an image's path: separators and characters some systems forbid become
+    ``_``; letters of any language stay; long names are shortened to fit every file system."""
+    stem = UNSAFE_FILE_CHARACTERS.sub("_", name).strip(" ._") or "image"
+    encoded = stem.encode("utf-8")[:MAX_NAME_BYTES]
+    return encoded.decode("utf-8", errors="ignore") + suffix
+
+
+def unique_file_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
+    """:func:`safe_file_name` of each name, with ``_2``, ``_3`` … where two would collide."""
+    used: set[str] = set()
+    result = []
+    for name in names:
+        base = safe_file_name(name, "")
+        candidate, count = base + suffix, 1
+        while candidate in used:
+            count += 1
+            candidate = f"{base}_{count}{suffix}"
+        used.add(candidate)
+        result.append(candidate)
+    return result
