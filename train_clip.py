@@ -39,7 +39,7 @@ from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
 from training.checkpoints import load_best_model_state
-from training.config import ConfigError, TrainConfig, config_from_args, run_name
+from training.config import ConfigError, TrainConfig, config_from_args
 from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
 from training.gallery import write_gallery
@@ -49,7 +49,7 @@ from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
 from utils.logging_setup import setup_logging
-from utils.run_dir import RunDir
+from utils.run_dir import RunDir, run_name
 from utils.seeding import seed_everything
 
 log = logging.getLogger("train_clip")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,18 +16,10 @@ from typing import Any, Optional, Sequence
 from reporting.metric_table import MONITOR_METRICS
 from utils.errors import ConfigError, suggest
 from utils.io import read_json
-from utils.run_dir import RunDir
+from utils.run_dir import RunDir, run_name
 
-GROUPS = {
-    "data": "data",
-    "model": "model",
-    "training": "training",
-    "cv": "cross-validation",
-    "imbalance": "class imbalance",
-    "statistics": "statistics",
-    "report": "report",
-    "system": "system",
-}
+GROUPS = {"data": "data", "model": "model", "training": "training", "cv": "cross-validation",
+          "imbalance": "class imbalance", "statistics": "statistics", "report": "report", "system": "system"}
 
 
 def _opt(default: Any, help: str, group: str, *, choices: Sequence[str] | None = None,
@@ -172,15 +163,6 @@ INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
                              "resume", "tensorboard", "explain_method"})
-
-
-def path_safe(name: str) -> str:
-    """``clip:ViT-B/32`` → ``clip_ViT-B_32``: encoder names as file-name parts."""
-    return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
-
-
-def run_name(image_encoder: str, text_encoder: str) -> str:
-    return f"{path_safe(image_encoder)}_{path_safe(text_encoder)}"
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -63,6 +63,16 @@ FOREIGN_SHOWN = 3
 LOCK_ATTEMPTS = 5  # foreign paths named in an error message
 
 
+def path_safe(name: str) -> str:
+    """``clip:ViT-B/32`` → ``clip_ViT-B_32``: encoder names as file-name parts."""
+    return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
+
+
+def run_name(image_encoder: str, text_encoder: str) -> str:
+    """The default run folder (and log) name of an encoder pair."""
+    return f"{path_safe(image_encoder)}_{path_safe(text_encoder)}"
+
+
 class RunDirError(UserError):
     """The output folder cannot be used as asked; nothing in it was changed."""
 
