@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.settings import Settings
-from training.config import normalise_keys
+from training.config import normalise_keys, with_alternatives
 from utils.run_dir import run_name
 from utils.errors import ConfigError
 from utils.io import read_json
@@ -129,7 +129,7 @@ def trainer_arguments(job: Job, settings: Settings, log: Path, gpu: int | None) 
         arguments = ["--config", str(settings.config_file), "--config-index", str(job.config_index)]
     else:
         arguments = ["--image-encoder", job.image_encoder, "--text-encoder", job.text_encoder]
-    arguments += settings.trainer_flags(leave_out=job.entry_keys)
+    arguments += settings.trainer_flags(leave_out=with_alternatives(job.entry_keys))
     arguments += ["--output-dir", str(settings.output_root / job.name), "--log-file", str(log)]
     if gpu is not None:
         arguments += ["--gpu-id", str(gpu)]

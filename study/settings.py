@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from training.config import KEY_ALIASES, NEGATED_KEYS, TrainConfig, _flag, _opposite_flag, config_fields
+from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, _flag, _opposite_flag, config_fields,
+                             with_alternatives)
 from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
 
@@ -129,9 +130,15 @@ def check_block_names(block: Raw) -> None:
 
 
 def merge(block: Raw, environ: Mapping[str, str]) -> tuple[Raw, tuple[str, ...]]:
-    """The block's values with the environment's on top; also the names the environment gave."""
+    """The block's values with the environment's on top; also the names the environment gave.
+
+    A setting the environment gives replaces the block's alternatives too (DATA_CSV=... replaces the
+    block's DATA_DIR: a run reads one or the other).
+    """
     given = tuple(name for name in known_names() if name in environ)
-    return {**block, **{name: environ[name] for name in given}}, given
+    replaced = {name.upper() for name in with_alternatives(frozenset(n.lower() for n in given if environ[n]))}
+    kept = {name: value for name, value in block.items() if name not in replaced - set(given)}
+    return {**kept, **{name: environ[name] for name in given}}, given
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,20 @@ def test_the_environment_wins_over_the_block_and_empty_means_not_set() -> None:
     assert settings.from_environment == ("EPOCHS",)
 
 
+def test_a_data_csv_from_the_environment_replaces_the_blocks_data_dir() -> None:
+    command = arguments(settings_of({**BLOCK, "DATA_DIR": "single_label_data"}, DATA_CSV="export/labels.csv"))
+    assert flag(command, "--data-csv") == "export/labels.csv" and flag(command, "--data-dir") is None
+    both = arguments(settings_of({**BLOCK, "DATA_DIR": "single_label_data", "DATA_CSV": "export/labels.csv"}))
+    assert flag(both, "--data-dir") == "single_label_data"  # both in the block: the trainer refuses the pair
+
+
+def test_a_config_entry_with_a_data_csv_leaves_the_drivers_data_dir_out(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [{"image_encoder": "resnet18", "text_encoder": "clip:ViT-B/32",
+                                      "data_csv": "export/labels.csv"}])
+    command = arguments(settings_of({**BLOCK, "USE_MULTI_CONFIG": "true", "CONFIG_FILE": config}), 0)
+    assert flag(command, "--data-dir") is None and flag(command, "--data-csv") is None  # the entry's own
+
+
 def test_block_arrays_keep_items_with_spaces_and_environment_arrays_are_words() -> None:
     block = {**BLOCK, "TEXT_ENCODERS": ["hf:my text encoder"], "EXTRA_ARGS": ["--text-template", "a {class_name}"]}
     settings = settings_of(block, IMAGE_ENCODERS="resnet18 resnet34", GPUS="0 1")

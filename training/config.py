@@ -158,11 +158,18 @@ KEY_ALIASES = {"image_encoder_name": "image_encoder", "text_encoder_name": "text
                "use_amp": "amp"}
 # Keys whose boolean value means the opposite of the field.
 NEGATED_KEYS = {"no_amp": "amp", "no_save_best": "save_best"}
+# Keys that say one thing two ways (a run takes exactly one): giving one replaces the others.
+ALTERNATIVE_KEYS = (frozenset({"data_dir", "data_csv"}),)
 # Switches of one invocation, not settings of the run.
 INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
                              "resume", "tensorboard", "explain_method"})
+
+
+def with_alternatives(keys: frozenset[str]) -> frozenset[str]:
+    """``keys`` and their alternatives: a config entry with ``data_csv`` also leaves ``data_dir`` unset."""
+    return keys.union(*(group for group in ALTERNATIVE_KEYS if group & keys))
 
 
 def config_fields() -> list[dataclasses.Field]:
