@@ -26,7 +26,7 @@ from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_r
 from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
                                pooled_name, summary_table, test_metrics_of)
 from reporting.tables import render_markdown
-from utils.errors import UserError
+from utils.errors import UserError, exit_status
 from utils.io import atomic_write, read_json
 from utils.logging_setup import setup_logging
 from utils.run_dir import PLOTS_DIR, RunDir
@@ -236,13 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="The run's --output-dir (holds cv_summary.json).")
     args = parser.parse_args(argv)
     setup_logging(None)
-    try:
-        path = report_from_run_dir(args.run_dir)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    return exit_status(lambda: f"wrote {report_from_run_dir(args.run_dir)}\n")
 
 
 if __name__ == "__main__":

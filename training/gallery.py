@@ -30,7 +30,7 @@ from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as
                                 unique_file_names)
 from training.ensemble import load_fold_model
 from utils.device import select_device
-from utils.errors import UserError
+from utils.errors import UserError, exit_status
 from utils.io import read_json
 from utils.logging_setup import get_logger, setup_logging
 from utils.run_dir import RunDir
@@ -100,19 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu-id", type=int, default=0, help="CUDA device index (default: %(default)s).")
     args = parser.parse_args(argv)
     setup_logging(None)
-    run = RunDir(Path(args.run_dir))
-    try:
-        if not run.is_finished():
-            raise GalleryError(f"{run.path} is not a finished train_clip run (no cv_summary.json, or a fold "
-                            "without result.json)")
-        method = args.explain_method or read_json(run.config, "run config").get("explain_method", DEFAULT_METHOD)
-        gallery = write_gallery(run, select_device(args.gpu_id), method)
-        report = report_from_run_dir(run.path)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"drew {len(gallery.cases)} gallery picture(s) into {run.gallery}; wrote {report}")
-    return 0
+    return exit_status(lambda: redraw(RunDir(Path(args.run_dir)), args.explain_method, args.gpu_id))
+
+
+def redraw(run: RunDir, explain_method: str | None, gpu_id: int) -> str:
+    """Draw the gallery of a finished run again and rewrite its report.md; says what it wrote."""
+    if not run.is_finished():
+        raise GalleryError(f"{run.path} is not a finished train_clip run (no cv_summary.json, or a fold "
+                           "without result.json)")
+    method = explain_method or read_json(run.config, "run config").get("explain_method", DEFAULT_METHOD)
+    gallery = write_gallery(run, select_device(gpu_id), method)
+    report = report_from_run_dir(run.path)
+    return f"drew {len(gallery.cases)} gallery picture(s) into {run.gallery}; wrote {report}\n"
 
 
 if __name__ == "__main__":
