@@ -6,10 +6,11 @@ answers "which pixels raised this class's logit". The class embeddings and the s
 computed once, without gradients: the heatmap is about the image only.
 
 The layer whose activations are weighted is chosen per encoder family in one table,
-:data:`TARGET_LAYER_RULES`, keyed by the family of the image-encoder registry: the last
-convolutional stage of a CNN, and for a ViT the first norm of its last block (the class token is
-all a ViT's last block passes on, so the patch tokens after that block get no gradient; before
-its attention they do), with its tokens folded back into the patch grid.
+:data:`TARGET_LAYER_RULES`, keyed by the family of the image-encoder registry: the deepest
+convolutional stage of a CNN whose map is at least :data:`MIN_GRID` cells wide at the input size,
+and for a ViT the first norm of its last block (the class token is all a ViT's last block passes
+on, so the patch tokens after that block get no gradient; before its attention they do), with its
+tokens folded back into the patch grid.
 """
 from __future__ import annotations
 
@@ -82,12 +83,14 @@ def tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int, grid: tuple[int, in
     return patches.reshape(patches.size(0), grid[0], grid[1], patches.size(2)).permute(0, 3, 1, 2)
 
 
-def _resnet_layer(backbone: nn.Module) -> TargetLayer:
-    return TargetLayer(backbone.layer4)  # torchvision: the last residual stage
+def _resnet_layers(backbone: nn.Module) -> list[TargetLayer]:
+    # torchvision: the residual stages at strides 8, 16 and 32, the last one deepest
+    return [TargetLayer(backbone.layer2), TargetLayer(backbone.layer3), TargetLayer(backbone.layer4)]
 
 
-def _efficientnet_layer(backbone: nn.Module) -> TargetLayer:
-    return TargetLayer(backbone.features[-1])  # torchvision: the last 1×1 convolution (BN, SiLU)
+def _efficientnet_layers(backbone: nn.Module) -> list[TargetLayer]:
+    # torchvision: the stages ending at strides 8 and 16, then the last 1×1 convolution (BN, SiLU)
+    return [TargetLayer(backbone.features[3]), TargetLayer(backbone.features[5]), TargetLayer(backbone.features[-1])]
 
 
 def channels_last_to_first(features: torch.Tensor) -> torch.Tensor:
@@ -95,18 +98,18 @@ def channels_last_to_first(features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 3, 1, 2)
 
 
-def _last_feature_stage(backbone: nn.Module) -> TargetLayer:
-    # timm names the module of each feature map it offers; the last one is the deepest stage.
+def _feature_stages(backbone: nn.Module) -> list[TargetLayer]:
+    # timm names the module of each feature map it offers, the deepest stage last.
     # Some timm models (Swin, MambaOut, ...) keep their feature maps channels-last.
     channels_last = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
-    return TargetLayer(backbone.get_submodule(backbone.feature_info[-1]["module"]),
-                       channels_last_to_first if channels_last else None)
+    return [TargetLayer(backbone.get_submodule(info["module"]), channels_last_to_first if channels_last else None)
+            for info in backbone.feature_info]
 
 
-def _vit_layer(backbone: nn.Module) -> TargetLayer:
+def _vit_layer(backbone: nn.Module) -> list[TargetLayer]:
     grid = tuple(backbone.patch_embed.grid_size)
-    return TargetLayer(backbone.blocks[-1].norm1,
-                       partial(tokens_to_grid, prefix_tokens=backbone.num_prefix_tokens, grid=grid))
+    return [TargetLayer(backbone.blocks[-1].norm1,
+                        partial(tokens_to_grid, prefix_tokens=backbone.num_prefix_tokens, grid=grid))]
 
 
 def _is_vision_transformer(backbone: nn.Module) -> bool:
@@ -115,35 +118,63 @@ def _is_vision_transformer(backbone: nn.Module) -> bool:
             and isinstance(blocks, nn.Sequential) and hasattr(blocks[-1], "norm1"))
 
 
-def _any_timm_layer(backbone: nn.Module) -> TargetLayer:
-    return _vit_layer(backbone) if _is_vision_transformer(backbone) else _last_feature_stage(backbone)
+def _any_timm_layer(backbone: nn.Module) -> list[TargetLayer]:
+    return _vit_layer(backbone) if _is_vision_transformer(backbone) else _feature_stages(backbone)
 
 
-# Family of the image-encoder registry (models/image_encoders.py) → its target-layer rule.
-TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], TargetLayer]] = {
-    "ResNet": _resnet_layer,
-    "EfficientNet": _efficientnet_layer,
-    "ConvNeXt": _last_feature_stage,
-    "StarNet": _last_feature_stage,
+# Family of the image-encoder registry (models/image_encoders.py) → its candidate target layers,
+# the deepest last: the deepest whose map is at least MIN_GRID cells wide at the input size is used.
+TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], list[TargetLayer]]] = {
+    "ResNet": _resnet_layers,
+    "EfficientNet": _efficientnet_layers,
+    "ConvNeXt": _feature_stages,
+    "StarNet": _feature_stages,
     "ViT": _vit_layer,
-    "timm": _any_timm_layer,  # timm:<name>: a ViT-like model, else its last feature stage
+    "timm": _any_timm_layer,  # timm:<name>: a ViT-like model, else its feature stages
 }
+# A heatmap coarser than this cannot point at a part of the image (a 32-px input leaves a ResNet's
+# last stage a single cell): a shallower stage with a finer map is used then.
+MIN_GRID = 4
 
 
 class SaliencyError(UserError):
     """No heatmap can be made for this model; the message is meant for the user."""
 
 
-def target_layer(model: CLIPClassifier) -> TargetLayer:
-    """The target layer of the classifier's image encoder, by its registry family."""
+def target_layer(model: CLIPClassifier, img_size: int | None = None) -> TargetLayer:
+    """The target layer of the classifier's image encoder, by its registry family: the deepest
+    candidate, or with ``img_size`` the deepest whose map is at least MIN_GRID cells at that size."""
     encoder = model.image_encoder
     family = image_encoder_spec(encoder.name).family
     try:
-        return TARGET_LAYER_RULES[family](encoder.backbone)
+        candidates = TARGET_LAYER_RULES[family](encoder.backbone)
     except (AttributeError, KeyError, IndexError, TypeError) as exc:  # a timm model without feature_info, ...
         raise SaliencyError(f"no heatmap layer is known for image encoder {encoder.name} (family {family}: "
                             f"{type(exc).__name__}: {exc}); add a rule to TARGET_LAYER_RULES in "
                             "reporting/saliency.py") from None
+    if img_size is None or len(candidates) == 1:
+        return candidates[-1]
+    grids = grid_sizes(model, candidates, img_size)
+    fine_enough = [layer for layer, grid in zip(candidates, grids) if min(grid) >= MIN_GRID]
+    return fine_enough[-1] if fine_enough else candidates[0]
+
+
+@torch.no_grad()
+def grid_sizes(model: CLIPClassifier, layers: Sequence[TargetLayer], img_size: int) -> list[tuple[int, int]]:
+    """The (h, w) of each layer's map for an input of ``img_size`` (one forward pass of a blank image)."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def note(k: int, layer: TargetLayer, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        sizes[k] = tuple((layer.reshape(output) if layer.reshape else output).shape[-2:])
+
+    hooks = [layer.module.register_forward_hook(partial(note, k, layer)) for k, layer in enumerate(layers)]
+    try:
+        parameter = next(model.image_encoder.parameters())
+        model.encode_images(torch.zeros(1, 3, img_size, img_size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [sizes[k] for k in range(len(layers))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +187,7 @@ def class_heatmaps(logits: ClassLogits, images: torch.Tensor, classes: Sequence[
     ``images`` are model inputs (normalised) on the model's device. eigencam ignores the class:
     it shows the first principal component of the target layer's activations.
     """
-    layer = target_layer(logits.model)
+    layer = target_layer(logits.model, images.shape[-1])
     targets = [ClassifierOutputTarget(int(k)) for k in classes]
     with torch.enable_grad(), EXPLAIN_METHODS[method](model=logits, target_layers=[layer.module],
                                                       reshape_transform=layer.reshape) as cam:

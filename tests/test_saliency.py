@@ -145,6 +145,24 @@ def test_registry_names_get_their_family_layer(name, expected, tiny_text_encoder
     assert target_layer(model).module is expected(model.image_encoder.backbone)
 
 
+@pytest.mark.parametrize("name, img_size, expected", [
+    ("resnet18", 224, lambda backbone: backbone.layer4),  # 7×7: the deepest stage
+    ("resnet18", 64, lambda backbone: backbone.layer3),  # layer4 would be 2×2
+    ("resnet18", 32, lambda backbone: backbone.layer2),  # the digits demo: layer4 would be one cell
+    ("efficientnet-b0", 64, lambda backbone: backbone.features[5]),
+    ("starnet_s050", 64, lambda backbone: backbone.stages[-2]),
+])
+def test_the_deepest_layer_with_a_map_of_at_least_4x4_is_used_at_small_sizes(name, img_size, expected,
+                                                                             tiny_text_encoder):
+    model = build_clip_model(name, f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=img_size).eval()
+    assert target_layer(model, img_size).module is expected(model.image_encoder.backbone)
+    images = torch.randn(2, 3, img_size, img_size)
+    # EigenCAM needs no trained gradients (Grad-CAM of an untrained model may be all zero): a map
+    # of one cell would still be uniform.
+    heatmaps = class_heatmaps(ClassLogits.of(model), images, [0, 1], "eigencam")
+    assert heatmaps.shape == (2, img_size, img_size) and heatmaps.std() > 0
+
+
 def test_a_timm_model_without_feature_maps_is_a_one_line_error():
     encoder = ImageEncoder("timm:resnet10t", torch.nn.Linear(3, 4), 4)  # no feature_info to find a stage in
     with pytest.raises(SaliencyError, match="no heatmap layer is known for image encoder timm:resnet10t"):
@@ -183,10 +201,12 @@ def test_a_frozen_image_tower_still_gets_a_heatmap(tiny_text_encoder):
 
 
 def test_a_single_cell_heatmap_layer_is_warned_about(tiny_text_encoder, caplog):
-    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=32)
+    # A ViT has one candidate layer, its patch grid: one 16-px patch at 16 pixels.
+    name = "timm:vit_tiny_patch16_224"
+    model = build_clip_model(name, f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=16)
     saliency._warn_single_cell.cache_clear()  # said once per session: another test may have said it
-    class_heatmaps(ClassLogits.of(model), planted_squares(2, 32, seed=0).images, [0, 1])  # stride 32: 1×1
-    assert "Heatmaps of starnet_s050 at 32 pixels are uniform" in caplog.text
+    class_heatmaps(ClassLogits.of(model), planted_squares(2, 16, seed=0).images, [0, 1])
+    assert f"Heatmaps of {name} at 16 pixels are uniform" in caplog.text
 
 
 def test_picture_names_are_safe_unique_and_keep_any_language():
