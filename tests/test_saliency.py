@@ -106,6 +106,7 @@ def peak_hits(heatmaps: np.ndarray, corners: np.ndarray, margin: int) -> list[bo
     ("resnet18", 128, 32),
     ("timm:convnext_atto", 128, 32),  # the rule of the ConvNeXt family and of timm CNNs
     ("starnet_s050", 128, 32),
+    ("efficientnet-b0", 128, 32),  # its stride-8 stage: a 16×16 map
     ("timm:vit_tiny_patch16_224", 64, 16),  # the rule of the ViT family
 ])
 def test_heatmap_peaks_on_the_square_that_decides_the_class(name, test_size, cell, seeded_text_encoder):
@@ -138,7 +139,7 @@ def test_every_family_of_the_registry_has_a_target_layer_rule():
 @pytest.mark.parametrize("name, expected", [
     ("convnext-tiny", lambda backbone: backbone.stages[-1]),  # the rule timm:convnext_atto gets above
     ("vit", lambda backbone: backbone.blocks[-1].norm1),  # the rule timm:vit_tiny_patch16_224 gets above
-    ("efficientnet-b0", lambda backbone: backbone.features[-1]),
+    ("efficientnet-b0", lambda backbone: backbone.features[3]),
 ])
 def test_registry_names_get_their_family_layer(name, expected, tiny_text_encoder):
     model = build_clip_model(name, f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=32)
@@ -149,7 +150,7 @@ def test_registry_names_get_their_family_layer(name, expected, tiny_text_encoder
     ("resnet18", 224, lambda backbone: backbone.layer4),  # 7×7: the deepest stage
     ("resnet18", 64, lambda backbone: backbone.layer3),  # layer4 would be 2×2
     ("resnet18", 32, lambda backbone: backbone.layer2),  # the digits demo: layer4 would be one cell
-    ("efficientnet-b0", 64, lambda backbone: backbone.features[5]),
+    ("efficientnet-b0", 64, lambda backbone: backbone.features[3]),  # stride 8: deeper does not localise
     ("starnet_s050", 64, lambda backbone: backbone.stages[-2]),
 ])
 def test_the_deepest_layer_with_a_map_of_at_least_4x4_is_used_at_small_sizes(name, img_size, expected,
