@@ -65,7 +65,8 @@ def printable(text: str) -> str:
 
 def undecodable_names(paths: list[Path], root: Path) -> list[str]:
     """The files of ``paths`` whose names are not valid UTF-8, in their displayed form."""
-    return [display_path(p, root) for p in paths if display_path(p, root) != _relative_or_absolute(p, root)]
+    shown = ((display_path(p, root), _relative_or_absolute(p, root)) for p in paths)
+    return [display for display, raw in shown if display != raw]
 
 
 def _is_hidden(path: Path) -> bool:

@@ -106,6 +106,8 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
         writer.flush()
     if improved and cfg.save_best:
         checkpoints.save_best(run.model, epoch, scalar_metrics(metrics))
+    # The RNG state is captured here, after validation, not when ``training`` was built: iterating the
+    # validation loader draws from torch's global RNG, and a resumed fold must continue from after it.
     generator = training.pop("sampler_generator")
     checkpoints.save_latest(run.model, epoch, scalar_metrics(metrics), training, vars(state), generator)
     run.record_time()

@@ -227,6 +227,10 @@ class RunDir:
         path = Path(name).resolve()
         return path if self.path.resolve() in path.parents else None
 
+    def _kept_logs(self, keep: Path | None) -> frozenset[Path]:
+        """This invocation's log file and the one the run's config names: never foreign, never deleted."""
+        return frozenset(p for p in (keep, self.owned_log_file()) if p is not None)
+
     def owns(self, path: Path, extra: frozenset[Path] = frozenset()) -> bool:
         """Whether ``path`` (inside the folder) is a file or folder a run writes."""
         relative = path.relative_to(self.path).parts
@@ -247,7 +251,7 @@ class RunDir:
         """Everything in the folder that no run writes (``keep``: this invocation's own log file)."""
         if not self.path.is_dir():
             return []
-        extra = frozenset(p for p in (keep, self.owned_log_file()) if p is not None)
+        extra = self._kept_logs(keep)
         foreign: list[Path] = []
         pending = [self.path]
         while pending:
@@ -279,7 +283,7 @@ class RunDir:
 
         Callers check :meth:`check_only_run_files` first; what is not the run's is left alone anyway.
         """
-        extra = frozenset(p for p in (keep, self.owned_log_file()) if p is not None)
+        extra = self._kept_logs(keep)
         for child in sorted(self.path.iterdir()):
             if child.name == LOCK_FILE or (keep is not None and child.resolve() == keep):
                 continue
