@@ -92,6 +92,13 @@ def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, 
             for (mult, decay), params in groups.items()]
 
 
+def build_optimizer(model: CLIPClassifier, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`, fused: one pass over each parameter per step instead of
+    about ten element-wise passes. A trainable CLIP text tower holds a 25M-row token embedding that
+    gets a (mostly zero) gradient every step; unfused, AdamW was a third of a CPU training step."""
+    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.learning_rate, fused=True)
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier per step: linear warm-up to 1, then cosine decay to 0."""
     def factor(step: int) -> float:

@@ -17,7 +17,7 @@ from data.sampling import SeededSampler, weighted_sampler
 from data.transforms import ToModelInput, build_augmentation
 from reporting.metrics import classification_metrics, scalar_metrics
 from training.checkpoints import FoldCheckpoints, restore_rng
-from training.engine import evaluate, parameter_groups, train_one_epoch, warmup_cosine
+from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
 from training.run import Run
 from utils.io import read_json, write_json
 from utils.seeding import seed_everything, seed_worker
@@ -145,7 +145,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     model.reset_text_cache()
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
     train_loader, val_loader, sampler = make_loaders(run, fold, generator)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.learning_rate)
+    optimizer = build_optimizer(model, cfg)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
