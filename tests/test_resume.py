@@ -39,7 +39,8 @@ def comparable(summary: dict) -> dict:
 def histories_without_time(run_dir: Path, fold: int) -> list[dict]:
     rows = json.loads((run_dir / f"fold_{fold}" / "history.json").read_text())
     # Wall time and the text-tower call counter are bookkeeping of the process, not results.
-    return [{k: v for k, v in row.items() if k not in ("seconds", "text_encoder_calls")} for row in rows]
+    bookkeeping = ("seconds", "train_seconds", "text_encoder_calls")
+    return [{k: v for k, v in row.items() if k not in bookkeeping} for row in rows]
 
 
 def test_sigkill_in_fold_2_then_resume_matches_uninterrupted_run(tmp_path, tiny_text_encoder):

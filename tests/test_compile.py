@@ -1,0 +1,49 @@
+"""--compile: the image encoder runs through torch.compile, and a run trains and saves as usual.
+
+torch.compile is asked for its ``eager`` backend here: the test checks our wiring (which module is
+compiled, that TorchDynamo traces the encoder through training and evaluation, that checkpoints keep
+plain keys) in seconds; inductor's code generation took minutes on two shared cores for a tiny model.
+benchmarks/bench_gpu_step.py runs the default backend.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_clip
+from tests.helpers import make_image_tree
+from training.checkpoints import load_best_model_state
+from utils.run_dir import RunDir
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
+                                 reason="torch.compile's CPU backend (inductor) needs a C compiler")]
+
+
+def test_compile_trains_one_epoch_and_saves_plain_state_dict_keys(tmp_path: Path, tiny_text_encoder: Path,
+                                                                   monkeypatch):
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def record(module, *args, **kwargs):
+        compiled.append(type(module).__name__)
+        return original(module, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", record)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    data = make_image_tree(tmp_path / "data", {"a": 6, "b": 6})
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(tmp_path / "run.log"),
+            "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--embed-dim", "16", "--compile",
+            "--bootstrap-resamples", "0"]
+    assert train_clip.main(argv) == 0
+    assert compiled == ["ImageEncoder"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the encoder was traced, not skipped
+    state = load_best_model_state(RunDir(out), 1)
+    assert any(key.startswith("image_encoder.") for key in state)
+    assert not any("_orig_mod" in key for key in state)  # loads into an uncompiled model (predict.py)
