@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Our training step against the image backbone's own forward + backward, same batch, same device.
+
+Ours: ``train_one_epoch`` (the trainer's code: device transfer, channels_last on CUDA, autocast,
+class-contrastive loss, fused AdamW, LR schedule) over synthetic batches, with the class texts of
+the demo digits and a frozen CLIP text tower unless ``--trainable-text``. Baseline: the same
+backbone alone (a fresh copy), forward + backward of ``features.square().mean()``, no optimiser,
+with the same autocast dtype, memory format and torch.compile setting. Target on a GPU: ours at
+>= 70 % of the baseline's images/s (224 px, bf16, channels_last, --compile).
+
+On CUDA the defaults are the target's settings; on a CPU (no GPU here) run it small to check that it
+works, e.g.::
+
+    .venv/bin/python benchmarks/bench_gpu_step.py                       # CUDA: 224 px, batch 128, compiled
+    .venv/bin/python benchmarks/bench_gpu_step.py --img-size 32 --batch-size 8 --steps 3 --no-compile
+
+Prints a table and writes JSON (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from models.clip_model import build_clip_model  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.engine import build_optimizer, train_one_epoch, warmup_cosine  # noqa: E402
+from utils.device import autocast, mixed_precision_dtype, to_device  # noqa: E402
+
+CLASS_TEXTS = [[f"a handwritten digit {word}", f"a scanned image of the number {digit} written by hand"]
+               for digit, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven",
+                                             "eight", "nine"])]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_s(device: torch.device, steps: int, batch: int, run: Callable[[int], None]) -> float:
+    """``run(n)`` does n steps; two warm-up steps (compilation, allocator) are not timed."""
+    run(2)
+    synchronize(device)
+    started = time.perf_counter()
+    run(steps)
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-encoder", default="resnet50")
+    parser.add_argument("--text-encoder", default="clip:ViT-B/32:scratch")
+    parser.add_argument("--trainable-text", action="store_true", help="Train the text tower too.")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="Timed steps (after two warm-up steps).")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the image encoder (default: on CUDA only).")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_step.json"))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    amp_dtype = mixed_precision_dtype(device, not args.no_amp)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    model = build_clip_model(args.image_encoder, args.text_encoder, 512, 0.07, CLASS_TEXTS,
+                             freeze_text=not args.trainable_text, load_pretrained=False, img_size=args.img_size)
+    backbone = copy.deepcopy(model.image_encoder).to(device)  # before compiling ours: a plain copy
+    model.to(device)
+    if device.type == "cuda":  # as train_clip.py does
+        model.image_encoder.to(memory_format=torch.channels_last)
+        backbone.to(memory_format=torch.channels_last)
+    if compile_:
+        model.image_encoder.compile()
+        backbone.compile()
+
+    cfg = TrainConfig(learning_rate=1e-4, batch_size=args.batch_size)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 0))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    pin = device.type == "cuda"
+    batch = (torch.randn(args.batch_size, 3, args.img_size, args.img_size),
+             torch.randint(0, len(CLASS_TEXTS), (args.batch_size,)), torch.arange(args.batch_size))
+    if pin:
+        batch = tuple(t.pin_memory() for t in batch)
+
+    def ours(steps: int) -> None:
+        train_one_epoch(model, [batch] * steps, optimizer, scheduler, scaler, device, amp_dtype, True, 1)
+
+    def backbone_only(steps: int) -> None:
+        backbone.train()
+        for _ in range(steps):
+            backbone.zero_grad(set_to_none=True)
+            with autocast(device, amp_dtype):
+                features = backbone(to_device(batch[0], device))
+            features.float().square().mean().backward()
+
+    baseline = images_per_s(device, args.steps, args.batch_size, backbone_only)
+    ours_rate = images_per_s(device, args.steps, args.batch_size, ours)
+    ratio = ours_rate / baseline
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    print(f"{'run':<48}{'images/s':>10}")
+    print(f"{'backbone forward + backward (' + args.image_encoder + ')':<48}{baseline:>10.1f}")
+    print(f"{'train_clip training step':<48}{ours_rate:>10.1f}")
+    print(f"ours / backbone: {ratio:.1%} (target on a GPU: >= 70%) on {name}; {args.img_size} px, batch "
+          f"{args.batch_size}, amp {amp_dtype}, channels_last {device.type == 'cuda'}, compile {compile_}")
+    result = {"device": name, "machine": platform.platform(), "torch": torch.__version__,
+              "args": {**vars(args), "compile": compile_}, "amp_dtype": str(amp_dtype),
+              "backbone_images_per_s": baseline, "ours_images_per_s": ours_rate, "ratio": ratio}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
