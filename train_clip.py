@@ -107,7 +107,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
         folds = plan_folds(cfg, images, dev_idx)
     warn_leakage(cfg, images, decoded, folds)
     run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, folds, test_idx, model,
-              initial_state, model.text_encoder.saved_files())
+              initial_state, model.text_encoder.saved_files(), image_files=model.image_encoder.saved_files())
     if cfg.resume and run_dir.folds.is_file():
         check_resumable(run)
     return run

@@ -63,16 +63,21 @@ class TrainConfig:
                          "from disk.", "data")
     # model
     image_encoder: str = _opt("resnet18", "Image encoder name (see --list-encoders; timm:<model> for any timm "
-                              "model); add ':pretrained' for ImageNet weights.", "model")
-    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, a HuggingFace "
-                             "name, or hf:<name or folder>; add ':scratch' for random weights.", "model")
+                              "model); add ':pretrained' for ImageNet weights. clip:<model> and cn-clip:<model> "
+                              "are CLIP image towers (pretrained unless ':scratch'); with the same --text-encoder "
+                              "the model keeps that CLIP's projections.", "model")
+    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, cn-clip:<model>, "
+                             "a HuggingFace name, or hf:<name or folder>; add ':scratch' for random weights.",
+                             "model")
     image_weights: Optional[str] = _opt(
-        None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors); taken "
-        "before the library caches and downloads (see docs/encoders.md).", "model")
+        None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors; for clip:* as "
+        "--text-weights, for cn-clip:* a model folder); taken before the library caches and downloads "
+        "(see docs/encoders.md).", "model")
     text_weights: Optional[str] = _opt(
         None, "Weights for the text encoder: for clip:* a weights file (or a folder holding one); for "
         "HuggingFace encoders a model folder.", "model")
-    embed_dim: int = _opt(512, "Dimension of the shared image-text embedding.", "model")
+    embed_dim: int = _opt(512, "Dimension of the shared image-text embedding (unused for paired CLIP towers: "
+                          "they keep their CLIP's own).", "model")
     temperature: float = _opt(0.07, "Initial softmax temperature (the learnable logit scale starts at "
                               "1/temperature).", "model")
     freeze_image: bool = _opt(False, "Keep the image backbone's weights fixed (only its projection trains).",
@@ -396,8 +401,8 @@ def validate(cfg: TrainConfig) -> None:
            f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
     _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
     _check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
-    _check(cfg.image_weights is None or Path(cfg.image_weights).is_file(),
-           f"--image-weights {cfg.image_weights}: no such file")
+    _check(cfg.image_weights is None or Path(cfg.image_weights).exists(),
+           f"--image-weights {cfg.image_weights}: no such file or folder")
     _check(cfg.text_weights is None or Path(cfg.text_weights).exists(),
            f"--text-weights {cfg.text_weights}: no such file or folder")
     if cfg.text_template is not None:

@@ -69,7 +69,8 @@ def load_fold_model(fold: int, path: Path, device: torch.device,
     try:
         # Checkpoints carry a HuggingFace text tower's tokenizer and config: no folder or cache needed.
         model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False,
-                                 text_files=state.get("text_encoder_files"))
+                                 text_files=state.get("text_encoder_files"),
+                                 image_files=state.get("image_encoder_files"))
     except (UnknownEncoderError, WeightsNotFoundError) as exc:
         raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
     try:

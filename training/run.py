@@ -41,6 +41,8 @@ class Run:
     initial_state: dict[str, torch.Tensor] = field(repr=False)
     # The text tower's tokenizer and config files, carried by every checkpoint (predict.py).
     text_files: dict[str, torch.Tensor] = field(repr=False)
+    # Likewise the image tower's (a Chinese-CLIP config; empty for the other encoders).
+    image_files: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     # This invocation (a segment of the run: first start or a resumption), for wall_time_s.
     segment_started: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
     segment_clock: float = field(default_factory=time.perf_counter)
@@ -52,7 +54,8 @@ class Run:
     def checkpoint_metadata(self) -> dict[str, Any]:
         """What every checkpoint carries besides the weights, so predict.py needs nothing else."""
         return {"config": self.cfg.to_dict(), "class_names": list(self.images.class_names),
-                "class_texts": self.class_texts, "text_encoder_files": self.text_files}
+                "class_texts": self.class_texts, "text_encoder_files": self.text_files,
+                "image_encoder_files": self.image_files}
 
     def record_time(self) -> None:
         """Add this segment's time so far to the run's total (kept across interruptions)."""
