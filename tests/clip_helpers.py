@@ -40,7 +40,7 @@ def make_tiny_chinese_clip(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = ChineseCLIPModel(config)
     with torch.no_grad():
-        model.logit_scale.fill_(2.0)  # not the default init, so a test sees whose scale is used
+        model.logit_scale.fill_(4.0)  # not the default init, so a test sees whose scale is used
     model.save_pretrained(folder)
     return folder
 
