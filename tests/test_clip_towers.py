@@ -271,3 +271,22 @@ def test_list_encoders_shows_clip_image_towers_and_pairs(capsys, monkeypatch):
         assert f"\n{name} " in image_section and f"\n{name} " in out[out.index("Text encoders"):]
     assert "87.8M" in image_section  # ViT-B/32's vision tower with its projection
     assert "pairs: the same NAME" in image_section
+
+
+def test_download_of_a_chinese_clip_name_serves_both_towers_offline(tmp_path, monkeypatch, capsys, tiny_cn_clip):
+    from models import download
+    from models.image_encoders import build_image_encoder
+    from tests.weights_helpers import put_in_hf_cache
+
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert download.main(["cn-clip:RN50"]) == 2  # refused before anything is fetched, with the reason
+    assert "only for the cn_clip package" in capsys.readouterr().err
+    # What a download leaves in the cache (the hub is out of reach here).
+    snapshot = put_in_hf_cache(hub_cache, "OFA-Sys/chinese-clip-vit-base-patch16",
+                               {f.name: f for f in tiny_cn_clip.iterdir()})
+    assert download.main(["cn-clip:ViT-B/16"]) == 0
+    assert f"cn-clip:ViT-B/16: {snapshot / 'model.safetensors'}" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = build_image_encoder("cn-clip:ViT-B/16", img_size=IMG)  # the image side reads the same cache
+    assert encoder.feature_dim == 16 and encoder.name == "cn-clip:ViT-B/16"
