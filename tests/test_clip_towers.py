@@ -123,6 +123,7 @@ def test_paired_open_clip_starts_from_its_own_zero_shot_and_predicts_from_the_ru
     log = (tmp_path / "train.log").read_text(encoding="utf-8")
     assert "its own image and text projections and logit scale are kept" in log
     assert "--embed-dim 512 is not used" in log  # the tiny CLIP embeds in 16 dimensions
+    assert "saliency gallery" not in log  # drawn: CLIP towers have a heatmap layer
     assert_epoch_zero_is_the_library_zero_shot(out, image_tree, library_probs)
     state = load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")["model"]
     assert not any(key.startswith(("image_proj.", "text_proj.")) for key in state)  # no new layers
@@ -290,3 +291,35 @@ def test_download_of_a_chinese_clip_name_serves_both_towers_offline(tmp_path, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = build_image_encoder("cn-clip:ViT-B/16", img_size=IMG)  # the image side reads the same cache
     assert encoder.feature_dim == 16 and encoder.name == "cn-clip:ViT-B/16"
+
+
+def test_a_chinese_clip_text_tower_is_rebuilt_from_the_files_a_checkpoint_keeps(tmp_path, tiny_cn_clip):
+    texts = [["股骨柄"], ["关节 xy"]]
+    trained = build_clip_model("starnet_s050", f"cn-clip:{tiny_cn_clip}", 8, 0.07, texts).eval()
+    files, state = trained.text_encoder.saved_files(), trained.state_dict()
+    assert {"config.json", "tokenizer_config.json"} <= set(files)
+    shutil.rmtree(tiny_cn_clip)  # as on a machine that only got the run folder
+    restored = build_clip_model("starnet_s050", f"cn-clip:{tiny_cn_clip}", 8, 0.07, texts, load_pretrained=False,
+                                text_files=files).eval()
+    restored.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.encode_classes(), trained.encode_classes())
+
+
+@pytest.mark.parametrize("family", ["open_clip", "chinese_clip"])
+def test_clip_image_towers_get_heatmaps_from_their_last_blocks_patch_tokens(family, tiny_open_clip, tiny_cn_clip):
+    from reporting.saliency import ClassLogits, class_heatmaps, target_layer
+
+    name = TINY_CLIP_NAME if family == "open_clip" else f"cn-clip:{tiny_cn_clip}"
+    model = build_clip_model(name, name, 8, 0.07, [["a"], ["b"]], img_size=IMG)
+    tower = model.image_encoder.backbone.tower
+    expected = (tower.transformer.resblocks[-1].ln_1 if family == "open_clip"
+                else tower.vision_model.encoder.layers[-1].layer_norm1)
+    layer = target_layer(model, IMG)
+    assert layer.module is expected
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, IMG, IMG)
+    tokens = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # class token + a 2x2 grid
+    assert layer.reshape(tokens).shape == (2, 3, 2, 2)
+    heatmaps = class_heatmaps(ClassLogits.of(model), images, [0, 1])
+    assert heatmaps.shape == (2, IMG, IMG) and np.isfinite(heatmaps).all() and heatmaps.std() > 0
