@@ -142,12 +142,24 @@ def test_an_encoder_without_published_weights_points_to_image_weights():
 
 
 # -- at start-up ----------------------------------------------------------------------------------
-def test_start_up_logs_one_line_per_problem(clip_scratch, caplog, tmp_path):
+@pytest.fixture
+def train_clip_warnings(caplog, monkeypatch):
+    """The train_clip logger's records, whether or not an earlier test ran setup_logging (which stops
+    propagation to the root logger, where caplog listens)."""
+    logger = logging.getLogger("train_clip")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.WARNING, logger="train_clip"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_start_up_logs_one_line_per_problem(clip_scratch, train_clip_warnings, tmp_path):
+    caplog = train_clip_warnings
     texts = [[LONG_CHINESE, ENGLISH], [ENGLISH]]
     model = CLIPClassifier(build_image_encoder("resnet18"), clip_scratch, 8, 0.07, texts)
     cfg = TrainConfig(data_dir=str(tmp_path), image_encoder="resnet18", text_encoder="clip:ViT-B/32:scratch")
-    with caplog.at_level(logging.WARNING, logger="train_clip"):
-        warn_model_choices(cfg, model, ["股骨柄A", "cat_b"])
+    warn_model_choices(cfg, model, ["股骨柄A", "cat_b"])
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 3, messages  # random init, truncated, script
     assert all("\n" not in message for message in messages)
@@ -159,6 +171,5 @@ def test_start_up_logs_one_line_per_problem(clip_scratch, caplog, tmp_path):
     cfg = TrainConfig(data_dir=str(tmp_path), image_encoder="resnet18", image_weights=str(weights),
                       text_encoder="clip:ViT-B/32:scratch")
     model.set_class_texts([[ENGLISH], ["a radiograph of an uncemented stem"]])
-    with caplog.at_level(logging.WARNING, logger="train_clip"):
-        warn_model_choices(cfg, model, ["股骨柄A", "cat_b"])
+    warn_model_choices(cfg, model, ["股骨柄A", "cat_b"])
     assert caplog.records == []
