@@ -32,9 +32,9 @@ from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
 from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
+from models.text_checks import text_warnings
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
                                 target_layer, unique_file_names)
-from models.text_checks import text_warnings
 from training.ensemble import FoldModel, ensemble_probs, load_fold_model
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError

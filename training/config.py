@@ -202,7 +202,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _is_text_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(item, str) for item in value)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
