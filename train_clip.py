@@ -44,7 +44,8 @@ from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
 from training.gallery import write_gallery
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
-                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage)
+                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage,
+                          warn_model_choices)
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
@@ -96,6 +97,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                              class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
                              img_size=cfg.img_size, image_weights=cfg.image_weights,
                              text_weights=cfg.text_weights)
+    warn_model_choices(cfg, model, images.class_names)
     initial_state = copy.deepcopy(model.state_dict())
     model.to(device)
     if device.type == "cuda":

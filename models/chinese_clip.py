@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
-from models.text_encoders import MAX_TOKENS, TokenReport
+from models.text_encoders import MAX_TOKENS, TokenReport, hf_token_report
 from models.weights import hf_from_pretrained, incompatible_weights
 
 PREFIX = "cn-clip:"
@@ -179,10 +179,7 @@ class ChineseCLIPTextEncoder(nn.Module):
 
     def token_report(self, text: str) -> TokenReport:
         """Token counts of ``text`` before truncation; [UNK] pieces count as unknown."""
-        ids = self.tokenizer(text, truncation=False)["input_ids"]
-        n_special = self.tokenizer.num_special_tokens_to_add(pair=False)
-        return TokenReport(n_tokens=len(ids), n_unknown=sum(i == self.tokenizer.unk_token_id for i in ids),
-                           n_content=len(ids) - n_special)
+        return hf_token_report(self.tokenizer, text)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -183,6 +183,22 @@ def resolve_image_encoder(name: str, weights: str | None = None) -> tuple[ImageE
     return spec, pretrained
 
 
+def random_init_note(name: str, weights: str | None = None) -> str | None:
+    """The start-up line for an image encoder that starts from random weights without being asked to.
+
+    None when weights are loaded (``:pretrained``, ``--image-weights``) or random weights were asked
+    for by name (``:scratch``): only a plain name starts from random weights silently.
+    """
+    parsed = split_suffix(name)
+    spec, pretrained = resolve_image_encoder(name, weights)
+    if pretrained or parsed.pretrained is False:
+        return None
+    if spec.weights is None:
+        return (f"{FLAG} {name}: random initialisation (no pretrained weights are published for it; give "
+                f"your own with {WEIGHTS_FLAG} FILE)")
+    return f"{FLAG} {name}: random initialisation; add :pretrained for ImageNet weights ({name}:pretrained)"
+
+
 def image_weights_file(spec: ImageEncoderSpec, name: str, explicit: str | None = None) -> Path:
     """The weights file of ``spec``: ``explicit``, else the library cache, else a download."""
     return fetch_weights_file(spec.weights_location(), FLAG, name, WEIGHTS_FLAG, explicit)

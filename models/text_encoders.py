@@ -73,8 +73,13 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 
 @dataclass(frozen=True)
 class TokenReport:
-    """How a tokenizer sees one text: ``n_tokens`` including special tokens, before truncation;
-    ``n_unknown`` unknown or byte-fallback tokens; ``n_content`` tokens excluding special tokens."""
+    """How a tokenizer reads one text, before any truncation (the start-up warnings use it).
+
+    ``n_tokens`` counts the special tokens too (what must fit ``context_length``); ``n_unknown`` the
+    tokens the model cannot have learned: the unknown token, or a byte piece that is not a whole
+    character (byte-level BPE and SentencePiece byte fallback spell unseen characters byte by byte);
+    ``n_content`` the tokens without the special ones.
+    """
 
     n_tokens: int
     n_unknown: int
@@ -235,6 +240,25 @@ def _hub_config_dir(source: TextEncoderSource, name: str, flag: str = FLAG, weig
 # ---------------------------------------------------------------------------------------------
 # Encoders
 # ---------------------------------------------------------------------------------------------
+REPLACEMENT_CHARACTER = "\ufffd"  # what decoding a partial UTF-8 byte sequence yields
+
+
+def is_byte_piece(piece: str, text: str) -> bool:
+    """A token decoded alone that is not a whole character: part of a character's UTF-8 bytes."""
+    return REPLACEMENT_CHARACTER in piece and REPLACEMENT_CHARACTER not in text
+
+
+def hf_token_report(tokenizer: Any, text: str) -> TokenReport:
+    """:class:`TokenReport` of a HuggingFace tokenizer: WordPiece's unknown token, and byte pieces of
+    byte-level BPE (RoBERTa, GPT-2) and SentencePiece byte fallback (``<0xE4>``)."""
+    ids = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    unknown_id = tokenizer.unk_token_id
+    special = set(tokenizer.all_special_ids) - {unknown_id}  # an unknown token is content the model lost
+    content = [i for i in ids if i not in special]
+    unknown = sum(1 for i in content if i == unknown_id or is_byte_piece(tokenizer.decode([i]), text))
+    return TokenReport(n_tokens=len(ids), n_unknown=unknown, n_content=len(content))
+
+
 class HFTextEncoder(nn.Module):
     """A HuggingFace encoder with masked mean pooling over the last hidden states.
 
@@ -292,9 +316,18 @@ class HFTextEncoder(nn.Module):
             return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
                     for path in sorted(Path(folder).iterdir()) if path.is_file()}
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens a text keeps: MAX_TOKENS, the tokenizer's limit and the position embeddings."""
+        limits = (MAX_TOKENS, getattr(self.tokenizer, "model_max_length", None),
+                  getattr(self.model.config, "max_position_embeddings", None))
+        return min(int(limit) for limit in limits if limit)
+
+    def token_report(self, text: str) -> TokenReport:
+        return hf_token_report(self.tokenizer, text)
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        max_length = min(MAX_TOKENS, int(getattr(self.tokenizer, "model_max_length", MAX_TOKENS)))
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
                                return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -381,6 +414,19 @@ class OpenCLIPTextEncoder(nn.Module):
         self.clip = loaded.model
         self.tokenizer = loaded.tokenizer
         self.feature_dim = int(open_clip.get_model_config(loaded.config_name)["embed_dim"])
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", None) or self.clip.context_length)
+
+    def token_report(self, text: str) -> TokenReport:
+        wrapped = getattr(self.tokenizer, "tokenizer", None)
+        if wrapped is not None:  # open_clip's wrapper of a HuggingFace tokenizer (BiomedCLIP, SigLIP)
+            return hf_token_report(wrapped, text)
+        # CLIP's own byte-level BPE: never an unknown token, but unseen characters become byte pieces.
+        ids = self.tokenizer.encode(text)
+        unknown = sum(1 for i in ids if is_byte_piece(self.tokenizer.decode([i]), text))
+        return TokenReport(n_tokens=len(ids) + 2, n_unknown=unknown, n_content=len(ids))  # + start, end
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return {"text": self.tokenizer(texts)}

@@ -87,6 +87,8 @@ class Settings:
             if isinstance(value, bool):
                 # A negating field's own flag switches it off (--no-amp), its opposite on (--amp).
                 flags.append(_flag(f) if value != f.metadata["negate"] else _opposite_flag(f))
+            elif isinstance(value, list):  # a list field: its flag once per item
+                flags += [word for item in value for word in (_flag(f), item)]
             else:
                 flags += [_flag(f), str(value)]
         return flags
@@ -178,9 +180,22 @@ def parse_trainer_value(name: str, setting: TrainerSetting, value: str) -> Any:
     return value  # as written (1e-4 stays 1e-4 in the commands shown)
 
 
+def is_list_setting(setting: TrainerSetting) -> bool:
+    tp = typing.get_type_hints(TrainConfig)[setting.field.name]
+    return any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+
 def parse_trainer_values(raw: Raw) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, setting in trainer_settings().items():
+        if is_list_setting(setting):
+            # An array in the block (TEXT_TEMPLATE+="..." per item); from the environment one value is
+            # one item (a template has spaces, so it is not split into words).
+            items = raw.get(name, [])
+            items = [item for item in ([items] if isinstance(items, str) else items) if item]
+            if items:
+                values[setting.field.name] = items
+            continue
         value = scalar(raw, name, "")
         if value:  # empty: not set (the trainer's default, or the config entry's value)
             values[setting.field.name] = parse_trainer_value(name, setting, value)

@@ -50,9 +50,10 @@ class TrainConfig:
                               "a fold (perceptual hashes).", "data", choices=("on", "off"))
     class_texts_file: Optional[str] = _opt(
         None, "JSON file mapping each class name to a description or a list of descriptions.", "data")
-    text_template: Optional[str] = _opt(
-        None, "Description for classes missing from --class-texts-file, e.g. 'an X-ray of {class_name}'.",
-        "data")
+    text_template: Optional[list[str]] = _opt(
+        None, "Prompt template with {class_name}, e.g. 'an X-ray of {class_name}'; give it several times (a "
+        "list in JSON) for prompt ensembling: every class averages its --class-texts-file descriptions and all "
+        "templates.", "data")
     img_size: int = _opt(224, "Square input size in pixels.", "data")
     augmentation: str = _opt("standard", "Training augmentation (none: resize only; minimal: small "
                              "shifts/rotations; standard: crop, flip, rotation, brightness/contrast).",
@@ -194,23 +195,39 @@ def _opposite_flag(f: dataclasses.Field) -> str:
     return "--" + flag[len("--no-"):] if flag.startswith("--no-") else "--no-" + flag[len("--"):]
 
 
+def _base_type(tp: Any) -> Any:
+    """The type without ``Optional``: ``Optional[int]`` → ``int``, ``Optional[list[str]]`` → ``list``."""
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    return typing.get_origin(base) or base
+
+
 def _type_name(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if args else tp
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a string or a list of strings"}[_base_type(tp)]
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
     """Check a JSON value against the field's type (ints accepted as floats, nothing else converted).
 
-    ``key`` is the JSON key as written (an alias such as ``use_amp``), named in the error.
+    A list field also takes one string, as a one-item list (``text_template`` was a string once: the
+    config.json of older runs must still load and compare equal). ``key`` is the JSON key as written
+    (an alias such as ``use_amp``), named in the error.
     """
     tp = _field_types()[name]
     optional = type(None) in typing.get_args(tp)
-    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    base = _base_type(tp)
     if value is None and optional:
         return None
-    ok = (isinstance(value, bool) if base is bool
+    if base is list and isinstance(value, str):
+        return [value]
+    if base is list and value == []:
+        return None  # no items: as if not given
+    ok = (_is_text_list(value) if base is list
+          else isinstance(value, bool) if base is bool
           else isinstance(value, int) and not isinstance(value, bool) if base is int
           else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
           else isinstance(value, str))
@@ -259,8 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     types = _field_types()
     for f in config_fields():
         group = groups[f.metadata["group"]]
-        tp = types[f.name]
-        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        base = _base_type(types[f.name])
         help_text = f.metadata["help"]
         if base is bool:
             negate = f.metadata["negate"]
@@ -269,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
             # The opposite switch, so a command line can undo a config file's setting.
             group.add_argument(_opposite_flag(f), dest=f.name, action="store_true" if negate else "store_false",
                                help=argparse.SUPPRESS)
+            continue
+        if base is list:  # given several times: one item each (the command line replaces a config's list)
+            group.add_argument(_flag(f), dest=f.name, action="append", metavar=f.name.upper(), help=help_text)
             continue
         default = "" if f.default is None else f" (default: {f.default})"
         # Choices are checked in validate(), which suggests the closest one (argparse does not).
@@ -405,6 +424,5 @@ def validate(cfg: TrainConfig) -> None:
            f"--image-weights {cfg.image_weights}: no such file or folder")
     _check(cfg.text_weights is None or Path(cfg.text_weights).exists(),
            f"--text-weights {cfg.text_weights}: no such file or folder")
-    if cfg.text_template is not None:
-        _check("{class_name}" in cfg.text_template,
-               f"--text-template must contain '{{class_name}}', got {cfg.text_template!r}")
+    for template in cfg.text_template or ():
+        _check("{class_name}" in template, f"--text-template must contain '{{class_name}}', got {template!r}")

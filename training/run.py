@@ -17,6 +17,8 @@ from data.folds import Fold, check_class_sizes, check_group_sizes, grouped_holdo
 from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
 from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
+from models.image_encoders import random_init_note
+from models.text_checks import text_warnings
 from training.config import ConfigError, TrainConfig
 from utils.io import read_json
 from utils.run_dir import RunDir, RunDirError
@@ -110,6 +112,16 @@ def warn_leakage(cfg: TrainConfig, images: ImageFolder, decoded: DecodedImages, 
     log.warning("Possible leakage: %d pair(s) of near-duplicate images are on the training and validation "
                 "sides of a fold, which inflates the score if they show the same patient: %s%s; %s",
                 len(pairs), listed, more, hint)
+
+
+def warn_model_choices(cfg: TrainConfig, model: CLIPClassifier, class_names: Sequence[str]) -> None:
+    """One line each, before training: an image encoder starting from random weights unasked, a
+    description the text encoder truncates, descriptions in a script its tokenizer does not cover."""
+    note = random_init_note(cfg.image_encoder, cfg.image_weights)
+    if note is not None:
+        log.warning("%s", note)
+    for line in text_warnings(model.text_encoder, cfg.text_encoder, class_names, model.class_texts):
+        log.warning("%s", line)
 
 
 def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
