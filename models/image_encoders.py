@@ -150,7 +150,8 @@ def _timm_spec(model: str) -> ImageEncoderSpec:
 def image_encoder_spec(base: str) -> ImageEncoderSpec:
     """The registry row of a name without suffix (``resnet50``, ``timm:convnext_nano``, ``clip:ViT-B/32``)."""
     if is_clip_name(base):
-        source = resolve_clip_image(base)
+        # Describes only (saliency asks for a restored model's family): a cn-clip folder may be gone.
+        source = resolve_clip_image(base, check_exists=False)
         return ImageEncoderSpec(base, FAMILIES[source.kind], source.kind, source.model, None, source.tag)
     if base.startswith(TIMM_PREFIX):
         return _timm_spec(base[len(TIMM_PREFIX):])

@@ -91,10 +91,11 @@ def assert_epoch_zero_is_the_library_zero_shot(out: Path, data: Path, library_pr
             assert epoch0[key] == pytest.approx(expected[key], abs=1e-5), key
 
 
-def assert_predict_reproduces_fold_one(out: Path, data: Path, tmp_path: Path) -> None:
+def assert_predict_reproduces_fold_one(out: Path, data: Path, tmp_path: Path, *extra: str) -> None:
     """predict.py with fold 1's model gives the probabilities logged for fold 1's validation images."""
     output = tmp_path / "predictions.csv"
-    assert predict.main(["--run-dir", str(out), "--images", str(data), "--output", str(output), "--fold", "1"]) == 0
+    assert predict.main(["--run-dir", str(out), "--images", str(data), "--output", str(output), "--fold", "1",
+                         *extra]) == 0
     with output.open(encoding="utf-8", newline="") as handle:
         predicted = {row["path"]: row for row in csv.DictReader(handle)}
     with (out / "oof_predictions.csv").open(encoding="utf-8", newline="") as handle:
@@ -150,7 +151,8 @@ def test_paired_chinese_clip_starts_from_its_own_zero_shot_and_predicts_from_the
     out = train(tmp_path, image_tree, name, name, "--use-cv", "--n-splits", "2")
     assert_epoch_zero_is_the_library_zero_shot(out, image_tree, library_probs)
     shutil.rmtree(tiny_cn_clip)  # predict.py needs the run folder only: tokenizer and config are in it
-    assert_predict_reproduces_fold_one(out, image_tree, tmp_path)
+    assert_predict_reproduces_fold_one(out, image_tree, tmp_path, "--explain", str(tmp_path / "heatmaps"))
+    assert len(list((tmp_path / "heatmaps").rglob("*.png"))) == 24  # a heatmap per image
 
 
 def test_unpaired_clip_towers_get_new_projections_and_predict_from_the_run(
