@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from utils.run_dir import RunDir
+from utils.run_lock import describe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_SECONDS = 10.0  # after SIGTERM, before SIGKILL
@@ -103,11 +104,6 @@ def format_duration(seconds: float) -> str:
 def describe_status(returncode: int) -> str:
     """Popen's return code as the shell would tell it (a negative code is a signal)."""
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
-
-
-def describe_holder(holder: dict) -> str:
-    return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-            f"(started {holder.get('started', '?')})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +205,7 @@ class Scheduler:
         holder = RunDir(task.run_dir).lock_holder()
         if holder is None:
             return False
-        in_use = f"{task.run_dir} is in use by {describe_holder(holder)}"
+        in_use = f"{task.run_dir} is in use by {describe(holder)}"
         event(self.out, f"REFUSED {task.name}: {in_use}")
         outcome.failed.append(Failure(task.name, f"refused: {in_use}", log))
         return True
