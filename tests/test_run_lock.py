@@ -137,3 +137,23 @@ def test_a_bad_lease_setting_is_one_line(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(run_lock.ConfigError, match="TRAIN_CLIP_LOCK_LEASE_SECONDS must be a positive number"):
         with RunDir(tmp_path / "run").lock():
             pass
+
+
+def test_a_training_into_a_folder_another_is_writing_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    import train_clip
+    from tests.helpers import make_image_tree
+
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4}, size=16)
+    folder = tmp_path / "run"
+    holder = start_holder(folder)
+    try:
+        wait_until_held(holder)
+        (folder / "config.json").write_text('{"written by": "the holder"}', encoding="utf-8")
+        code = train_clip.main(["--data-dir", str(data), "--output-dir", str(folder), "--log-file",
+                                str(tmp_path / "second.log"), "--image-encoder", "starnet_s050"])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(errors) == 1 and f"is in use by process {holder.pid} on host" in errors[0], errors
+    assert (folder / "config.json").read_text(encoding="utf-8") == '{"written by": "the holder"}'

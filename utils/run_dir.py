@@ -313,8 +313,7 @@ class RunDir:
                 self.path.mkdir(parents=True, exist_ok=True)
                 held = stack.enter_context(run_lock.hold(self.lock_file))
             except run_lock.LockHeld as exc:
-                raise RunLockedError(f"--output-dir {self.path} is in use by {run_lock.describe(exc.holder)}; "
-                                     "wait for it to finish or choose another folder") from None
+                raise self._in_use(exc.holder) from None
             except run_lock.LockContended:
                 raise RunLockedError(f"--output-dir {self.path}: could not take its lock; other processes keep "
                                      "taking it") from None
@@ -332,6 +331,16 @@ class RunDir:
     def lock_holder(self) -> dict[str, Any] | None:
         """Who holds the lock now (host, pid, started), or None when nobody does (or its holder is gone)."""
         return run_lock.live_holder(self.lock_file)
+
+    def refuse_if_held_by_another(self) -> None:
+        """Raise :class:`RunLockedError` naming the holder when another live process holds the folder."""
+        holder = self.lock_holder()
+        if holder is not None and not run_lock.is_this_process(holder):
+            raise self._in_use(holder)
+
+    def _in_use(self, holder: dict[str, Any]) -> RunLockedError:
+        return RunLockedError(f"--output-dir {self.path} is in use by {run_lock.describe(holder)}; wait for it "
+                              "to finish or choose another folder")
 
 
 def is_lock_name(name: str) -> bool:

@@ -90,6 +90,10 @@ def describe(holder: dict[str, Any]) -> str:
             f"(started {holder.get('started', '?')})")
 
 
+def is_this_process(holder: dict[str, Any]) -> bool:
+    return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+
+
 def process_start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot (Linux); None where /proc cannot tell."""
     try:
