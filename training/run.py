@@ -212,6 +212,7 @@ def check_output_contents(cfg: TrainConfig, run_dir: RunDir) -> None:
     own_log = own_log_file(cfg)
     run_dir.check_only_run_files(keep=own_log)
     if run_dir.holds_results(keep=own_log) and not (cfg.overwrite or cfg.resume):
+        run_dir.refuse_if_held_by_another()  # a training still writing them: name it
         raise RunDirError(f"--output-dir {run_dir.path} already holds results; continue them with --resume, "
                           "replace them with --overwrite, or choose another folder")
 
