@@ -224,7 +224,8 @@ def run_training(run: Run) -> dict[str, Any] | None:
     try:
         results = [run_fold(run, fold) for fold in run.folds]
     except torch.OutOfMemoryError:  # in training or evaluation, any fold
-        raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype) from None
+        raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype,
+                                  run.processes.world_size) from None
     if not run.processes.is_main:
         return None
     summary = summarise(run, results)
@@ -284,7 +285,7 @@ def checked_and_locked(cfg: TrainConfig, run_dir: RunDir,
     if not processes.is_main:
         verdict = processes.broadcast(None)
         if isinstance(verdict, str):
-            raise UserError(f"stopped: rank 0 refused the run ({verdict})")
+            raise UserError("stopped: rank 0 refused the run (its error says why)")
         yield verdict
         return
     told = False

@@ -126,8 +126,9 @@ def largest_fitting_batch(try_batch: Callable[[int], None], start: int) -> int:
 
 
 def out_of_memory_error(model: CLIPClassifier, cfg: TrainConfig, device: torch.device,
-                        amp_dtype: torch.dtype | None) -> TrainingError:
-    """Probe which batch size fits, and say so."""
+                        amp_dtype: torch.dtype | None, processes: int = 1) -> TrainingError:
+    """Probe which batch size fits, and say so (under torchrun a process holds 1/``processes`` of the
+    global --batch-size, and the advice is a global batch again)."""
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
 
@@ -139,7 +140,7 @@ def out_of_memory_error(model: CLIPClassifier, cfg: TrainConfig, device: torch.d
         class_contrastive_loss(image_emb, class_emb, labels, scale).backward()
         model.zero_grad(set_to_none=True)
 
-    fits = largest_fitting_batch(try_batch, cfg.batch_size // 2)
+    fits = largest_fitting_batch(try_batch, cfg.batch_size // processes // 2) * processes
     advice = (f"a batch of {fits} fits: rerun with --batch-size {fits}" if fits
               else "not even a batch of 1 fits: use a smaller --img-size or encoder")
     return TrainingError(f"CUDA out of memory at --batch-size {cfg.batch_size} on {device}; {advice}")
