@@ -28,7 +28,7 @@ import torch
 
 import train_clip
 from tests.helpers import make_image_tree
-from training.distributed import ShardedBatchSampler, merge_evaluations, shard
+from training.distributed import Distributed, ShardedBatchSampler, merge_evaluations, shard
 from utils.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +217,33 @@ def test_batch_size_must_divide_among_the_processes(tmp_path, tiny_text_encoder,
     err = capsys.readouterr().err
     assert "--batch-size 4 is the global batch" in err and "multiple of 3" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_each_process_loads_a_disjoint_share_of_the_same_weighted_epoch():
+    from data.folds import Fold
+    from tests.test_sampling import fake_run
+    from training.config import TrainConfig
+    from training.fold import make_loaders
+
+    labels = [0] * 12 + [1] * 4  # imbalanced: the weighted sampler repeats class 1
+    fold = Fold(1, train_idx=list(range(10)) + [12, 13, 14], val_idx=[10, 11, 15])
+    cfg = TrainConfig(data_dir="unused", use_weighted_sampling=True, batch_size=4, num_workers=0, img_size=16,
+                      augmentation="standard")
+
+    def batches(processes: Distributed) -> tuple[list, list]:
+        run = fake_run(labels, cfg)
+        run.processes = processes
+        train_loader, val_loader, sampler = make_loaders(run, fold, torch.Generator().manual_seed(7))
+        sampler.set_epoch(3)
+        train = [(indices.tolist(), images) for images, _, indices in train_loader]
+        return train, [i for _, _, batch in val_loader for i in batch.tolist()]
+
+    one, one_val = batches(Distributed())
+    shares = [batches(Distributed(rank, 2, rank)) for rank in (0, 1)]
+    assert len(one) == len(shares[0][0]) == len(shares[1][0]) == 3  # 13 images, full batches of 4
+    for step, (indices, images) in enumerate(one):
+        first, second = shares[0][0][step], shares[1][0][step]
+        # The union of the step's shares is the one-process batch, images (augmentation) included.
+        assert first[0] == indices[0::2] and second[0] == indices[1::2]
+        torch.testing.assert_close(torch.cat([first[1], second[1]]), images[[0, 2, 1, 3]], rtol=0, atol=0)
+    assert sorted(shares[0][1] + shares[1][1]) == one_val and not set(shares[0][1]) & set(shares[1][1])
