@@ -268,6 +268,9 @@ def training_device(cfg: TrainConfig, processes: Distributed) -> torch.device:
     if cfg.gpu_id != 0 and processes.is_main:
         log.warning("--gpu-id %d is ignored under torchrun: process k of a machine uses GPU k; choose the GPUs "
                     "with CUDA_VISIBLE_DEVICES", cfg.gpu_id)
+    if torch.cuda.is_available() and processes.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"torchrun started more processes on this machine than its {torch.cuda.device_count()} "
+                          f"GPU(s) (LOCAL_RANK {processes.local_rank}): lower --nproc-per-node")
     device = select_device(processes.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
