@@ -88,7 +88,8 @@ class TrainConfig:
     loss: str = _opt("symmetric", "symmetric: image->class plus class->image contrastive loss; "
                      "ce: image->class cross-entropy only.", "model", choices=("symmetric", "ce"))
     # training
-    batch_size: int = _opt(32, "Images per training step.", "training")
+    batch_size: int = _opt(32, "Images per training step; under torchrun the global batch, shared evenly by "
+                           "the processes.", "training")
     epochs: int = _opt(100, "Training epochs per fold.", "training")
     learning_rate: float = _opt(1e-4, "Peak learning rate of AdamW.", "training")
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases, norms, logit scale).",

@@ -20,6 +20,7 @@ from models.clip_model import CLIPClassifier
 from models.image_encoders import random_init_note
 from models.text_checks import text_warnings
 from training.config import ConfigError, TrainConfig
+from training.distributed import Distributed
 from utils.io import read_json
 from utils.run_dir import RunDir, RunDirError
 
@@ -48,6 +49,14 @@ class Run:
     # This invocation (a segment of the run: first start or a resumption), for wall_time_s.
     segment_started: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
     segment_clock: float = field(default_factory=time.perf_counter)
+    # This process's place under torchrun, and the model it trains: wrapped in DistributedDataParallel
+    # when there are several processes (``model`` is always the plain model: evaluation, checkpoints).
+    processes: Distributed = field(default_factory=Distributed)
+    network: torch.nn.Module | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = self.model
 
     @property
     def labels(self) -> list[int]:
