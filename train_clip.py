@@ -100,7 +100,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                              class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
                              img_size=cfg.img_size, image_weights=cfg.image_weights,
                              text_weights=cfg.text_weights)
-    warn_model_choices(cfg, model, images.class_names)
+    if processes.is_main:  # the same start-up warnings from every torchrun process would only repeat
+        warn_model_choices(cfg, model, images.class_names)
     initial_state = copy.deepcopy(model.state_dict())
     model.to(device)
     if device.type == "cuda":

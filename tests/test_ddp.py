@@ -6,8 +6,11 @@ process's batch statistics cannot differ from one process's: the runs must then 
 floating-point rounding. Rounding differs because the processes' rows are gathered rank by rank
 (another order of the sums in the loss), DDP all-reduces the gradients (another order of their
 sums) and a convolution over 2 images may take another kernel path than over 4. Those
-differences are ~1e-7 and grow a little over the steps of training; the tolerance on every metric
-is 1e-4, which still catches one image of a fold classified otherwise (1/12 here).
+differences are ~1e-7 after one step, but AdamW divides each gradient by its own running size, so
+a component near zero whose sign rounding flips moves by a whole learning-rate step: over the 9
+steps of a fold they grow to ~1e-4 (measured: 2e-4 on one epoch's loss in one run of five). The
+tolerance on every metric and loss is 1e-3: still far below one image of a fold classified
+otherwise (1/12 here) or one image drawn twice in an epoch (the loss moves by ~1e-1).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from training.distributed import Distributed, ShardedBatchSampler, merge_evaluat
 from utils.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

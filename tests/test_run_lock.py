@@ -74,6 +74,25 @@ def test_a_live_holder_is_named_and_a_killed_one_is_taken_over(tmp_path: Path, c
     assert "has ended" in caplog.text
 
 
+def test_a_killed_holder_not_yet_reaped_is_taken_over(tmp_path: Path) -> None:
+    # A killed torchrun's workers stay zombies until init reaps them: ended, files closed, pid still there.
+    folder = tmp_path / "run"
+    holder = start_holder(folder)
+    try:
+        wait_until_held(holder)
+        holder.send_signal(signal.SIGKILL)
+        deadline = time.time() + 30
+        while open(f"/proc/{holder.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # not waited for: a zombie
+            assert time.time() < deadline, "the killed holder never became a zombie"
+            time.sleep(0.01)
+        assert RunDir(folder).lock_holder() is None
+        with RunDir(folder).lock():
+            assert RunDir(folder).lock_holder()["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_reused_pid_does_not_keep_a_lock(tmp_path: Path, caplog) -> None:
     # The recorded pid is alive (it is ours), but it started at another time: a new process under an old pid.
     folder = tmp_path / "run"

@@ -94,22 +94,34 @@ def is_this_process(holder: dict[str, Any]) -> bool:
     return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux); None where /proc cannot tell."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot (Linux); None where /proc cannot tell."""
+    fields = _proc_stat(pid)
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: it has ended and closed its files, only its parent
+    has not reaped it yet (a killed torchrun's workers wait so until init collects them)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
-    return True
+        pass
+    fields = _proc_stat(pid)
+    return not (fields and fields[0] == "Z")
 
 
 def own_record(lease: float) -> dict[str, Any]:
