@@ -134,7 +134,8 @@ def load_fold_result(run: Run, fold: Fold) -> FoldResult:
 
 def run_fold(run: Run, fold: Fold) -> FoldResult:
     cfg, model, device = run.cfg, run.model, run.device
-    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata())
+    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata(), run.shared_weights,
+                                  cfg.checkpoint_dtype)
     if cfg.resume and run.run_dir.fold_finished(fold.number):
         log.info("Fold %d finished earlier: keeping its results", fold.number)
         checkpoints.drop_training_state()  # in case the earlier run stopped between the two writes

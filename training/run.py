@@ -17,6 +17,7 @@ from data.folds import Fold, check_class_sizes, check_group_sizes, grouped_holdo
 from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
 from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
+from training.checkpoints import SharedWeights
 from training.config import ConfigError, TrainConfig
 from utils.io import read_json
 from utils.run_dir import RunDir, RunDirError
@@ -41,6 +42,8 @@ class Run:
     initial_state: dict[str, torch.Tensor] = field(repr=False)
     # The text tower's tokenizer and config files, carried by every checkpoint (predict.py).
     text_files: dict[str, torch.Tensor] = field(repr=False)
+    # The frozen towers' weights in the run's frozen_towers.pth (set when the run files are written).
+    shared_weights: SharedWeights | None = None
     # This invocation (a segment of the run: first start or a resumption), for wall_time_s.
     segment_started: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
     segment_clock: float = field(default_factory=time.perf_counter)
