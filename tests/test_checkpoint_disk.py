@@ -328,3 +328,15 @@ def test_bfloat16_checkpoints_halve_the_weights_and_predict_close_to_float32(fro
     paths = sorted(full_probs)
     differences = np.abs(np.array([half_probs[p] for p in paths]) - np.array([full_probs[p] for p in paths]))
     assert differences.max() < 0.02
+
+
+def test_the_frozen_towers_file_belongs_to_the_run(tmp_path):
+    """--overwrite deletes it (and a killed write's leftover); a folder holding it is not foreign."""
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    save_checkpoint(run_dir.frozen_towers, {"model": {"w": torch.zeros(2)}})
+    leftover = run_dir.path / f".{FROZEN_FILE}.abcd1234.tmp"
+    leftover.write_bytes(b"partial")
+    assert run_dir.foreign_paths() == [] and run_dir.holds_results()
+    run_dir.clear()
+    assert not run_dir.frozen_towers.exists() and not leftover.exists()

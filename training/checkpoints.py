@@ -114,7 +114,7 @@ def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         raise CheckpointError(f"checkpoint {path} names its frozen towers' file wrongly ({name!r}): not a "
                               "train_clip checkpoint")
-    shared = path.resolve().parent.parent / name
+    shared = Path(path).absolute().parent.parent / name
     if not shared.is_file():
         raise CheckpointError(f"checkpoint {path} needs {shared}, the run's frozen towers' weights, which is "
                               f"missing: copy the whole run folder, {name} included")
