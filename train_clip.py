@@ -39,7 +39,7 @@ from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
-from training.checkpoints import load_best_model_state
+from training.checkpoints import load_best_model_state, store_frozen_towers
 from training.config import ConfigError, TrainConfig, config_from_args
 from training.distributed import Distributed
 from training.engine import configure_determinism, evaluate, out_of_memory_error
@@ -133,7 +133,8 @@ def describe_device(device: torch.device, amp_dtype: torch.dtype | None) -> None
 
 
 def write_run_files(run: Run) -> None:
-    """config.json and folds.json; a resumed run keeps its own (written again only if a crash lost them).
+    """config.json, folds.json and the frozen towers' weights (frozen_towers.pth); a resumed run keeps its
+    own (written again only if a crash lost them).
 
     ``--overwrite`` first deletes the earlier run's files, and only those (RunDir.clear).
     """
@@ -143,6 +144,7 @@ def write_run_files(run: Run) -> None:
         write_json(run.run_dir.config, run.cfg.to_dict())
     if not (run.cfg.resume and run.run_dir.folds.is_file()):
         write_json(run.run_dir.folds, folds_document(run.cfg, run.images, run.folds, run.test_idx))
+    run.shared_weights = store_frozen_towers(run.run_dir, run.model, run.initial_state)
 
 
 def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:

@@ -104,6 +104,10 @@ class TrainConfig:
                         "training", choices=MONITOR_METRICS)
     save_best: bool = _opt(True, "Do not write checkpoint_best.pth.", "training", flag="--no-save-best",
                            negate=True)
+    checkpoint_dtype: str = _opt("float32", "Type of the weights in the saved models (checkpoint_best.pth, a "
+                                 "finished fold's checkpoint_latest.pth); bfloat16 and float16 halve them. "
+                                 "The training state for --resume stays float32.", "training",
+                                 choices=("float32", "bfloat16", "float16"))
     patience: int = _opt(0, "Stop a fold after this many epochs without improvement of --monitor "
                          "(0: never stop early).", "training")
     deterministic: bool = _opt(False, "Use deterministic algorithms only (slower on GPU): two runs with "

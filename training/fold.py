@@ -159,7 +159,8 @@ def load_fold_result(run: Run, fold: Fold) -> FoldResult:
 
 def run_fold(run: Run, fold: Fold) -> FoldResult:
     cfg, model, device, processes = run.cfg, run.model, run.device, run.processes
-    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata())
+    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata(), run.shared_weights,
+                                  cfg.checkpoint_dtype)
     # Under torchrun rank 0 looks at the folder and tells the others: rank 0 may be writing meanwhile.
     if processes.broadcast(cfg.resume and run.run_dir.fold_finished(fold.number)):
         log.info("Fold %d finished earlier: keeping its results", fold.number)

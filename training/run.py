@@ -19,6 +19,7 @@ from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
 from models.image_encoders import random_init_note
 from models.text_checks import text_warnings
+from training.checkpoints import SharedWeights
 from training.config import ConfigError, TrainConfig
 from training.distributed import Distributed
 from utils.io import read_json
@@ -46,6 +47,8 @@ class Run:
     text_files: dict[str, torch.Tensor] = field(repr=False)
     # Likewise the image tower's (a Chinese-CLIP config; empty for the other encoders).
     image_files: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # The frozen towers' weights in the run's frozen_towers.pth (set when the run files are written).
+    shared_weights: SharedWeights | None = None
     # This invocation (a segment of the run: first start or a resumption), for wall_time_s.
     segment_started: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
     segment_clock: float = field(default_factory=time.perf_counter)

@@ -7,6 +7,7 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
       .train_clip.lock      held by the running process (host, pid, start time, lease: utils.run_lock)
       config.json folds.json run_time.json cv_summary.json oof_predictions.csv
       test_predictions.csv test_metrics.json report.md  plots/ (gallery/)  tensorboard/
+      frozen_towers.pth     the frozen towers' weights, once per run (checkpoints name it and its hash)
       fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
 
 A run owns exactly these names (and the temporary files of its atomic writes, and the log file
@@ -47,9 +48,10 @@ BEST_CHECKPOINT = "checkpoint_best.pth"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
+FROZEN_TOWERS_FILE = "frozen_towers.pth"
 
 RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
-                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE})
+                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE, FROZEN_TOWERS_FILE})
 RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
 FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE})
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
@@ -135,6 +137,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD_DIR
+
+    @property
+    def frozen_towers(self) -> Path:
+        return self.path / FROZEN_TOWERS_FILE
 
     @property
     def lock_file(self) -> Path:
