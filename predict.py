@@ -32,6 +32,7 @@ from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
 from data.images import ImageDecodeError, decode_image, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
+from models.text_checks import text_warnings
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
                                 target_layer, unique_file_names)
 from training.ensemble import FoldModel, ensemble_probs, load_fold_model
@@ -242,6 +243,9 @@ def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray,
         log.info("CUDA is not available: predicting on the CPU")
     models, class_names, img_size, config = load_models(checkpoints, device, new_texts)
     class_names = new_names or class_names
+    if new_texts is not None:  # new descriptions: the checks training makes at start-up
+        for line in text_warnings(models[0].model.text_encoder, config["text_encoder"], class_names, new_texts):
+            log.warning("%s", line)
     amp_dtype = mixed_precision_dtype(device, config.get("amp", True))  # as training validated
     failures: list[tuple[str, str]] = []
     names, probs = [], []

@@ -9,13 +9,14 @@ ensemble) → report. ``main`` stays thin; the engine lives in ``training/``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +39,15 @@ from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
-from training.checkpoints import load_best_model_state
+from training.checkpoints import load_best_model_state, store_frozen_towers
 from training.config import ConfigError, TrainConfig, config_from_args
+from training.distributed import Distributed
 from training.engine import configure_determinism, evaluate, out_of_memory_error
 from training.fold import FoldResult, run_fold
 from training.gallery import write_gallery
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
-                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage)
+                          folds_document, own_log_file, plan_folds, split_off_test, warn_leakage,
+                          warn_model_choices)
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
@@ -75,7 +78,8 @@ def check_inputs(cfg: TrainConfig, run_dir: RunDir) -> tuple[ImageFolder, list[l
     return images, load_class_texts(images.class_names, cfg.class_texts_file, cfg.text_template)
 
 
-def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_texts: list[list[str]]) -> Run:
+def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_texts: list[list[str]],
+                processes: Distributed = Distributed(), device: torch.device | None = None) -> Run:
     """Folds, device and model, and the images decoded once; the run folder is locked by now."""
     # Planned before the model is built, so that a class too small to split fails at once.
     dev_idx, test_idx = split_off_test(cfg, images)
@@ -87,7 +91,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
              ", ".join(f"{name}: {n}" for name, n in zip(images.class_names, images.class_counts())))
     if images.groups is not None:
         log.info("Grouped by patient: %d groups; no group is on both sides of any split", len(set(images.groups)))
-    device = select_device(cfg.gpu_id)
+    device = device or select_device(cfg.gpu_id)
     amp_dtype = mixed_precision_dtype(device, cfg.amp)
     describe_device(device, amp_dtype)
     configure_determinism(cfg.deterministic)
@@ -96,6 +100,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                              class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
                              img_size=cfg.img_size, image_weights=cfg.image_weights,
                              text_weights=cfg.text_weights)
+    if processes.is_main:  # the same start-up warnings from every torchrun process would only repeat
+        warn_model_choices(cfg, model, images.class_names)
     initial_state = copy.deepcopy(model.state_dict())
     model.to(device)
     if device.type == "cuda":
@@ -111,7 +117,11 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
         folds = plan_folds(cfg, images, dev_idx)
     warn_leakage(cfg, images, decoded, folds)
     run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, folds, test_idx, model,
-              initial_state, model.text_encoder.saved_files())
+              initial_state, model.text_encoder.saved_files(), image_files=model.image_encoder.saved_files(),
+              processes=processes, network=processes.wrap(model, device))
+    if processes.enabled:
+        log.info("One training over %d processes (torchrun): --batch-size %d is the global batch, %d images "
+                 "per process and step", processes.world_size, cfg.batch_size, cfg.batch_size // processes.world_size)
     if cfg.resume and run_dir.folds.is_file():
         check_resumable(run)
     return run
@@ -127,7 +137,8 @@ def describe_device(device: torch.device, amp_dtype: torch.dtype | None) -> None
 
 
 def write_run_files(run: Run) -> None:
-    """config.json and folds.json; a resumed run keeps its own (written again only if a crash lost them).
+    """config.json, folds.json and the frozen towers' weights (frozen_towers.pth); a resumed run keeps its
+    own (written again only if a crash lost them).
 
     ``--overwrite`` first deletes the earlier run's files, and only those (RunDir.clear).
     """
@@ -137,6 +148,7 @@ def write_run_files(run: Run) -> None:
         write_json(run.run_dir.config, run.cfg.to_dict())
     if not (run.cfg.resume and run.run_dir.folds.is_file()):
         write_json(run.run_dir.folds, folds_document(run.cfg, run.images, run.folds, run.test_idx))
+    run.shared_weights = store_frozen_towers(run.run_dir, run.model, run.initial_state)
 
 
 def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
@@ -214,12 +226,17 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict
     return document
 
 
-def run_training(run: Run) -> dict[str, Any]:
-    write_run_files(run)
+def run_training(run: Run) -> dict[str, Any] | None:
+    """Every fold, then (rank 0 alone under torchrun) the summary, the test ensemble and the report."""
+    if run.processes.is_main:
+        write_run_files(run)
     try:
         results = [run_fold(run, fold) for fold in run.folds]
     except torch.OutOfMemoryError:  # in training or evaluation, any fold
-        raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype) from None
+        raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype,
+                                  run.processes.world_size) from None
+    if not run.processes.is_main:
+        return None
     summary = summarise(run, results)
     if run.test_idx:
         test = evaluate_test_ensemble(run, results, summary)
@@ -253,18 +270,67 @@ def default_log_file(cfg: TrainConfig) -> Path:
     return Path("logs") / "clip_training" / f"{run_name(cfg.image_encoder, cfg.text_encoder)}_gpu{cfg.gpu_id}_{stamp}.log"
 
 
-def train(cfg: TrainConfig) -> None:
-    """Check, lock the run folder, train every fold, summarise; the lock is held until the end."""
-    run_dir = RunDir(cfg.resolved_output_dir())
-    if cfg.resume and run_dir.is_finished():
-        log.info("--resume: the run in %s is finished (every fold and cv_summary.json are there); nothing to "
-                 "do, nothing changed", run_dir.path)
+def training_device(cfg: TrainConfig, processes: Distributed) -> torch.device:
+    """--gpu-id alone; under torchrun each process takes the GPU of its LOCAL_RANK (--gpu-id is ignored)."""
+    if not processes.enabled:
+        return select_device(cfg.gpu_id)
+    if cfg.gpu_id != 0 and processes.is_main:
+        log.warning("--gpu-id %d is ignored under torchrun: process k of a machine uses GPU k; choose the GPUs "
+                    "with CUDA_VISIBLE_DEVICES", cfg.gpu_id)
+    if torch.cuda.is_available() and processes.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"torchrun started more processes on this machine than its {torch.cuda.device_count()} "
+                          f"GPU(s) (LOCAL_RANK {processes.local_rank}): lower --nproc-per-node")
+    device = select_device(processes.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+@contextlib.contextmanager
+def checked_and_locked(cfg: TrainConfig, run_dir: RunDir,
+                       processes: Distributed) -> Iterator[tuple[ImageFolder, list[list[str]]]]:
+    """The checked inputs, with the run folder locked by rank 0 until the end.
+
+    Under torchrun only rank 0 checks and locks; the other processes wait for its verdict (the
+    inputs, or its error), so that all go on or all stop.
+    """
+    if not processes.is_main:
+        verdict = processes.broadcast(None)
+        if isinstance(verdict, str):
+            raise UserError("stopped: rank 0 refused the run (its error says why)")
+        yield verdict
         return
-    images, class_texts = check_inputs(cfg, run_dir)
-    check_output_contents(cfg, run_dir)  # refused without touching the folder, not even its lock
-    with run_dir.lock():
-        check_output_contents(cfg, run_dir)  # again: another run may have written it meanwhile
-        run_training(prepare_run(cfg, run_dir, images, class_texts))
+    told = False
+    try:
+        images, class_texts = check_inputs(cfg, run_dir)
+        check_output_contents(cfg, run_dir)  # refused without touching the folder, not even its lock
+        with run_dir.lock():
+            check_output_contents(cfg, run_dir)  # again: another run may have written it meanwhile
+            told = True
+            processes.broadcast((images, class_texts))
+            yield images, class_texts
+    except UserError as exc:
+        if not told:
+            processes.broadcast(str(exc))
+        raise
+
+
+def train(cfg: TrainConfig, processes: Distributed | None = None) -> None:
+    """Check, lock the run folder, train every fold, summarise; the lock is held until the end."""
+    processes = processes or Distributed.from_environment()
+    processes.check_batch_size(cfg.batch_size)
+    device = training_device(cfg, processes)
+    processes.start(device)
+    try:
+        run_dir = RunDir(cfg.resolved_output_dir())
+        if cfg.resume and processes.broadcast(run_dir.is_finished()):
+            log.info("--resume: the run in %s is finished (every fold and cv_summary.json are there); nothing "
+                     "to do, nothing changed", run_dir.path)
+            return
+        with checked_and_locked(cfg, run_dir, processes) as (images, class_texts):
+            run_training(prepare_run(cfg, run_dir, images, class_texts, processes, device))
+    finally:
+        processes.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,12 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cfg = config_from_args(argv)
-        setup_logging(cfg.log_file or default_log_file(cfg))
+        processes = Distributed.from_environment()
+        if processes.is_main:
+            setup_logging(cfg.log_file or default_log_file(cfg))
+        else:  # under torchrun the other processes write no file, and say only what went wrong
+            setup_logging(None, logging.WARNING, prefix=f"[rank {processes.rank}] ")
     except UserError as exc:  # logging is not set up yet: the console only
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        train(cfg)
+        train(cfg, processes)
     except UserError as exc:
         log.error("%s", exc)
         return 2

@@ -1,4 +1,4 @@
-"""Class descriptions: from a JSON file and/or a template with ``{class_name}``."""
+"""Class descriptions: from a JSON file and/or templates with ``{class_name}`` (prompt ensembling)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,13 +24,15 @@ def _as_text_list(value: object, class_name: str, path: Path) -> list[str]:
 
 
 def load_class_texts(class_names: Sequence[str], texts_file: str | Path | None,
-                     template: str | None) -> list[list[str]]:
+                     templates: Sequence[str] | None) -> list[list[str]]:
     """One or more descriptions per class, in class order.
 
-    A class found in ``texts_file`` uses its descriptions there; any other class uses
-    ``template``. Without a template every class must be in the file (the error names the
-    missing ones). Without either, the class name itself is the description.
+    A class's texts are its descriptions in ``texts_file`` followed by every template filled in with
+    its name: the class embedding averages them all (prompt ensembling). Without templates every
+    class must be in the file (the error names the missing ones). Without either, the class name
+    itself is the description.
     """
+    templates = list(templates or ())
     from_file: dict[str, list[str]] = {}
     if texts_file is not None:
         path = Path(texts_file)
@@ -50,15 +52,11 @@ def load_class_texts(class_names: Sequence[str], texts_file: str | Path | None,
             log.warning("--class-texts-file %s describes classes that are not in the data: %s",
                         path, ", ".join(extra))
         missing = [name for name in class_names if name not in from_file]
-        if missing and template is None:
+        if missing and not templates:
             raise DataError(f"--class-texts-file {path} lacks class(es) {', '.join(missing)}; add them or "
                             "give --text-template")
     result = []
     for name in class_names:
-        if name in from_file:
-            result.append(from_file[name])
-        elif template is not None:
-            result.append([template.replace("{class_name}", name)])
-        else:
-            result.append([name])
+        texts = from_file.get(name, []) + [template.replace("{class_name}", name) for template in templates]
+        result.append(texts or [name])
     return result

@@ -3,6 +3,9 @@
 Classes are represented by their descriptions: the class embedding is the mean of the
 normalised embeddings of its descriptions, renormalised (DESIGN.md §3). Prediction is the
 softmax over ``logit_scale · image @ classes.T``.
+
+When both towers are one CLIP model (:mod:`models.clip_towers`), the towers already end in that
+CLIP's own projections: the classifier adds none (identity) and starts from CLIP's logit scale.
 """
 from __future__ import annotations
 
@@ -13,21 +16,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.clip_towers import build_clip_pair, describe_projections, paired_source
 from models.image_encoders import ImageEncoder, build_image_encoder
+from models.names import split_suffix
 from models.text_encoders import build_text_encoder
+from utils.logging_setup import get_logger
+
+log = get_logger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class CLIPClassifier(nn.Module):
     def __init__(self, image_encoder: ImageEncoder, text_encoder: nn.Module, embed_dim: int,
-                 temperature: float, class_texts: Sequence[Sequence[str]]) -> None:
+                 temperature: float, class_texts: Sequence[Sequence[str]],
+                 clip_logit_scale: float | None = None) -> None:
+        """``clip_logit_scale`` (a log, as CLIP stores it) marks paired CLIP towers: their embeddings
+        are already shared, so no projections are added and ``embed_dim``/``temperature`` are unused."""
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
-        self.image_proj = nn.Linear(image_encoder.feature_dim, embed_dim)
-        self.text_proj = nn.Linear(text_encoder.feature_dim, embed_dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.paired = clip_logit_scale is not None
+        if self.paired:
+            if image_encoder.feature_dim != text_encoder.feature_dim:
+                raise ValueError(f"paired towers disagree: {image_encoder.feature_dim} != {text_encoder.feature_dim}")
+            self.image_proj: nn.Module = nn.Identity()
+            self.text_proj: nn.Module = nn.Identity()
+            initial_scale = float(clip_logit_scale)
+        else:
+            self.image_proj = nn.Linear(image_encoder.feature_dim, embed_dim)
+            self.text_proj = nn.Linear(text_encoder.feature_dim, embed_dim)
+            initial_scale = math.log(1.0 / temperature)
+        self.logit_scale = nn.Parameter(torch.tensor(initial_scale))
         # How often the text tower ran since the last reset (tests check the frozen-text cache).
         self.text_encoder_calls = 0
         self._frozen_text_features: torch.Tensor | None = None
@@ -73,7 +93,7 @@ class CLIPClassifier(nn.Module):
         """(C, embed_dim) L2-normalised class embeddings."""
         device = self.logit_scale.device
         features = self._text_features(device)
-        per_text = F.normalize(self.text_proj(features.to(self.text_proj.weight.dtype)), dim=-1)
+        per_text = F.normalize(self.text_proj(features.to(self.logit_scale.dtype)), dim=-1)
         # (C, T) one-hot ownership times (T, E): a deterministic sum per class (index_add is not
         # deterministic on CUDA).
         owner = F.one_hot(self._owner.to(device), self.n_classes).t().to(per_text.dtype)
@@ -113,16 +133,31 @@ def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temp
                      class_texts: Sequence[Sequence[str]], freeze_image: bool = False,
                      freeze_text: bool = False, load_pretrained: bool = True, img_size: int | None = None,
                      image_weights: str | None = None, text_weights: str | None = None,
-                     text_files: dict[str, torch.Tensor] | None = None) -> CLIPClassifier:
+                     text_files: dict[str, torch.Tensor] | None = None,
+                     image_files: dict[str, torch.Tensor] | None = None) -> CLIPClassifier:
     """Build the classifier; ``load_pretrained=False`` when a checkpoint will supply every weight.
 
     ``img_size`` shapes encoders whose architecture depends on it (ViT); ``image_weights`` and
     ``text_weights`` are explicit weight paths that take precedence over the libraries' caches;
-    ``text_files`` are a checkpoint's ``text_encoder_files`` (tokenizer and config).
+    ``text_files`` and ``image_files`` are a checkpoint's ``text_encoder_files`` (tokenizer and
+    config) and ``image_encoder_files``. Towers of one CLIP model are loaded once, as a pair.
     """
-    model = CLIPClassifier(build_image_encoder(image_encoder, load_pretrained, img_size, image_weights),
-                           build_text_encoder(text_encoder, load_pretrained, text_weights, text_files),
-                           embed_dim, temperature, class_texts)
+    pair = paired_source(image_encoder, text_encoder, image_weights, text_weights, check_exists=load_pretrained)
+    if pair is not None:
+        towers = build_clip_pair(pair, text_encoder, load_pretrained, img_size, text_weights, text_files)
+        image = ImageEncoder(split_suffix(image_encoder).base, towers.image.backbone, towers.image.feature_dim,
+                             towers.image.files)
+        model = CLIPClassifier(image, towers.text, embed_dim, temperature, class_texts, towers.logit_scale)
+        if load_pretrained and embed_dim != image.feature_dim:
+            log.info("--embed-dim %d is not used: the paired towers keep their CLIP's own %d-d embedding",
+                     embed_dim, image.feature_dim)
+    else:
+        model = CLIPClassifier(build_image_encoder(image_encoder, load_pretrained, img_size, image_weights, image_files),
+                               build_text_encoder(text_encoder, load_pretrained, text_weights, text_files),
+                               embed_dim, temperature, class_texts)
+    if load_pretrained:
+        log.info(describe_projections(image_encoder, text_encoder, model.paired, _new_projection(model.image_proj),
+                                      _new_projection(model.text_proj)))
     if freeze_image:
         freeze(model.image_encoder)
     if freeze_text:
@@ -130,11 +165,17 @@ def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temp
     return model
 
 
+def _new_projection(layer: nn.Module) -> tuple[int, int] | None:
+    return (layer.in_features, layer.out_features) if isinstance(layer, nn.Linear) else None
+
+
 def model_kwargs_from_config(config: dict[str, Any]) -> dict[str, Any]:
     """The :func:`build_clip_model` arguments stored in a run's config (checkpoint or config.json).
 
     ``img_size`` fixes the ViT position embeddings; ``text_weights`` may be the folder that holds
-    the tokenizer and architecture of a HuggingFace text encoder.
+    the tokenizer and architecture of a HuggingFace text encoder; the two weights paths together
+    say whether CLIP towers were paired (absent from older configs: none given).
     """
-    return {key: config[key] for key in ("image_encoder", "text_encoder", "embed_dim", "temperature",
-                                         "freeze_image", "freeze_text", "img_size", "text_weights")}
+    kwargs = {key: config[key] for key in ("image_encoder", "text_encoder", "embed_dim", "temperature",
+                                           "freeze_image", "freeze_text", "img_size", "text_weights")}
+    return {**kwargs, "image_weights": config.get("image_weights")}

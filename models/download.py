@@ -4,7 +4,9 @@ server without one.
 
 Image encoders: the weights file goes where the trainer looks (``$TORCH_HOME/hub/checkpoints`` for
 torchvision, the HuggingFace cache for timm). Text encoders are built exactly as training builds
-them, which fetches weights, configuration and tokenizer files into the HuggingFace cache. Both
+them, which fetches weights, configuration and tokenizer files into the HuggingFace cache. A CLIP
+name (``clip:...``, ``cn-clip:...``) fetches the whole model, so it serves both ``--image-encoder``
+and ``--text-encoder``. Both
 use the trainer's own resolution code (:mod:`models.weights`), so what is fetched here is what
 training finds later.
 """
@@ -17,7 +19,7 @@ from typing import Sequence
 
 from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, image_encoder_spec, image_weights_file
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
-from models.text_encoders import build_text_encoder, resolve_text_encoder, text_weights_location, \
+from models.text_encoders import CLIP_PREFIXES, build_text_encoder, resolve_text_encoder, text_weights_location, \
     valid_text_encoder_names
 from models.weights import downloads_disabled, hf_hub_cache, torch_hub_dir
 from utils.errors import UserError
@@ -38,6 +40,8 @@ def check_name(name: str) -> None:
     try:
         resolve_text_encoder(name)
     except UnknownEncoderError:
+        if base.startswith(CLIP_PREFIXES):
+            raise  # its own message says what is wrong with the CLIP name (e.g. cn-clip:RN50)
         raise unknown_encoder("image or text", "models.download", base,
                               list(IMAGE_ENCODERS) + valid_text_encoder_names()) from None
 
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch the pretrained weights of the named encoders into the caches that train_clip.py "
                     "reads (TORCH_HOME for torchvision, the HuggingFace cache for timm, open_clip and "
                     "transformers), so the cache folders can be copied to a server without internet.",
-        epilog="Example: python -m models.download resnet50 starnet_s1 clip:ViT-B/32 bert-base-chinese")
+        epilog="Example: python -m models.download resnet50 starnet_s1 clip:ViT-B/32 cn-clip:ViT-B/16 "
+               "bert-base-chinese")
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help="Encoder names as given to --image-encoder / --text-encoder (see "
                              "'train_clip.py --list-encoders').")

@@ -3,7 +3,8 @@
 An image encoder maps a (B, 3, H, W) batch to pooled features (B, feature_dim).
 ``NAME:pretrained`` (or ``NAME:true``) loads ImageNet weights; plain ``NAME`` is random init;
 ``--image-weights FILE`` loads that file instead (any encoder). ``timm:<model name>`` opens the
-door to every timm model. Weights come from the file, else the library's cache, else a download
+door to every timm model. ``clip:<model>`` and ``cn-clip:<model>`` are CLIP image towers
+(:mod:`models.clip_towers`), pretrained unless ``:scratch``, as on the text side. Weights come from the file, else the library's cache, else a download
 (:mod:`models.weights`); when none can be had the build fails, never falls back to random weights.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from models.clip_towers import FAMILIES, build_clip_image, is_clip_name, resolve_clip_image
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.weights import (WeightsLocation, fetch_weights_file, incompatible_weights, read_state_dict)
 from utils.errors import ConfigError, closest
@@ -39,8 +41,8 @@ class ImageEncoderSpec:
 
     name: str
     family: str
-    library: str  # "torchvision" or "timm"
-    arch: str  # torchvision builder name or timm model name
+    library: str  # "torchvision", "timm", or "clip"/"cn-clip" (a CLIP image tower)
+    arch: str  # torchvision builder name, timm model name, or the CLIP model
     feature_dim: int | None
     weights: str | None
     head: str | None = None
@@ -48,7 +50,7 @@ class ImageEncoderSpec:
 
     def weights_location(self) -> WeightsLocation | None:
         """Where the library keeps this encoder's pretrained weights (None: none exist)."""
-        if self.weights is None:
+        if self.weights is None or self.library in FAMILIES:  # CLIP weights: see models.download
             return None
         if self.library == "torchvision":
             return WeightsLocation(url=torchvision.models.get_weight(self.weights).url)
@@ -105,17 +107,24 @@ IMAGE_ENCODERS: dict[str, ImageEncoderSpec] = {
 
 
 def valid_image_encoder_names() -> list[str]:
-    return list(IMAGE_ENCODERS) + [f"{TIMM_PREFIX}<timm model name>"]
+    return list(IMAGE_ENCODERS) + [f"{TIMM_PREFIX}<timm model name>", "clip:<model> (as --text-encoder)",
+                                   "cn-clip:<model> (as --text-encoder)"]
 
 
 class ImageEncoder(nn.Module):
     """A backbone plus the facts the classifier needs about it."""
 
-    def __init__(self, name: str, backbone: nn.Module, feature_dim: int) -> None:
+    def __init__(self, name: str, backbone: nn.Module, feature_dim: int,
+                 files: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.name = name
         self.backbone = backbone
         self.feature_dim = feature_dim
+        self._files = files or {}
+
+    def saved_files(self) -> dict[str, torch.Tensor]:
+        """Files a checkpoint keeps to rebuild this encoder without any cache (a Chinese-CLIP config)."""
+        return self._files
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
@@ -139,7 +148,11 @@ def _timm_spec(model: str) -> ImageEncoderSpec:
 
 
 def image_encoder_spec(base: str) -> ImageEncoderSpec:
-    """The registry row of a name without suffix (``resnet50``, ``timm:convnext_nano``)."""
+    """The registry row of a name without suffix (``resnet50``, ``timm:convnext_nano``, ``clip:ViT-B/32``)."""
+    if is_clip_name(base):
+        # Describes only (saliency asks for a restored model's family): a cn-clip folder may be gone.
+        source = resolve_clip_image(base, check_exists=False)
+        return ImageEncoderSpec(base, FAMILIES[source.kind], source.kind, source.model, None, source.tag)
     if base.startswith(TIMM_PREFIX):
         return _timm_spec(base[len(TIMM_PREFIX):])
     spec = IMAGE_ENCODERS.get(base)
@@ -155,6 +168,9 @@ def resolve_image_encoder(name: str, weights: str | None = None) -> tuple[ImageE
     Weights are loaded for ``NAME:pretrained`` and whenever an explicit ``weights`` file is given.
     """
     parsed = split_suffix(name)
+    if is_clip_name(parsed.base):
+        source = resolve_clip_image(name, weights)
+        return image_encoder_spec(parsed.base), source.pretrained
     spec = image_encoder_spec(parsed.base)
     if weights is not None:
         if parsed.pretrained is False:
@@ -166,6 +182,22 @@ def resolve_image_encoder(name: str, weights: str | None = None) -> tuple[ImageE
         raise WeightsNotFoundError(f"{FLAG} {name}: no pretrained weights exist for '{spec.name}'; use "
                                    f"'{spec.name}' (random init) or give your own with {WEIGHTS_FLAG} FILE")
     return spec, pretrained
+
+
+def random_init_note(name: str, weights: str | None = None) -> str | None:
+    """The start-up line for an image encoder that starts from random weights without being asked to.
+
+    None when weights are loaded (``:pretrained``, ``--image-weights``) or random weights were asked
+    for by name (``:scratch``): only a plain name starts from random weights silently.
+    """
+    parsed = split_suffix(name)
+    spec, pretrained = resolve_image_encoder(name, weights)
+    if pretrained or parsed.pretrained is False:
+        return None
+    if spec.weights is None:
+        return (f"{FLAG} {name}: random initialisation (no pretrained weights are published for it; give "
+                f"your own with {WEIGHTS_FLAG} FILE)")
+    return f"{FLAG} {name}: random initialisation; add :pretrained for ImageNet weights ({name}:pretrained)"
 
 
 def image_weights_file(spec: ImageEncoderSpec, name: str, explicit: str | None = None) -> Path:
@@ -230,12 +262,16 @@ def _check_patch_multiple(name: str, backbone: nn.Module, img_size: int | None) 
 
 
 def build_image_encoder(name: str, load_pretrained: bool = True, img_size: int | None = None,
-                        weights: str | None = None) -> ImageEncoder:
+                        weights: str | None = None, files: dict[str, torch.Tensor] | None = None) -> ImageEncoder:
     """Build the encoder ``name``.
 
     ``img_size`` is passed to builders whose architecture depends on it (ViT); ``weights`` is an
-    explicit weights file; ``load_pretrained=False`` skips weight loading (checkpoint restore).
+    explicit weights file; ``load_pretrained=False`` skips weight loading (checkpoint restore);
+    ``files`` are a checkpoint's ``image_encoder_files``.
     """
+    if is_clip_name(name):
+        clip = build_clip_image(name, load_pretrained, img_size, weights, files)
+        return ImageEncoder(split_suffix(name).base, clip.backbone, clip.feature_dim, clip.files)
     spec, pretrained = resolve_image_encoder(name, weights)
     weights_file = None
     if pretrained and load_pretrained:

@@ -2,7 +2,9 @@
 whether its pretrained weights are already in the cache that training reads.
 
 Parameters are counted on the ``meta`` device (shapes only, no memory, no initialisation), for the
-encoder as the classifier uses it: without the ImageNet classification head, text tower only.
+encoder as the classifier uses it: without the ImageNet classification head, text tower only. CLIP
+models (open_clip, Chinese-CLIP) are listed once more as image towers: the same name on both sides
+is a pair that keeps its CLIP's projections (models/clip_towers.py).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models import chinese_clip
 from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, build_image_encoder
 from models.text_encoders import (CLIP_ALIASES, HF_ALIASES, TextEncoderSource, resolve_text_encoder,
                                   text_weights_location, without_random_init_warning)
@@ -47,14 +50,53 @@ def image_rows() -> list[EncoderRow]:
     return rows
 
 
-def _clip_row(name: str, source: TextEncoderSource) -> EncoderRow:
+@dataclass(frozen=True)
+class CLIPCounts:
+    """Parameters of a CLIP model's two towers (each with its projection) and its embedding size."""
+
+    image: int | None
+    text: int | None
+    embed_dim: int | None
+
+
+def _open_clip_counts(source: TextEncoderSource) -> CLIPCounts:
     import open_clip
 
     with torch.device("meta"), without_random_init_warning():
         model = open_clip.create_model(source.model, device="meta", load_weights=False, pretrained_text=False)
-    text_parameters = _count(model) - _count(model.visual)
-    dim = int(open_clip.get_model_config(source.model)["embed_dim"])
-    return EncoderRow(name, "OpenCLIP", text_parameters, dim, weights_status(text_weights_location(source)))
+    image = _count(model.visual)
+    return CLIPCounts(image, _count(model) - image, int(open_clip.get_model_config(source.model)["embed_dim"]))
+
+
+def _chinese_clip_counts(source: TextEncoderSource) -> CLIPCounts:
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+    try:
+        config = ChineseCLIPConfig.from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except OSError:  # not cached: sizes unknown until it is
+        return CLIPCounts(None, None, None)
+    with torch.device("meta"):
+        model = ChineseCLIPModel(config)
+    return CLIPCounts(_count(model.vision_model) + _count(model.visual_projection),
+                      _count(model.text_model) + _count(model.text_projection), int(config.projection_dim))
+
+
+def clip_counts() -> dict[str, tuple[TextEncoderSource, CLIPCounts]]:
+    """Every CLIP alias (``clip:``, ``cn-clip:``) → its source and tower sizes, counted once."""
+    names = [f"clip:{alias}" for alias in CLIP_ALIASES] + [chinese_clip.PREFIX + a for a in chinese_clip.ALIASES]
+    counted = {}
+    for name in names:
+        source = resolve_text_encoder(name)
+        counts = _open_clip_counts(source) if source.kind == "clip" else _chinese_clip_counts(source)
+        counted[name] = (source, counts)
+    return counted
+
+
+def clip_rows(counted: dict[str, tuple[TextEncoderSource, CLIPCounts]], tower: str) -> list[EncoderRow]:
+    """One row per CLIP model: its ``tower`` ("image" or "text") as an encoder."""
+    return [EncoderRow(name, "OpenCLIP" if source.kind == "clip" else "Chinese-CLIP", getattr(counts, tower),
+                       counts.embed_dim, weights_status(text_weights_location(source)))
+            for name, (source, counts) in counted.items()]
 
 
 def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:
@@ -71,10 +113,8 @@ def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:
     return EncoderRow(name, "HuggingFace", _count(model), int(config.hidden_size), status)
 
 
-def text_rows() -> list[EncoderRow]:
-    rows = [_clip_row(f"clip:{alias}", resolve_text_encoder(f"clip:{alias}")) for alias in CLIP_ALIASES]
-    rows += [_hf_row(alias, resolve_text_encoder(alias)) for alias in HF_ALIASES]
-    return rows
+def text_rows(counted: dict[str, tuple[TextEncoderSource, CLIPCounts]]) -> list[EncoderRow]:
+    return clip_rows(counted, "text") + [_hf_row(alias, resolve_text_encoder(alias)) for alias in HF_ALIASES]
 
 
 def _format_parameters(count: int | None) -> str:
@@ -92,12 +132,20 @@ def format_rows(title: str, rows: list[EncoderRow]) -> str:
 
 
 def format_encoder_table() -> str:
+    counted = clip_counts()
     return "\n".join([
         format_rows("Image encoders (--image-encoder NAME, NAME:pretrained for ImageNet weights)", image_rows()),
         f"  also {TIMM_PREFIX}<any timm model name>, e.g. {TIMM_PREFIX}convnext_nano:pretrained",
         "",
-        format_rows("Text encoders (--text-encoder NAME, NAME:scratch for random weights)", text_rows()),
-        "  also clip:<open_clip model>, clip:hf-hub:<repo>, hf:<HuggingFace name or folder>",
+        format_rows("CLIP image towers (--image-encoder NAME, pretrained unless NAME:scratch)",
+                    clip_rows(counted, "image")),
+        "  also clip:<open_clip model>, clip:hf-hub:<repo>, cn-clip:<hub name or folder>",
+        "  pairs: the same NAME as --image-encoder and --text-encoder (e.g. clip:ViT-B/32 with clip:ViT-B/32) is",
+        "  one CLIP model, loaded once, keeping its own projections and logit scale (zero-shot at epoch 0)",
+        "",
+        format_rows("Text encoders (--text-encoder NAME, NAME:scratch for random weights)", text_rows(counted)),
+        "  also clip:<open_clip model>, clip:hf-hub:<repo>, cn-clip:<hub name or folder>, "
+        "hf:<HuggingFace name or folder>",
         "",
         f"pretrained weights: yes = in the cache ({hf_hub_cache()} or TORCH_HOME), not cached = fetch them "
         "with 'python -m models.download NAME', no = none are published",

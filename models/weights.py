@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,6 +109,11 @@ def weights_not_found(flag: str, name: str, looked_in: list[str], download_note:
         f"cache folder to this server (see docs/encoders.md), or pass {weights_flag} PATH")
 
 
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def download_note(error: Exception | None) -> str:
     if error is None:
         return "download not tried (HF_HUB_OFFLINE=1)"
@@ -171,3 +177,27 @@ def incompatible_weights(flag: str, path: Path, name: str, exc: Exception) -> We
     first = str(exc).strip().splitlines()
     detail = " ".join(line.strip() for line in first[:3])[:300]
     return WeightsNotFoundError(f"{flag} {path}: these weights do not fit encoder '{name}' ({detail})")
+
+
+def hf_from_pretrained(loader: Any, target: str, flag: str, name: str, weights_flag: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` of a transformers class: a local folder, else the HuggingFace cache,
+    else a download; a :class:`WeightsNotFoundError` naming ``flag`` otherwise."""
+    if Path(target).is_dir():
+        try:
+            return loader.from_pretrained(target, **kwargs)
+        except OSError as exc:
+            raise WeightsNotFoundError(f"{flag} {name}: cannot load the HuggingFace model folder {target} "
+                                       f"({first_line(exc)})") from exc
+    cache = str(hf_hub_cache())
+    try:
+        return loader.from_pretrained(target, cache_dir=cache, local_files_only=True, **kwargs)
+    except OSError:
+        pass  # not (completely) in the cache
+    error: Exception | None = None
+    if not downloads_disabled():
+        try:
+            return loader.from_pretrained(target, cache_dir=cache, **kwargs)
+        except OSError as exc:
+            error = exc
+    raise weights_not_found(flag, name, [f"HuggingFace cache {cache} (repo {target})"], download_note(error),
+                            weights_flag)

@@ -8,13 +8,14 @@ computed once, without gradients: the heatmap is about the image only.
 The layer whose activations are weighted is chosen per encoder family in one table,
 :data:`TARGET_LAYER_RULES`, keyed by the family of the image-encoder registry: the deepest
 convolutional stage of a CNN whose map is at least :data:`MIN_GRID` cells wide at the input size,
-and for a ViT the first norm of its last block (the class token is all a ViT's last block passes
+and for a ViT (timm's, or a CLIP image tower's) the first norm of its last block (the class token is all a ViT's last block passes
 on, so the patch tokens after that block get no gradient; before its attention they do), with its
 tokens folded back into the patch grid.
 """
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -125,6 +126,29 @@ def _any_timm_layer(backbone: nn.Module) -> list[TargetLayer]:
     return _vit_layer(backbone) if _is_vision_transformer(backbone) else _feature_stages(backbone)
 
 
+def square_tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int, batch_first: bool = True) -> torch.Tensor:
+    """ViT tokens of a square input, (B, prefix + n², C) (or (L, B, C)) → (B, C, n, n)."""
+    tokens = tokens if batch_first else tokens.transpose(0, 1)
+    side = math.isqrt(tokens.size(1) - prefix_tokens)
+    return tokens_to_grid(tokens, prefix_tokens, (side, side))
+
+
+def _open_clip_layers(backbone: nn.Module) -> list[TargetLayer]:
+    # models/clip_towers.py: backbone.tower is open_clip's visual tower
+    visual = backbone.tower
+    if hasattr(visual, "trunk"):  # a timm model inside open_clip (BiomedCLIP)
+        return _any_timm_layer(visual.trunk)
+    if hasattr(visual, "transformer"):  # open_clip's ViT: a class token, then the patches
+        reshape = partial(square_tokens_to_grid, prefix_tokens=1, batch_first=visual.transformer.batch_first)
+        return [TargetLayer(visual.transformer.resblocks[-1].ln_1, reshape)]
+    return _resnet_layers(visual)  # ModifiedResNet (RN50, RN101): layer2-4 as torchvision's
+
+
+def _chinese_clip_layers(backbone: nn.Module) -> list[TargetLayer]:
+    layers = backbone.tower.vision_model.encoder.layers
+    return [TargetLayer(layers[-1].layer_norm1, partial(square_tokens_to_grid, prefix_tokens=1))]
+
+
 # Family of the image-encoder registry (models/image_encoders.py) → its candidate target layers,
 # the deepest last: the deepest whose map is at least MIN_GRID cells wide at the input size is used.
 TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], list[TargetLayer]]] = {
@@ -134,6 +158,8 @@ TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], list[TargetLayer]]] = {
     "StarNet": _feature_stages,
     "ViT": _vit_layer,
     "timm": _any_timm_layer,  # timm:<name>: a ViT-like model, else its feature stages
+    "OpenCLIP": _open_clip_layers,  # clip:<model> image towers
+    "Chinese-CLIP": _chinese_clip_layers,  # cn-clip:<model> image towers
 }
 # A heatmap coarser than this cannot point at a part of the image (a 32-px input leaves a ResNet's
 # last stage a single cell): a shallower stage with a finer map is used then.

@@ -1,31 +1,33 @@
 """``python -m study``: run a whole study (``run_train_clip.sh`` sets it up and hands over here).
 
-    python -m study [--dry-run] [--help] [-- NAME=VALUE ...]
+    python -m study [--dry-run] [--help] [--list-jobs | --count-jobs | --job-index I | --leaderboard]
+                    [-- NAME=VALUE ...]
 
 The words after ``--`` are the settings block of ``run_train_clip.sh``; the environment wins
 over them. Exit status: 0 every job finished or was skipped, 1 a job failed (or was refused), 2 a
-bad setting or job (nothing was started), 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
+bad setting or job (nothing was started), 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP; with
+--job-index also 75 when another process holds the job's folder (:mod:`study.array`).
 """
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
 from reporting.leaderboard import build_leaderboard, write_leaderboard
-from study.plan import SKIP, Job, describe_action, plan_jobs, trainer_arguments
-from study.scheduler import Failure, Outcome, Scheduler, Slot, Task, log_path
+from study.array import print_job_list, run_job_index, shown_command, task_of
+from study.devices import Devices, find_devices, task_devices
+from study.plan import SKIP, Job, describe_action, plan_jobs
+from study.scheduler import Failure, Outcome, Scheduler
 from study.settings import Settings, describe_raw, read_settings
-from study.validate import validate_jobs
 from utils.errors import ConfigError, UserError
 
-TRAINER = Path(__file__).resolve().parents[1] / "train_clip.py"
+MODES = ("--list-jobs", "--count-jobs", "--leaderboard")
 
 USAGE = """\
 Usage: bash run_train_clip.sh [--dry-run] [--help]
+       bash run_train_clip.sh --list-jobs | --count-jobs | --job-index I | --leaderboard
 
 Trains every IMAGE_ENCODERS × TEXT_ENCODERS combination (or, with USE_MULTI_CONFIG=true, every
 entry of CONFIG_FILE) with train_clip.py: one job per GPU in GPUS at a time, the rest queued; on a
@@ -33,6 +35,14 @@ machine without CUDA one job at a time on the CPU. Each job writes OUTPUT_ROOT/<
 logs to LOG_DIR/<image>_<text>_gpu<id>_<YYYYmmdd_HHMMSS>.log. Jobs whose folder holds a finished
 run are skipped; interrupted ones are resumed. Every job is checked before the first starts. At the
 end a leaderboard is printed and written to OUTPUT_ROOT/leaderboard.csv and leaderboard.md.
+
+On a cluster, one job per array task (see the README, "A study on a SLURM cluster"):
+  --list-jobs     one line per job: index, state, run folder, command; then the count
+  --count-jobs    the number of jobs N, alone (sbatch --array=0-$((N-1)))
+  --job-index I   run job I only, on every GPU visible to this task (one: train_clip.py; more:
+                  torchrun, one process per GPU); exit 0 trained or finished already, 1 failed,
+                  75 another process holds its folder (nothing done: rerun the task later)
+  --leaderboard   rank whatever runs of the study have finished (unfinished ones are listed)
 
 Settings are the variables at the top of run_train_clip.sh; the environment overrides them, arrays
 as space-separated words:
@@ -45,6 +55,8 @@ Every train_clip.py flag is a setting named like it in capitals: WEIGHT_SMOOTH_F
 An empty value is not set. A config-list entry's own keys win over these settings.
 The runner's own settings:
   GPUS                   GPU indices; one job per entry at a time (repeat an index for two jobs)
+  GPUS_PER_JOB           GPUs per job (default 1); more: GPUS in groups, each job a torchrun job of
+                         that many processes seeing its group only (GPUS="0 1 2 3" GPUS_PER_JOB=2)
   IMAGE_ENCODERS         image encoder names, e.g. resnet18 resnet50:pretrained
   TEXT_ENCODERS          text encoder names, e.g. clip:ViT-B/32 bert-base-chinese
   USE_MULTI_CONFIG       true: one job per entry of CONFIG_FILE (a JSON list)
@@ -66,13 +78,15 @@ bad setting or job (nothing started), 130/143/129 when interrupted (the running 
 class CommandLine:
     want_help: bool = False
     dry_run: bool = False
+    mode: str | None = None  # one of MODES, or --job-index
+    job_index: int | None = None
     block_arguments: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Devices:
-    slots: list[Slot]
-    description: str  # for the plan's first line
+def parse_job_index(value: str | None) -> int:
+    if value is None or not value.isdigit():
+        raise ConfigError(f"--job-index needs a job's index (0, 1, ...; see --list-jobs), got '{value or ''}'")
+    return int(value)
 
 
 def parse_command_line(argv: Sequence[str]) -> CommandLine:
@@ -81,43 +95,24 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
     if "--" in words:
         block = words[words.index("--") + 1:]
         words = words[:words.index("--")]
-    for word in words:
-        if word not in ("-h", "--help", "--dry-run"):
+    modes, job_index, rest = [], None, []
+    while words:
+        word = words.pop(0)
+        if word == "--job-index" or word.startswith("--job-index="):
+            value = word.partition("=")[2] if "=" in word else (words.pop(0) if words else None)
+            modes.append("--job-index")
+            job_index = parse_job_index(value)
+        elif word in MODES:
+            modes.append(word)
+        elif word in ("-h", "--help", "--dry-run"):
+            rest.append(word)
+        else:
             raise ConfigError(f"unknown option '{word}'; settings are variables (EPOCHS=5 bash "
                               "run_train_clip.sh), see --help")
-    return CommandLine("-h" in words or "--help" in words, "--dry-run" in words, tuple(block))
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def find_devices(settings: Settings) -> Devices:
-    """One slot per entry of GPUS; one CPU slot on a machine without CUDA."""
-    if settings.force_cpu:  # testing switch: the GPU schedule unchanged, but no job sees CUDA
-        slots = [Slot(f"gpu{g}", None, hide_cuda=True) for g in settings.gpus]
-        return Devices(slots, "on the CPU (DRIVER_FORCE_CPU), one job per GPU slot at a time: "
-                              + " ".join(s.tag for s in slots))
-    count = cuda_device_count()
-    if count == 0:
-        return Devices([Slot("cpu")], "on the CPU (CUDA is not available), one at a time")
-    for gpu in settings.gpus:
-        if gpu >= count:
-            raise ConfigError(f"GPUS: there is no GPU {gpu}; this machine has {count} CUDA device(s) "
-                              f"(0..{count - 1})")
-    return Devices([Slot(f"gpu{g}", g) for g in settings.gpus],
-                   f"on GPUs {' '.join(map(str, settings.gpus))}, one job per GPU at a time")
-
-
-def job_command(job: Job, settings: Settings, slot: Slot, log: Path) -> list[str]:
-    return [sys.executable, str(TRAINER), *trainer_arguments(job, settings, log, slot.gpu)]
-
-
-def task_of(job: Job, settings: Settings) -> Task:
-    return Task(job.name, describe_action(job, settings), settings.output_root / job.name,
-                lambda slot, log: job_command(job, settings, slot, log))
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)}: choose one")
+    return CommandLine("-h" in rest or "--help" in rest, "--dry-run" in rest, modes[0] if modes else None,
+                       job_index, tuple(block))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +131,7 @@ def print_dry_run(jobs: list[Job], settings: Settings, devices: Devices, out: Te
     print("\nCommands (dry run; jobs take the next free slot, shown here for the first round):", file=out)
     runnable = [job for job in jobs if job.action != SKIP]
     for n, job in enumerate(runnable):
-        slot = devices.slots[n % len(devices.slots)]
-        log = log_path(settings.log_dir, job.name, slot)
-        prefix = "CUDA_VISIBLE_DEVICES= " if slot.hide_cuda else ""
-        print(prefix + shlex.join(job_command(job, settings, slot, log)), file=out)
+        print(shown_command(job, settings, devices.slots[n % len(devices.slots)]), file=out)
 
 
 def print_leaderboard(jobs: list[Job], settings: Settings, out: TextIO) -> bool:
@@ -156,7 +148,7 @@ def print_leaderboard(jobs: list[Job], settings: Settings, out: TextIO) -> bool:
 
 
 def print_summary(jobs: list[Job], outcome: Outcome, out: TextIO) -> None:
-    skipped = sum(job.action == SKIP for job in jobs)
+    skipped = sum(job.action == SKIP for job in jobs) + len(outcome.skipped)
     print(f"\n{len(jobs)} job(s): {len(outcome.finished)} finished, {skipped} skipped (already finished), "
           f"{len(outcome.failed)} failed", file=out)
     if outcome.failed:
@@ -185,6 +177,21 @@ def run_study(jobs: list[Job], settings: Settings, devices: Devices, out: TextIO
     return 0 if written and not outcome.failed else 1
 
 
+def run_mode(command_line: CommandLine, jobs: list[Job], settings: Settings, environ: Mapping[str, str],
+             out: TextIO) -> int:
+    """--count-jobs, --list-jobs, --leaderboard or --job-index."""
+    if command_line.mode == "--count-jobs":
+        print(len(jobs), file=out)
+        return 0
+    if command_line.mode == "--leaderboard":
+        return 0 if print_leaderboard(jobs, settings, out) else 1
+    devices = task_devices(settings, environ)
+    if command_line.mode == "--list-jobs":
+        print_job_list(jobs, settings, devices, out)
+        return 0
+    return run_job_index(jobs, command_line.job_index, settings, devices, out)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          out: TextIO = sys.stdout) -> int:
     environ = os.environ if environ is None else environ
@@ -196,6 +203,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 0
         settings = read_settings(command_line.block_arguments, environ, command_line.dry_run)
         jobs = plan_jobs(settings)
+        if command_line.mode is not None:
+            return run_mode(command_line, jobs, settings, environ, out)
+        from study.validate import validate_jobs  # loads torch: not for --count-jobs on a login node
+
         validate_jobs(jobs, settings)
         devices = find_devices(settings)
     except UserError as exc:

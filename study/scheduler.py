@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from utils.run_dir import RunDir
+from utils.run_lock import describe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_SECONDS = 10.0  # after SIGTERM, before SIGKILL
@@ -30,9 +31,17 @@ STOP_GRACE_SECONDS = 10.0  # after SIGTERM, before SIGKILL
 
 @dataclass(frozen=True)
 class Slot:
-    tag: str  # gpu0, gpu1 or cpu: in the log names and the event lines
-    gpu: int | None = None  # --gpu-id for its jobs; None: the trainer's choice (the CPU)
+    tag: str  # gpu0, gpu1, gpu0+1 or cpu: in the log names and the event lines
+    gpu: int | None = None  # --gpu-id for its one-process jobs; None: the trainer's choice (the CPU)
     hide_cuda: bool = False  # DRIVER_FORCE_CPU: the job sees no CUDA device
+    processes: int = 1  # more than one: a torchrun job, one process per GPU
+    visible: str | None = None  # CUDA_VISIBLE_DEVICES for its jobs; None: the runner's own
+
+    def environment(self) -> dict[str, str]:
+        """What its jobs' environment changes: which GPUs they see."""
+        if self.hide_cuda:
+            return {"CUDA_VISIBLE_DEVICES": ""}
+        return {} if self.visible is None else {"CUDA_VISIBLE_DEVICES": self.visible}
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Task:
     description: str  # what it does: "run", "resume the interrupted run", ...
     run_dir: Path
     command: Callable[[Slot, Path], list[str]]  # the argv for a slot and a log file
+    rerun: bool = False  # FORCE: run it even when its folder holds a finished run
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Failure:
 class Outcome:
     finished: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # finished by another process before their start
     stopped_by: int | None = None  # the signal that stopped the study
 
 
@@ -93,11 +104,6 @@ def format_duration(seconds: float) -> str:
 def describe_status(returncode: int) -> str:
     """Popen's return code as the shell would tell it (a negative code is a signal)."""
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
-
-
-def describe_holder(holder: dict) -> str:
-    return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-            f"(started {holder.get('started', '?')})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,22 +189,31 @@ class Scheduler:
                 signal.signal(s, handler)
 
     def _start_next(self, queue: deque[Task], slot: Slot, outcome: Outcome) -> Running | None:
-        """Start the next task that may start; a task whose folder another process holds is refused."""
+        """Start the next task that may start. Another process (a second study runner, an array task)
+        may have finished a task's run since it was planned: skipped; or hold its folder: refused."""
         while queue:
             task = queue.popleft()
-            holder = RunDir(task.run_dir).lock_holder()
-            if holder is None:
+            if not task.rerun and RunDir(task.run_dir).is_finished():
+                event(self.out, f"skip   {task.name}: finished meanwhile by another process")
+                outcome.skipped.append(task.name)
+                continue
+            if not self._refused_if_held(task, outcome, None):
                 return self._start(task, slot)
-            in_use = f"{task.run_dir} is in use by {describe_holder(holder)}"
-            event(self.out, f"REFUSED {task.name}: {in_use}")
-            outcome.failed.append(Failure(task.name, f"refused: {in_use}", None))
         return None
+
+    def _refused_if_held(self, task: Task, outcome: Outcome, log: Path | None) -> bool:
+        holder = RunDir(task.run_dir).lock_holder()
+        if holder is None:
+            return False
+        in_use = f"{task.run_dir} is in use by {describe(holder)}"
+        event(self.out, f"REFUSED {task.name}: {in_use}")
+        outcome.failed.append(Failure(task.name, f"refused: {in_use}", log))
+        return True
 
     def _start(self, task: Task, slot: Slot) -> Running:
         log = log_path(self.log_dir, task.name, slot)
-        env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1")  # the console is a file: no bars
-        if slot.hide_cuda:
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        # The console is a file: no progress bars.
+        env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", **slot.environment())
         with open(console_path(log), "wb") as console:
             process = subprocess.Popen(task.command(slot, log), stdin=subprocess.DEVNULL, stdout=console,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -213,6 +228,13 @@ class Scheduler:
         if returncode == 0:
             outcome.finished.append(job.task.name)
             event(self.out, f"done   {job.task.name} on {job.slot.tag} after {elapsed}")
+            return
+        # Refused by the trainer because another process took the folder first: that one's run.
+        if self._refused_if_held(job.task, outcome, job.log):
+            return
+        if not job.task.rerun and RunDir(job.task.run_dir).is_finished():
+            event(self.out, f"skip   {job.task.name}: finished by another process (this one's log: {job.log})")
+            outcome.skipped.append(job.task.name)
             return
         status = describe_status(returncode)
         outcome.failed.append(Failure(job.task.name, status, job.log))

@@ -26,7 +26,7 @@ from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
 
 ARRAY_SETTINGS = frozenset({"GPUS", "IMAGE_ENCODERS", "TEXT_ENCODERS", "EXTRA_ARGS"})
-RUNNER_SETTINGS = ("GPUS", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
+RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
                    "OUTPUT_ROOT", "EXTRA_ARGS", "LOG_DIR", "LEADERBOARD_METRIC", "FORCE", "DRY_RUN", "PYTHON")
 # TrainConfig fields the runner sets for each job itself.
 CHOSEN_PER_JOB = frozenset({"output_dir", "log_file", "gpu_id", "resume", "overwrite", "image_encoder",
@@ -62,6 +62,7 @@ class Settings:
     bool for a switch, else the text as written (checked against the field's type)."""
 
     gpus: tuple[int, ...] = (0,)
+    gpus_per_job: int = 1  # more than one: torchrun jobs on groups of GPUS
     image_encoders: tuple[str, ...] = ()
     text_encoders: tuple[str, ...] = ()
     use_multi_config: bool = False
@@ -87,6 +88,8 @@ class Settings:
             if isinstance(value, bool):
                 # A negating field's own flag switches it off (--no-amp), its opposite on (--amp).
                 flags.append(_flag(f) if value != f.metadata["negate"] else _opposite_flag(f))
+            elif isinstance(value, list):  # a list field: its flag once per item
+                flags += [word for item in value for word in (_flag(f), item)]
             else:
                 flags += [_flag(f), str(value)]
         return flags
@@ -178,9 +181,22 @@ def parse_trainer_value(name: str, setting: TrainerSetting, value: str) -> Any:
     return value  # as written (1e-4 stays 1e-4 in the commands shown)
 
 
+def is_list_setting(setting: TrainerSetting) -> bool:
+    tp = typing.get_type_hints(TrainConfig)[setting.field.name]
+    return any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+
 def parse_trainer_values(raw: Raw) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, setting in trainer_settings().items():
+        if is_list_setting(setting):
+            # An array in the block (TEXT_TEMPLATE+="..." per item); from the environment one value is
+            # one item (a template has spaces, so it is not split into words).
+            items = raw.get(name, [])
+            items = [item for item in ([items] if isinstance(items, str) else items) if item]
+            if items:
+                values[setting.field.name] = items
+            continue
         value = scalar(raw, name, "")
         if value:  # empty: not set (the trainer's default, or the config entry's value)
             values[setting.field.name] = parse_trainer_value(name, setting, value)
@@ -194,6 +210,12 @@ def parse_gpus(words: list[str]) -> tuple[int, ...]:
         if not word.isdigit():
             raise ConfigError(f"GPUS: '{word}' is not a GPU index (0, 1, ...)")
     return tuple(int(word) for word in words)
+
+
+def parse_gpus_per_job(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"GPUS_PER_JOB must be a whole number of GPUs, 1 or more, got '{value}'")
+    return int(value)
 
 
 def scalar(raw: Raw, name: str, default: str) -> str:
@@ -227,6 +249,7 @@ def read_settings(block_arguments: Sequence[str], environ: Mapping[str, str], dr
     defaults = Settings()
     return Settings(
         gpus=parse_gpus(parse_words("GPUS", raw["GPUS"])) if "GPUS" in raw else defaults.gpus,
+        gpus_per_job=parse_gpus_per_job(scalar(raw, "GPUS_PER_JOB", "1")),
         image_encoders=tuple(parse_words("IMAGE_ENCODERS", raw.get("IMAGE_ENCODERS", ""))),
         text_encoders=tuple(parse_words("TEXT_ENCODERS", raw.get("TEXT_ENCODERS", ""))),
         use_multi_config=parse_bool("USE_MULTI_CONFIG", scalar(raw, "USE_MULTI_CONFIG", "false")),

@@ -131,7 +131,7 @@ def test_every_flag_of_the_users_guide_exists(flag):
 def test_chinese_text_template_from_the_guide():
     cfg = config_from_args(["--data-dir", "d", "--text-template", "这是一张{class_name}的图片",
                             "--weight-smooth-factor", "0.5"])
-    assert cfg.text_template == "这是一张{class_name}的图片" and cfg.weight_smooth_factor == 0.5
+    assert cfg.text_template == ["这是一张{class_name}的图片"] and cfg.weight_smooth_factor == 0.5
 
 
 # -- --help -------------------------------------------------------------------------------------

@@ -117,14 +117,17 @@ def test_texts_accept_a_string_or_a_list(tmp_path):
     assert load_class_texts(CLASSES, path, None) == [["an X-ray of a"], ["b one", "b two"], ["股骨柄A型的X光片"]]
 
 
-def test_template_fills_classes_missing_from_the_file(tmp_path):
-    path = texts_file(tmp_path, {"cat_a": "from the file"})
-    texts = load_class_texts(CLASSES, path, "这是一张{class_name}的图片")
-    assert texts == [["from the file"], ["这是一张cat_b的图片"], ["这是一张股骨柄A的图片"]]
+def test_templates_add_to_every_class_after_its_file_descriptions(tmp_path):
+    # Prompt ensembling: a class in the file keeps its descriptions and gains every template; a class
+    # missing from the file has the templates only.
+    path = texts_file(tmp_path, {"cat_a": ["from the file", "also from the file"]})
+    texts = load_class_texts(CLASSES, path, ["这是一张{class_name}的图片", "an X-ray of {class_name}"])
+    assert texts == [["from the file", "also from the file", "这是一张cat_a的图片", "an X-ray of cat_a"],
+                     ["这是一张cat_b的图片", "an X-ray of cat_b"], ["这是一张股骨柄A的图片", "an X-ray of 股骨柄A"]]
 
 
 def test_template_alone_and_neither(tmp_path):
-    assert load_class_texts(CLASSES, None, "a photo of {class_name}")[2] == ["a photo of 股骨柄A"]
+    assert load_class_texts(CLASSES, None, ["a photo of {class_name}"])[2] == ["a photo of 股骨柄A"]
     assert load_class_texts(CLASSES, None, None) == [["cat_a"], ["cat_b"], ["股骨柄A"]]
 
 

@@ -73,6 +73,13 @@ def test_cv_run_writes_every_file(cv_run):
     assert "CUDA is not available" in log and "Cross-validation summary" in log
 
 
+def test_the_log_says_once_before_training_that_the_image_encoder_starts_from_random_weights(cv_run):
+    root, _, _ = cv_run
+    log = (root / "logs" / "run.log").read_text(encoding="utf-8")
+    note = "--image-encoder starnet_s050: random initialisation"
+    assert log.count(note) == 1 and log.index(note) < log.index("fold 1 epoch")
+
+
 def test_config_json_is_the_resolved_config_and_a_valid_config_file(cv_run):
     _, out, argv = cv_run
     config = read(out / "config.json")

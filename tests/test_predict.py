@@ -109,6 +109,16 @@ def test_class_texts_file_swaps_in_new_classes_in_file_order(finished_run, tmp_p
     np.testing.assert_allclose(probabilities(rows, ["zeta", "alpha"]).sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_new_chinese_descriptions_into_an_english_tokenizer_are_warned_about(finished_run, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    data, run = finished_run
+    texts = tmp_path / "new_texts.json"
+    texts.write_text(json.dumps({"短柄": "保留股骨颈的非骨水泥型短柄", "长柄": "a long revision stem"}), encoding="utf-8")
+    run_predict(run, data / "cat_a", tmp_path / "zs.csv", "--class-texts-file", str(texts))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "does not cover" in line]
+    assert len(warnings) == 1 and "1 description(s) of class(es) 短柄:" in warnings[0]
+
+
 def test_unreadable_images_are_skipped_and_named(finished_run, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     data, run = finished_run

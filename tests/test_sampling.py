@@ -14,6 +14,7 @@ from data.folds import Fold
 from data.images import ImageCache
 from data.sampling import class_weights, weighted_sampler
 from training.config import TrainConfig
+from training.distributed import Distributed
 
 COUNTS = [10, 40, 50]  # N = 100, C = 3
 
@@ -90,7 +91,7 @@ def fake_run(labels, cfg):
                        [torch.zeros(1, 16, 16, dtype=torch.uint8) for _ in labels])
     images = ImageFolder(Path("."), ["a", "b"], list(cache.paths), list(labels))
     return SimpleNamespace(cfg=cfg, cache=cache, labels=list(labels), images=images,
-                           device=torch.device("cpu"))
+                           device=torch.device("cpu"), processes=Distributed())
 
 
 def test_make_loaders_weights_the_training_fold_only():

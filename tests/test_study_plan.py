@@ -266,7 +266,7 @@ def test_a_bad_job_is_named_before_any_starts(data_dir: Path, block: dict, messa
 # GPU slots
 # ---------------------------------------------------------------------------------------------
 def test_gpu_slots_follow_gpus_and_a_missing_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import study.__main__ as runner
+    import study.devices as runner
 
     monkeypatch.setattr(runner, "cuda_device_count", lambda: 2)
     devices = runner.find_devices(settings_of({**BLOCK, "GPUS": ["1", "1", "0"]}))

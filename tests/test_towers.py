@@ -12,6 +12,7 @@ import torchvision
 import train_clip
 import training.engine
 from models.clip_model import build_clip_model
+from training.checkpoints import full_model_state
 from training.config import TrainConfig
 from utils.io import load_checkpoint
 
@@ -29,6 +30,11 @@ def cv_run(tmp_path: Path, image_tree: Path, tiny_text_encoder: Path, name: str,
     return out
 
 
+def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's whole model state: its own weights and the run's frozen towers it names."""
+    return full_model_state(load_checkpoint(checkpoint), checkpoint)
+
+
 def text_calls(out: Path) -> dict[int, list[int]]:
     """Per fold, the text-encoder calls since the fold began, after each epoch."""
     return {fold: [row["text_encoder_calls"]
@@ -42,7 +48,7 @@ def test_frozen_text_tower_encodes_class_texts_once_per_fold(tmp_path, image_tre
     assert text_calls(frozen) == {1: [1, 1, 1], 2: [1, 1, 1]}
     summary = json.loads((frozen / "cv_summary.json").read_text())
     assert summary["n_splits"] == 2
-    first, last = (load_checkpoint(frozen / f"fold_{k}" / "checkpoint_latest.pth")["model"] for k in (1, 2))
+    first, last = (model_state(frozen / f"fold_{k}" / "checkpoint_latest.pth") for k in (1, 2))
     text_keys = [k for k in first if k.startswith("text_encoder.")]
     assert text_keys and all(torch.equal(first[k], last[k]) for k in text_keys)
 
@@ -54,7 +60,7 @@ def test_frozen_image_backbone_stays_bit_identical(tmp_path, image_tree, tiny_te
     out = cv_run(tmp_path, image_tree, tiny_text_encoder, "frozen_image", "--freeze-image",
                  "--image-encoder", "resnet18:pretrained", "--image-weights", str(tmp_path / "resnet18.pth"))
     for fold in (1, 2):
-        state = load_checkpoint(out / f"fold_{fold}" / "checkpoint_latest.pth")["model"]
+        state = model_state(out / f"fold_{fold}" / "checkpoint_latest.pth")
         backbone = {k[len("image_encoder.backbone."):]: v for k, v in state.items()
                     if k.startswith("image_encoder.backbone.")}
         expected = {k: v for k, v in weights.items() if not k.startswith("fc.")}

@@ -3,20 +3,35 @@
 ``checkpoint_best.pth`` holds the model and metadata (for predict.py); ``checkpoint_latest.pth`` also
 holds the training state (optimizer, scheduler, scaler, fold state, every RNG state) while its fold
 trains, and only the last model once the fold is finished (DESIGN.md §6).
+
+What keeps a study's checkpoints affordable:
+
+- A frozen tower never changes, so its weights are written once per run, to ``frozen_towers.pth``
+  in the run folder; each checkpoint's ``model`` omits them and names that file (relative to the run
+  folder, so a copied folder still works) and its SHA-256. Loading puts the two back together and
+  refuses a missing or edited file.
+- A finished fold whose last epoch is its best keeps one copy: ``checkpoint_latest.pth`` becomes a
+  hard link to ``checkpoint_best.pth``.
+- ``--checkpoint-dtype`` casts the saved models' floating-point weights; the weights of a training
+  fold's ``checkpoint_latest.pth`` and the frozen towers stay as trained, so ``--resume`` is exact.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.io import load_checkpoint, save_checkpoint
-from utils.run_dir import RunDir
+from utils.io import CheckpointError, file_sha256, link_or_copy, load_checkpoint, save_checkpoint
+from utils.run_dir import FROZEN_TOWERS_FILE, RunDir
 
-CHECKPOINT_FORMAT = "train_clip/1"
+# /2: the model may omit frozen towers kept in the run's frozen_towers.pth ("shared_weights" names it).
+# /1 checkpoints hold every weight and load as before.
+CHECKPOINT_FORMAT = "train_clip/2"
+CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # What checkpoint_latest.pth adds to the model while its fold trains, for --resume. A finished fold
@@ -46,6 +61,76 @@ def restore_rng(state: dict[str, Any], sampler_generator: torch.Generator) -> No
     sampler_generator.set_state(state["sampler"])
 
 
+@dataclass(frozen=True)
+class SharedWeights:
+    """The run's frozen towers, stored once in ``frozen_towers.pth``: which model keys, and the file's hash."""
+
+    keys: frozenset[str]
+    sha256: str
+
+    def reference(self) -> dict[str, str]:
+        return {"file": FROZEN_TOWERS_FILE, "sha256": self.sha256}
+
+
+def frozen_tower_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> frozenset[str]:
+    """Keys of ``state`` (the model's state dict) that belong to a tower without trainable parameters.
+
+    Its buffers are included: a frozen tower stays in eval mode, so BatchNorm statistics do not move.
+    """
+    frozen = [f"{name}." for name in ("image_encoder", "text_encoder")
+              if not any(p.requires_grad for p in getattr(model, name).parameters())]
+    return frozenset(key for key in state if key.startswith(tuple(frozen))) if frozen else frozenset()
+
+
+def store_frozen_towers(run_dir: RunDir, model: torch.nn.Module,
+                        initial_state: dict[str, torch.Tensor]) -> SharedWeights | None:
+    """Write the frozen towers' weights (from the untrained ``initial_state``) once per run.
+
+    A resumed run finds the file already there and keeps it when it holds exactly these weights.
+    """
+    keys = frozen_tower_keys(model, initial_state)
+    if not keys:
+        return None
+    weights = {key: initial_state[key] for key in sorted(keys)}
+    path = run_dir.frozen_towers
+    if path.is_file():
+        saved = load_checkpoint(path, ("model",))["model"]
+        if saved.keys() != weights.keys() or not all(torch.equal(saved[k], weights[k]) for k in weights):
+            raise CheckpointError(f"{path} does not hold the frozen towers' weights this run starts from (the "
+                                  "file was edited, or the towers' weights changed since the run started); "
+                                  "restore the file, or start the run again with --overwrite")
+    else:
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": weights})
+    return SharedWeights(keys, file_sha256(path))
+
+
+def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The whole model state of the checkpoint ``saved`` (read from ``path``, in a run's ``fold_K/``):
+    its own weights plus the frozen towers it names, once their file's hash is checked."""
+    reference = saved.get("shared_weights")
+    if reference is None:  # every weight is in the checkpoint (no frozen tower, or format /1)
+        return saved["model"]
+    name = reference.get("file") if isinstance(reference, dict) else None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"checkpoint {path} names its frozen towers' file wrongly ({name!r}): not a "
+                              "train_clip checkpoint")
+    shared = Path(path).absolute().parent.parent / name
+    if not shared.is_file():
+        raise CheckpointError(f"checkpoint {path} needs {shared}, the run's frozen towers' weights, which is "
+                              f"missing: copy the whole run folder, {name} included")
+    if file_sha256(shared) != reference.get("sha256"):
+        raise CheckpointError(f"{shared} is not the file checkpoint {path} was saved with (its SHA-256 "
+                              f"differs: edited or replaced); restore the run's original {name}")
+    return {**load_checkpoint(shared, ("model",))["model"], **saved["model"]}
+
+
+def cast_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating-point tensors as ``dtype``; integer buffers unchanged. Loading casts them back
+    (``load_state_dict`` copies into the model's own tensors)."""
+    target = CHECKPOINT_DTYPES[dtype]
+    return {key: value.to(target) if value.is_floating_point() else value for key, value in state.items()}
+
+
 @dataclass
 class FoldCheckpoints:
     """Writes and reads one fold's checkpoints; ``metadata`` is what every checkpoint carries
@@ -55,37 +140,64 @@ class FoldCheckpoints:
     run_dir: RunDir
     fold: int
     metadata: dict[str, Any]
+    shared: SharedWeights | None = None  # the frozen towers, written once per run
+    dtype: str = "float32"  # --checkpoint-dtype of the final models
 
-    def _state(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "fold": self.fold, "epoch": epoch,
-                "metrics": metrics, **self.metadata}
+    def _state(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float],
+               final: bool) -> dict[str, Any]:
+        """A checkpoint without the frozen towers; ``final`` (a model to keep, not one to resume
+        training from) casts its weights to ``dtype``."""
+        weights = model.state_dict()
+        shared = {}
+        if self.shared is not None:
+            weights = {key: value for key, value in weights.items() if key not in self.shared.keys}
+            shared = {"shared_weights": self.shared.reference()}
+        if final:
+            weights = cast_weights(weights, self.dtype)
+        return {"format": CHECKPOINT_FORMAT, "model": weights, "fold": self.fold, "epoch": epoch,
+                "metrics": metrics, **shared, **self.metadata}
 
     def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(self.run_dir.best_checkpoint(self.fold), self._state(model, epoch, metrics))
+        save_checkpoint(self.run_dir.best_checkpoint(self.fold), self._state(model, epoch, metrics, final=True))
 
     def save_latest(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float],
                     training: dict[str, Any], fold_state: dict[str, Any],
                     sampler_generator: torch.Generator) -> None:
         """The model with everything ``--resume`` needs to continue after ``epoch`` exactly."""
         save_checkpoint(self.run_dir.latest_checkpoint(self.fold), {
-            **self._state(model, epoch, metrics), **training, "fold_state": fold_state,
+            **self._state(model, epoch, metrics, final=False), **training, "fold_state": fold_state,
             "rng": capture_rng(sampler_generator)})
 
     def has_latest(self) -> bool:
         return self.run_dir.latest_checkpoint(self.fold).is_file()
 
     def load_latest(self) -> dict[str, Any]:
-        return load_checkpoint(self.run_dir.latest_checkpoint(self.fold), LATEST_KEYS)
+        """``checkpoint_latest.pth`` with its whole model state (frozen towers put back)."""
+        path = self.run_dir.latest_checkpoint(self.fold)
+        saved = load_checkpoint(path, LATEST_KEYS)
+        return {**saved, "model": full_model_state(saved, path)}
 
     def drop_training_state(self) -> None:
-        """Reduce a finished fold's ``checkpoint_latest.pth`` to the last epoch's model and metadata."""
+        """Reduce a finished fold's ``checkpoint_latest.pth`` to the last epoch's model and metadata.
+
+        When the last epoch is also the best, that is ``checkpoint_best.pth`` exactly (same model,
+        epoch, metrics, type): the latest becomes a hard link to it, one copy on disk.
+        """
         latest = self.run_dir.latest_checkpoint(self.fold)
         if not latest.is_file():
             return
         saved = load_checkpoint(latest)
-        if any(key in saved for key in TRAINING_STATE_KEYS):
-            save_checkpoint(latest, {key: value for key, value in saved.items() if key not in TRAINING_STATE_KEYS})
+        if not any(key in saved for key in TRAINING_STATE_KEYS):
+            return
+        best = self.run_dir.best_checkpoint(self.fold)
+        fold_state = saved.get("fold_state")
+        if best.is_file() and isinstance(fold_state, dict) and fold_state.get("best_epoch") == saved.get("epoch"):
+            link_or_copy(best, latest)
+            return
+        kept = {key: value for key, value in saved.items() if key not in TRAINING_STATE_KEYS}
+        save_checkpoint(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
 
 
 def load_best_model_state(run_dir: RunDir, fold: int) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir.best_checkpoint(fold), ("model",))["model"]
+    path = run_dir.best_checkpoint(fold)
+    return full_model_state(load_checkpoint(path, ("model",)), path)

@@ -50,9 +50,10 @@ class TrainConfig:
                               "a fold (perceptual hashes).", "data", choices=("on", "off"))
     class_texts_file: Optional[str] = _opt(
         None, "JSON file mapping each class name to a description or a list of descriptions.", "data")
-    text_template: Optional[str] = _opt(
-        None, "Description for classes missing from --class-texts-file, e.g. 'an X-ray of {class_name}'.",
-        "data")
+    text_template: Optional[list[str]] = _opt(
+        None, "Prompt template with {class_name}, e.g. 'an X-ray of {class_name}'; give it several times (a "
+        "list in JSON) for prompt ensembling: every class averages its --class-texts-file descriptions and all "
+        "templates.", "data")
     img_size: int = _opt(224, "Square input size in pixels.", "data")
     augmentation: str = _opt("standard", "Training augmentation (none: resize only; minimal: small "
                              "shifts/rotations; standard: crop, flip, rotation, brightness/contrast).",
@@ -63,16 +64,21 @@ class TrainConfig:
                          "from disk.", "data")
     # model
     image_encoder: str = _opt("resnet18", "Image encoder name (see --list-encoders; timm:<model> for any timm "
-                              "model); add ':pretrained' for ImageNet weights.", "model")
-    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, a HuggingFace "
-                             "name, or hf:<name or folder>; add ':scratch' for random weights.", "model")
+                              "model); add ':pretrained' for ImageNet weights. clip:<model> and cn-clip:<model> "
+                              "are CLIP image towers (pretrained unless ':scratch'); with the same --text-encoder "
+                              "the model keeps that CLIP's projections.", "model")
+    text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, cn-clip:<model>, "
+                             "a HuggingFace name, or hf:<name or folder>; add ':scratch' for random weights.",
+                             "model")
     image_weights: Optional[str] = _opt(
-        None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors); taken "
-        "before the library caches and downloads (see docs/encoders.md).", "model")
+        None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors; for clip:* as "
+        "--text-weights, for cn-clip:* a model folder); taken before the library caches and downloads "
+        "(see docs/encoders.md).", "model")
     text_weights: Optional[str] = _opt(
         None, "Weights for the text encoder: for clip:* a weights file (or a folder holding one); for "
         "HuggingFace encoders a model folder.", "model")
-    embed_dim: int = _opt(512, "Dimension of the shared image-text embedding.", "model")
+    embed_dim: int = _opt(512, "Dimension of the shared image-text embedding (unused for paired CLIP towers: "
+                          "they keep their CLIP's own).", "model")
     temperature: float = _opt(0.07, "Initial softmax temperature (the learnable logit scale starts at "
                               "1/temperature).", "model")
     freeze_image: bool = _opt(False, "Keep the image backbone's weights fixed (only its projection trains).",
@@ -82,7 +88,8 @@ class TrainConfig:
     loss: str = _opt("symmetric", "symmetric: image->class plus class->image contrastive loss; "
                      "ce: image->class cross-entropy only.", "model", choices=("symmetric", "ce"))
     # training
-    batch_size: int = _opt(32, "Images per training step.", "training")
+    batch_size: int = _opt(32, "Images per training step; under torchrun the global batch, shared evenly by "
+                           "the processes.", "training")
     epochs: int = _opt(100, "Training epochs per fold.", "training")
     learning_rate: float = _opt(1e-4, "Peak learning rate of AdamW.", "training")
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases, norms, logit scale).",
@@ -97,6 +104,10 @@ class TrainConfig:
                         "training", choices=MONITOR_METRICS)
     save_best: bool = _opt(True, "Do not write checkpoint_best.pth.", "training", flag="--no-save-best",
                            negate=True)
+    checkpoint_dtype: str = _opt("float32", "Type of the weights in the saved models (checkpoint_best.pth, a "
+                                 "finished fold's checkpoint_latest.pth); bfloat16 and float16 halve them. "
+                                 "The training state for --resume stays float32.", "training",
+                                 choices=("float32", "bfloat16", "float16"))
     patience: int = _opt(0, "Stop a fold after this many epochs without improvement of --monitor "
                          "(0: never stop early).", "training")
     deterministic: bool = _opt(False, "Use deterministic algorithms only (slower on GPU): two runs with "
@@ -191,23 +202,39 @@ def _opposite_flag(f: dataclasses.Field) -> str:
     return "--" + flag[len("--no-"):] if flag.startswith("--no-") else "--no-" + flag[len("--"):]
 
 
+def _base_type(tp: Any) -> Any:
+    """The type without ``Optional``: ``Optional[int]`` → ``int``, ``Optional[list[str]]`` → ``list``."""
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    return typing.get_origin(base) or base
+
+
 def _type_name(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if args else tp
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a string or a list of strings"}[_base_type(tp)]
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
     """Check a JSON value against the field's type (ints accepted as floats, nothing else converted).
 
-    ``key`` is the JSON key as written (an alias such as ``use_amp``), named in the error.
+    A list field also takes one string, as a one-item list (``text_template`` was a string once: the
+    config.json of older runs must still load and compare equal). ``key`` is the JSON key as written
+    (an alias such as ``use_amp``), named in the error.
     """
     tp = _field_types()[name]
     optional = type(None) in typing.get_args(tp)
-    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+    base = _base_type(tp)
     if value is None and optional:
         return None
-    ok = (isinstance(value, bool) if base is bool
+    if base is list and isinstance(value, str):
+        return [value]
+    if base is list and value == []:
+        return None  # no items: as if not given
+    ok = (_is_text_list(value) if base is list
+          else isinstance(value, bool) if base is bool
           else isinstance(value, int) and not isinstance(value, bool) if base is int
           else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
           else isinstance(value, str))
@@ -256,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     types = _field_types()
     for f in config_fields():
         group = groups[f.metadata["group"]]
-        tp = types[f.name]
-        base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        base = _base_type(types[f.name])
         help_text = f.metadata["help"]
         if base is bool:
             negate = f.metadata["negate"]
@@ -266,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
             # The opposite switch, so a command line can undo a config file's setting.
             group.add_argument(_opposite_flag(f), dest=f.name, action="store_true" if negate else "store_false",
                                help=argparse.SUPPRESS)
+            continue
+        if base is list:  # given several times: one item each (the command line replaces a config's list)
+            group.add_argument(_flag(f), dest=f.name, action="append", metavar=f.name.upper(), help=help_text)
             continue
         default = "" if f.default is None else f" (default: {f.default})"
         # Choices are checked in validate(), which suggests the closest one (argparse does not).
@@ -398,10 +427,9 @@ def validate(cfg: TrainConfig) -> None:
            f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
     _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
     _check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
-    _check(cfg.image_weights is None or Path(cfg.image_weights).is_file(),
-           f"--image-weights {cfg.image_weights}: no such file")
+    _check(cfg.image_weights is None or Path(cfg.image_weights).exists(),
+           f"--image-weights {cfg.image_weights}: no such file or folder")
     _check(cfg.text_weights is None or Path(cfg.text_weights).exists(),
            f"--text-weights {cfg.text_weights}: no such file or folder")
-    if cfg.text_template is not None:
-        _check("{class_name}" in cfg.text_template,
-               f"--text-template must contain '{{class_name}}', got {cfg.text_template!r}")
+    for template in cfg.text_template or ():
+        _check("{class_name}" in template, f"--text-template must contain '{{class_name}}', got {template!r}")

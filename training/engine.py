@@ -19,6 +19,7 @@ from tqdm import tqdm
 from models.clip_model import CLIPClassifier
 from models.loss import class_contrastive_loss
 from training.config import TrainConfig
+from training.distributed import Distributed
 from training.ensemble import FoldModel, image_logits
 from utils.device import autocast, to_device
 from utils.errors import UserError
@@ -31,16 +32,24 @@ class TrainingError(UserError, RuntimeError):
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
-                    epoch: int, description: str = "") -> dict[str, float]:
+                    epoch: int, description: str = "", processes: Distributed = Distributed()) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the last learning rate, AMP-skipped steps and
-    the seconds the pass took (data loading included: the training throughput without validation)."""
+    the seconds the pass took (data loading included: the training throughput without validation).
+
+    Under torchrun ``model`` is wrapped in DistributedDataParallel and ``loader`` yields this
+    process's share of each step: the loss is that of the whole step's batch (gathered), as in one
+    process, and so are the statistics returned.
+    """
     model.train()
     started = time.perf_counter()
     total, count, skipped = 0.0, 0, 0
-    for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=None), 1):
+    bars = None if processes.is_main else True  # None: a bar on a terminal only; one bar per run
+    for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=bars), 1):
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             image_emb, class_emb, scale = model(images)
+        if processes.enabled:
+            image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
         loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; "
@@ -127,8 +136,9 @@ def largest_fitting_batch(try_batch: Callable[[int], None], start: int) -> int:
 
 
 def out_of_memory_error(model: CLIPClassifier, cfg: TrainConfig, device: torch.device,
-                        amp_dtype: torch.dtype | None) -> TrainingError:
-    """Probe which batch size fits, and say so."""
+                        amp_dtype: torch.dtype | None, processes: int = 1) -> TrainingError:
+    """Probe which batch size fits, and say so (under torchrun a process holds 1/``processes`` of the
+    global --batch-size, and the advice is a global batch again)."""
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
 
@@ -140,7 +150,7 @@ def out_of_memory_error(model: CLIPClassifier, cfg: TrainConfig, device: torch.d
         class_contrastive_loss(image_emb, class_emb, labels, scale).backward()
         model.zero_grad(set_to_none=True)
 
-    fits = largest_fitting_batch(try_batch, cfg.batch_size // 2)
+    fits = largest_fitting_batch(try_batch, cfg.batch_size // processes // 2) * processes
     advice = (f"a batch of {fits} fits: rerun with --batch-size {fits}" if fits
               else "not even a batch of 1 fits: use a smaller --img-size or encoder")
     return TrainingError(f"CUDA out of memory at --batch-size {cfg.batch_size} on {device}; {advice}")

@@ -17,6 +17,7 @@ import torch
 
 from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
+from training.checkpoints import full_model_state
 from utils.device import autocast, to_device
 from utils.io import CheckpointError, load_checkpoint
 
@@ -69,11 +70,13 @@ def load_fold_model(fold: int, path: Path, device: torch.device,
     try:
         # Checkpoints carry a HuggingFace text tower's tokenizer and config: no folder or cache needed.
         model = build_clip_model(**kwargs, class_texts=state["class_texts"], load_pretrained=False,
-                                 text_files=state.get("text_encoder_files"))
+                                 text_files=state.get("text_encoder_files"),
+                                 image_files=state.get("image_encoder_files"))
     except (UnknownEncoderError, WeightsNotFoundError) as exc:
         raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
+    weights = full_model_state(state, path)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: {first}") from exc

@@ -17,6 +17,7 @@ from data.sampling import SeededSampler, weighted_sampler
 from data.transforms import ToModelInput, build_augmentation
 from reporting.metrics import classification_metrics, scalar_metrics
 from training.checkpoints import FoldCheckpoints, restore_rng
+from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
 from training.run import Run
 from utils.io import read_json, write_json
@@ -65,12 +66,34 @@ def make_loaders(run: Run, fold: Fold, generator: torch.Generator) -> tuple[Data
     sampler = SeededSampler(base, cfg.seed + fold.number)
     common = dict(num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
                   persistent_workers=cfg.num_workers > 0, worker_init_fn=seed_worker)
-    # drop_last: a last batch of one image would break BatchNorm and add noise.
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                              drop_last=len(train_set) > cfg.batch_size,
-                              generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, **common)
+    # drop_last: a last batch of one image would break BatchNorm and add noise. With it, every
+    # step's batch is a full --batch-size (plan_folds refuses a training fold smaller than one).
+    drop_last = len(train_set) > cfg.batch_size
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
+    processes = run.processes
+    if not processes.enabled:
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                                  generator=loader_generator, **common)
+        val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, **common)
+        return train_loader, val_loader, sampler
+    # --batch-size is the global batch: each process trains on its share of every step's batch,
+    # and validates a disjoint share of the validation images (gathered in evaluate_fold).
+    shares = ShardedBatchSampler(sampler, cfg.batch_size, drop_last, processes.rank, processes.world_size)
+    train_loader = DataLoader(train_set, batch_sampler=shares, generator=loader_generator, **common)
+    val_share = shard(range(len(val_set)), processes.rank, processes.world_size)
+    val_loader = DataLoader(val_set, batch_size=max(1, cfg.batch_size * 2 // processes.world_size),
+                            sampler=val_share, **common)
     return train_loader, val_loader, sampler
+
+
+def evaluate_fold(run: Run, val_loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The validation fold's probabilities, labels, indices and loss; under torchrun every process
+    gets all of them (each image counted once), so that all take the same best-epoch and early-stop
+    decisions."""
+    evaluation = evaluate(run.model, val_loader, run.device, run.amp_dtype)
+    if not run.processes.enabled:
+        return evaluation
+    return merge_evaluations(run.processes.all_gather(evaluation))
 
 
 def is_better(value: float, best: float) -> bool:
@@ -82,7 +105,7 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
                  writer: Any = None) -> None:
     """Validate, update history and best-so-far, write history and checkpoints, log one line."""
     cfg = run.cfg
-    probs, labels, indices, val_loss = evaluate(run.model, val_loader, run.device, run.amp_dtype)
+    probs, labels, indices, val_loss = evaluate_fold(run, val_loader)
     metrics = classification_metrics(labels, probs)
     row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3), "val_loss": val_loss,
            **scalar_metrics(metrics),
@@ -98,6 +121,11 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
         state.epochs_since_best = 0
     else:
         state.epochs_since_best += 1
+    # The RNG state is captured here, after validation, not when ``training`` was built: iterating the
+    # validation loader draws from torch's global RNG, and a resumed fold must continue from after it.
+    generator = training.pop("sampler_generator")
+    if not run.processes.is_main:
+        return  # rank 0 writes; the processes' states agree (the same gathered evaluation)
     write_json(run.run_dir.history(fold.number), state.history)
     if writer is not None:
         for key, value in row.items():
@@ -106,9 +134,6 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
         writer.flush()
     if improved and cfg.save_best:
         checkpoints.save_best(run.model, epoch, scalar_metrics(metrics))
-    # The RNG state is captured here, after validation, not when ``training`` was built: iterating the
-    # validation loader draws from torch's global RNG, and a resumed fold must continue from after it.
-    generator = training.pop("sampler_generator")
     checkpoints.save_latest(run.model, epoch, scalar_metrics(metrics), training, vars(state), generator)
     run.record_time()
     log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f  %.1fs%s",
@@ -119,7 +144,7 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
 
 def tensorboard_writer(run: Run, fold: Fold) -> Any:
     """A TensorBoard writer for the fold with --tensorboard (the package was checked in prepare_run)."""
-    if not run.cfg.tensorboard:
+    if not (run.cfg.tensorboard and run.processes.is_main):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
@@ -133,13 +158,17 @@ def load_fold_result(run: Run, fold: Fold) -> FoldResult:
 
 
 def run_fold(run: Run, fold: Fold) -> FoldResult:
-    cfg, model, device = run.cfg, run.model, run.device
-    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata())
-    if cfg.resume and run.run_dir.fold_finished(fold.number):
+    cfg, model, device, processes = run.cfg, run.model, run.device, run.processes
+    checkpoints = FoldCheckpoints(run.run_dir, fold.number, run.checkpoint_metadata(), run.shared_weights,
+                                  cfg.checkpoint_dtype)
+    # Under torchrun rank 0 looks at the folder and tells the others: rank 0 may be writing meanwhile.
+    if processes.broadcast(cfg.resume and run.run_dir.fold_finished(fold.number)):
         log.info("Fold %d finished earlier: keeping its results", fold.number)
-        checkpoints.drop_training_state()  # in case the earlier run stopped between the two writes
+        if processes.is_main:
+            checkpoints.drop_training_state()  # in case the earlier run stopped between the two writes
         return load_fold_result(run, fold)
-    run.run_dir.fold_dir(fold.number).mkdir(parents=True, exist_ok=True)
+    if processes.is_main:
+        run.run_dir.fold_dir(fold.number).mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + fold.number)
     model.load_state_dict(run.initial_state)
     model.reset_text_cache()
@@ -157,7 +186,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "sampler_generator": generator}
 
-    if cfg.resume and checkpoints.has_latest():
+    if processes.broadcast(cfg.resume and checkpoints.has_latest()):
         saved = checkpoints.load_latest()
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -180,18 +209,20 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
+        stats = train_one_epoch(run.network, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
                                 cfg.loss == "symmetric", epoch,
-                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}")
+                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes)
+        processes.broadcast_buffers(model)  # the model every process evaluates is the one rank 0 saves
         record_epoch(run, fold, state, epoch, stats, val_loader, started, checkpoints, training_state(), writer)
     if writer is not None:
         writer.close()
-    write_json(run.run_dir.fold_result(fold.number), {"fold": fold.number, "best_epoch": state.best_epoch,
-                                             "metrics": state.best_metrics, "val_probs": state.best_probs})
-    # Only after result.json: until it exists, --resume needs the training state.
-    checkpoints.drop_training_state()
+    if processes.is_main:
+        write_json(run.run_dir.fold_result(fold.number), {"fold": fold.number, "best_epoch": state.best_epoch,
+                                                 "metrics": state.best_metrics, "val_probs": state.best_probs})
+        # Only after result.json: until it exists, --resume needs the training state.
+        checkpoints.drop_training_state()
     log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, state.best_epoch, cfg.monitor, state.best_value)
-    if state.best_epoch == 0:
+    if state.best_epoch == 0 and processes.is_main:
         log.warning(UNTRAINED_BEST_WARNING, fold.number)
     return FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx),
                       np.asarray(state.best_probs, dtype=np.float64))

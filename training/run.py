@@ -17,7 +17,11 @@ from data.folds import Fold, check_class_sizes, check_group_sizes, grouped_holdo
 from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
 from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
+from models.image_encoders import random_init_note
+from models.text_checks import text_warnings
+from training.checkpoints import SharedWeights
 from training.config import ConfigError, TrainConfig
+from training.distributed import Distributed
 from utils.io import read_json
 from utils.run_dir import RunDir, RunDirError
 
@@ -41,9 +45,21 @@ class Run:
     initial_state: dict[str, torch.Tensor] = field(repr=False)
     # The text tower's tokenizer and config files, carried by every checkpoint (predict.py).
     text_files: dict[str, torch.Tensor] = field(repr=False)
+    # Likewise the image tower's (a Chinese-CLIP config; empty for the other encoders).
+    image_files: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # The frozen towers' weights in the run's frozen_towers.pth (set when the run files are written).
+    shared_weights: SharedWeights | None = None
     # This invocation (a segment of the run: first start or a resumption), for wall_time_s.
     segment_started: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
     segment_clock: float = field(default_factory=time.perf_counter)
+    # This process's place under torchrun, and the model it trains: wrapped in DistributedDataParallel
+    # when there are several processes (``model`` is always the plain model: evaluation, checkpoints).
+    processes: Distributed = field(default_factory=Distributed)
+    network: torch.nn.Module | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = self.model
 
     @property
     def labels(self) -> list[int]:
@@ -52,7 +68,8 @@ class Run:
     def checkpoint_metadata(self) -> dict[str, Any]:
         """What every checkpoint carries besides the weights, so predict.py needs nothing else."""
         return {"config": self.cfg.to_dict(), "class_names": list(self.images.class_names),
-                "class_texts": self.class_texts, "text_encoder_files": self.text_files}
+                "class_texts": self.class_texts, "text_encoder_files": self.text_files,
+                "image_encoder_files": self.image_files}
 
     def record_time(self) -> None:
         """Add this segment's time so far to the run's total (kept across interruptions)."""
@@ -107,6 +124,16 @@ def warn_leakage(cfg: TrainConfig, images: ImageFolder, decoded: DecodedImages, 
     log.warning("Possible leakage: %d pair(s) of near-duplicate images are on the training and validation "
                 "sides of a fold, which inflates the score if they show the same patient: %s%s; %s",
                 len(pairs), listed, more, hint)
+
+
+def warn_model_choices(cfg: TrainConfig, model: CLIPClassifier, class_names: Sequence[str]) -> None:
+    """One line each, before training: an image encoder starting from random weights unasked, a
+    description the text encoder truncates, descriptions in a script its tokenizer does not cover."""
+    note = random_init_note(cfg.image_encoder, cfg.image_weights)
+    if note is not None:
+        log.warning("%s", note)
+    for line in text_warnings(model.text_encoder, cfg.text_encoder, class_names, model.class_texts):
+        log.warning("%s", line)
 
 
 def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
@@ -197,6 +224,7 @@ def check_output_contents(cfg: TrainConfig, run_dir: RunDir) -> None:
     own_log = own_log_file(cfg)
     run_dir.check_only_run_files(keep=own_log)
     if run_dir.holds_results(keep=own_log) and not (cfg.overwrite or cfg.resume):
+        run_dir.refuse_if_held_by_another()  # a training still writing them: name it
         raise RunDirError(f"--output-dir {run_dir.path} already holds results; continue them with --resume, "
                           "replace them with --overwrite, or choose another folder")
 

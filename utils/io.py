@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import hashlib
 import io
 import json
 import math
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -141,6 +145,43 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
         raise
     except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
         raise WriteError(f"cannot write {path}: {exc}; its previous version, if any, is unchanged") from exc
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in chunks: checkpoints weigh hundreds of MB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# What os.link raises where the file system has no hard links (FAT, some network and FUSE mounts).
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS})
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link), replacing ``target`` in one rename.
+
+    Where the file system refuses hard links, ``target`` becomes an atomic copy. Every writer here
+    replaces names instead of writing into files, so a later write of either name only breaks the link.
+    """
+    target = Path(target)
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"  # atomic_write's naming
+    try:
+        os.link(source, temporary)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
+                             "is unchanged") from exc
+        with open(source, "rb") as original, atomic_write(target, "wb") as copy:
+            shutil.copyfileobj(original, copy)
+        return
+    try:
+        os.replace(temporary, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
+                         "is unchanged") from exc
+    _fsync_directory(target.parent)
 
 
 def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) -> dict[str, Any]:

@@ -11,8 +11,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(log_file: str | Path | None, level: int = logging.INFO, prefix: str = "") -> logging.Logger:
     """Configure the ``train_clip`` logger hierarchy to write to stderr and ``log_file``.
+
+    ``prefix`` starts every line's text (``[rank 1] `` for a torchrun process other than rank 0).
 
     Handlers are replaced rather than added, so calling this twice (tests, notebooks)
     does not duplicate lines.
@@ -23,7 +25,7 @@ def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> log
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    formatter = logging.Formatter(LOG_FORMAT.replace("%(levelname)s", prefix + "%(levelname)s"), DATE_FORMAT)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(formatter)
     logger.addHandler(console)

@@ -4,9 +4,10 @@ Everyone who reads or writes a run folder (trainer, predict.py, the report, the 
 study runner) goes through :class:`RunDir`, so the layout below is spelled out once:
 
     OUTPUT_DIR/
-      .train_clip.lock      held by the running process (host, pid, start time)
+      .train_clip.lock      held by the running process (host, pid, start time, lease: utils.run_lock)
       config.json folds.json run_time.json cv_summary.json oof_predictions.csv
       test_predictions.csv test_metrics.json report.md  plots/ (gallery/)  tensorboard/
+      frozen_towers.pth     the frozen towers' weights, once per run (checkpoints name it and its hash)
       fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
 
 A run owns exactly these names (and the temporary files of its atomic writes, and the log file
@@ -16,19 +17,15 @@ else is refused (DESIGN.md §6).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import errno
-import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from utils import run_lock
 from utils.errors import UserError
 from utils.io import write_json
 
@@ -51,16 +48,16 @@ BEST_CHECKPOINT = "checkpoint_best.pth"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
+FROZEN_TOWERS_FILE = "frozen_towers.pth"
 
 RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
-                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE})
+                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE, FROZEN_TOWERS_FILE})
 RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
 FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE})
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
 # utils.io.atomic_write's temporary files (".NAME.XXXXXXXX.tmp"), left behind by a killed write.
 TEMPORARY_PATTERN = re.compile(r"\.(.+)\.[^.]+\.tmp")
-FOREIGN_SHOWN = 3
-LOCK_ATTEMPTS = 5  # foreign paths named in an error message
+FOREIGN_SHOWN = 3  # foreign paths named in an error message
 
 
 def path_safe(name: str) -> str:
@@ -142,6 +139,10 @@ class RunDir:
         return self.path / TENSORBOARD_DIR
 
     @property
+    def frozen_towers(self) -> Path:
+        return self.path / FROZEN_TOWERS_FILE
+
+    @property
     def lock_file(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -197,7 +198,7 @@ class RunDir:
         """``complete`` (finished), ``partial`` (something of a run is there) or ``empty``."""
         if self.is_finished():
             return "complete"
-        if self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+        if self.path.is_dir() and any(not is_lock_name(p.name) for p in self.path.iterdir()):
             return "partial"
         return "empty"
 
@@ -266,7 +267,7 @@ class RunDir:
         """Whether any file of a run (other than the lock and ``keep``) is there."""
         if not self.path.is_dir():
             return False
-        return any(p.is_file() and p.name != LOCK_FILE and p.resolve() != keep for p in self.path.rglob("*"))
+        return any(p.is_file() and not is_lock_name(p.name) and p.resolve() != keep for p in self.path.rglob("*"))
 
     def check_only_run_files(self, keep: Path | None = None) -> None:
         """Refuse a folder that holds anything a run does not write (it is someone's folder)."""
@@ -285,7 +286,7 @@ class RunDir:
         """
         extra = self._kept_logs(keep)
         for child in sorted(self.path.iterdir()):
-            if child.name == LOCK_FILE or (keep is not None and child.resolve() == keep):
+            if is_lock_name(child.name) or (keep is not None and child.resolve() == keep):
                 continue
             if not self.owns(child, extra):
                 continue
@@ -304,102 +305,53 @@ class RunDir:
     # --- lock ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder for this process (an OS file lock on ``.train_clip.lock``).
+        """Hold the folder for this process, also against processes on other hosts of a shared file
+        system (:mod:`utils.run_lock`: an atomic claim, the OS lock, a lease renewed by a thread).
 
-        A second process is refused with :class:`RunLockedError` naming the holder. The OS releases
-        the lock when its holder dies; the holder's details then remain in the file and the next
-        process takes over with a warning. A lock file (and folder) this call created is removed again
-        when no run file was written, so a run refused before writing anything leaves nothing behind.
+        A second process is refused with :class:`RunLockedError` naming the holder. A holder that died
+        without releasing is taken over with a warning: at once on the same host, after its lease from
+        another host. A lock file (and folder) this call created is removed again when no run file was
+        written, so a run refused before writing anything leaves nothing behind.
         """
         created_dir, created_lock = not self.path.exists(), not self.lock_file.exists()
-        with self._acquire() as handle:
-            previous = _holder(handle)
-            if previous:
-                log.warning("Taking over %s: its holder, %s, stopped without releasing it", self.path,
-                            _describe(previous))
-            _write_holder(handle)
+        with contextlib.ExitStack() as stack:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                held = stack.enter_context(run_lock.hold(self.lock_file))
+            except run_lock.LockHeld as exc:
+                raise self._in_use(exc.holder) from None
+            except run_lock.LockContended:
+                raise RunLockedError(f"--output-dir {self.path}: could not take its lock; other processes keep "
+                                     "taking it") from None
+            except OSError as exc:
+                raise RunDirError(f"--output-dir {self.path} cannot be written: {exc.strerror or exc}") from None
             try:
                 yield
             finally:
                 # Still holding the lock: nobody else can be using the folder while it is tidied.
-                if created_lock and not any(self.owns(p) for p in self.path.iterdir() if p.name != LOCK_FILE):
-                    self.lock_file.unlink()
+                if created_lock and not any(self.owns(p) for p in self.path.iterdir() if not is_lock_name(p.name)):
+                    held.remove()
                     if created_dir and not any(self.path.iterdir()):
                         self.path.rmdir()
-                handle.seek(0)
-                handle.truncate()  # an empty lock file: released cleanly
-                handle.flush()
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def lock_holder(self) -> dict[str, Any] | None:
-        """Who holds the lock now (host, pid, started), or None when nobody does."""
-        if not self.lock_file.is_file():
-            return None
-        with open(self.lock_file, "r+", encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return _holder(handle) or {"host": "?", "pid": "?", "started": "?"}
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return None
+        """Who holds the lock now (host, pid, started), or None when nobody does (or its holder is gone)."""
+        return run_lock.live_holder(self.lock_file)
 
-    def _acquire(self) -> Any:
-        """The open lock file, locked; retried when a holder removed the file we opened meanwhile."""
-        for _ in range(LOCK_ATTEMPTS):
-            handle = self._open_lock_file()
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = _holder(handle)
-                handle.close()
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise RunLockedError(f"--output-dir {self.path} is in use by {_describe(holder)}; "
-                                     "wait for it to finish or choose another folder") from None
-            if _same_file(handle, self.lock_file):
-                return handle
-            handle.close()  # locked a file that its last holder had just deleted: open the new one
-        raise RunLockedError(f"--output-dir {self.path}: could not take its lock; another process keeps "
-                             "recreating it")
+    def refuse_if_held_by_another(self) -> None:
+        """Raise :class:`RunLockedError` naming the holder when another live process holds the folder."""
+        holder = self.lock_holder()
+        if holder is not None and not run_lock.is_this_process(holder):
+            raise self._in_use(holder)
 
-    def _open_lock_file(self) -> Any:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            # No truncation on open: a live holder's details must survive a refused contender.
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise RunDirError(f"--output-dir {self.path} cannot be written: {exc.strerror or exc}") from None
-        return os.fdopen(fd, "r+", encoding="utf-8")
+    def _in_use(self, holder: dict[str, Any]) -> RunLockedError:
+        return RunLockedError(f"--output-dir {self.path} is in use by {run_lock.describe(holder)}; wait for it "
+                              "to finish or choose another folder")
 
 
-def _same_file(handle: Any, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-
-def _holder(handle: Any) -> dict[str, Any]:
-    handle.seek(0)
-    try:
-        data = json.loads(handle.read() or "{}")
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_holder(handle: Any) -> None:
-    handle.seek(0)
-    handle.truncate()
-    json.dump({"host": socket.gethostname(), "pid": os.getpid(),
-               "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}, handle)
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-            f"(started {holder.get('started', '?')})")
+def is_lock_name(name: str) -> bool:
+    """The lock file, or a claim or break file of :mod:`utils.run_lock` (bookkeeping, not results)."""
+    return name == LOCK_FILE or _is_temporary_of(name, frozenset({LOCK_FILE}))
 
 
 def _read_json_or_none(path: Path) -> Any:

@@ -1,0 +1,225 @@
+"""Chinese-CLIP (Yang et al. 2022, the Chinese-native CLIP) through transformers' ``ChineseCLIPModel``.
+
+``cn-clip:ViT-B/16``, ``cn-clip:ViT-L/14``, ``cn-clip:ViT-L/14@336px``, ``cn-clip:ViT-H/14`` (the
+OFA-Sys checkpoints on the HuggingFace hub), ``cn-clip:<hub name>`` or ``cn-clip:<folder>`` (a
+``ChineseCLIPModel`` saved with ``save_pretrained``). The same name gives the text tower
+(``--text-encoder``) and the image tower (``--image-encoder``).
+
+The towers end in Chinese-CLIP's own projections, so both give CLIP embeddings: the text tower
+projects the [CLS] state of its BERT (as ``ChineseCLIPModel.get_text_features``), the image tower
+the post-LayerNorm [CLS] state of its ViT (as ``get_image_features``). Checkpoints carry the
+configuration and tokenizer files (``saved_files``), so a run folder rebuilds them without the
+HuggingFace cache.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
+from models.text_encoders import MAX_TOKENS, TokenReport, hf_token_report
+from models.weights import hf_from_pretrained, incompatible_weights
+
+PREFIX = "cn-clip:"
+ALIASES = {
+    "ViT-B/16": "OFA-Sys/chinese-clip-vit-base-patch16",
+    "ViT-L/14": "OFA-Sys/chinese-clip-vit-large-patch14",
+    "ViT-L/14@336px": "OFA-Sys/chinese-clip-vit-large-patch14-336px",
+    "ViT-H/14": "OFA-Sys/chinese-clip-vit-huge-patch14",
+}
+# Published by Chinese-CLIP, but only for its own cn_clip package: transformers' ChineseCLIPModel
+# has a ViT image tower only, so these cannot be built here.
+NOT_IN_TRANSFORMERS = ("RN50",)
+# The image processor of every OFA-Sys checkpoint normalises with OpenAI CLIP's statistics.
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+CONFIG_FILE = "config.json"
+
+
+def valid_names() -> list[str]:
+    return [PREFIX + alias for alias in ALIASES] + [f"{PREFIX}<hub name or folder>"]
+
+
+def resolve(model: str, flag: str, check_exists: bool = True) -> str:
+    """The hub id or folder of ``cn-clip:<model>`` (loads nothing). A checkpoint restore does not
+    ``check_exists``: the run folder carries the files, the model's own folder may be gone."""
+    if model in ALIASES:
+        return ALIASES[model]
+    if model in NOT_IN_TRANSFORMERS:
+        raise UnknownEncoderError(
+            f"{flag} {PREFIX}{model}: Chinese-CLIP's {model} is published only for the cn_clip package; "
+            f"transformers' ChineseCLIPModel builds ViT towers only, so use {PREFIX}ViT-B/16 (the smallest, "
+            f"86M-parameter image tower) instead")
+    path_like = model.startswith(("/", "./", "../", "~"))
+    if path_like and check_exists and not Path(model).expanduser().is_dir():
+        raise UnknownEncoderError(f"{flag} {PREFIX}{model}: the folder {model} does not exist")
+    if path_like or "/" in model or Path(model).is_dir():  # "org/name" on the hub, or a local folder
+        return model
+    raise unknown_encoder("Chinese-CLIP", flag, PREFIX + model, valid_names())
+
+
+def _check_is_chinese_clip(config: Any, flag: str, name: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type != "chinese_clip":
+        raise UnknownEncoderError(f"{flag} {name}: not a Chinese-CLIP model (its config.json says model_type "
+                                  f"'{model_type}'); for a plain text encoder use hf:<name or folder>")
+
+
+def load_config(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> Any:
+    """The ``ChineseCLIPConfig`` of a hub model or folder (refused when it is another kind of model)."""
+    from transformers import ChineseCLIPConfig
+
+    config = hf_from_pretrained(ChineseCLIPConfig, weights or target, flag, name, weights_flag)
+    _check_is_chinese_clip(config, flag, name)
+    return config
+
+
+def load_pretrained_model(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> nn.Module:
+    """The whole ``ChineseCLIPModel`` with its pretrained weights, loaded strictly."""
+    from transformers import ChineseCLIPModel
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()  # a weights-loading bar only clutters log files
+    load_config(target, name, flag, weights_flag, weights)
+    source = weights or target
+    model, info = hf_from_pretrained(ChineseCLIPModel, source, flag, name, weights_flag, output_loading_info=True)
+    # transformers fills missing weights with random ones and only warns: refuse instead.
+    missing, mismatched = list(info["missing_keys"]), list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise incompatible_weights(weights_flag if weights else flag, Path(source), name,
+                                   RuntimeError(f"missing {missing[:5]}, mismatched {mismatched[:5]}"))
+    return model
+
+
+def load_tokenizer(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    return hf_from_pretrained(AutoTokenizer, weights or target, flag, name, weights_flag)
+
+
+def _as_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+            for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def _write_files(files: dict[str, torch.Tensor], folder: Path) -> None:
+    for filename, data in files.items():
+        (folder / Path(filename).name).write_bytes(data.numpy().tobytes())
+
+
+def config_from_files(files: dict[str, torch.Tensor]) -> Any:
+    """The ``ChineseCLIPConfig`` among a checkpoint's saved files."""
+    from transformers import ChineseCLIPConfig
+
+    if CONFIG_FILE not in files:
+        raise WeightsNotFoundError(f"the checkpoint's Chinese-CLIP files lack {CONFIG_FILE}")
+    with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
+        _write_files({CONFIG_FILE: files[CONFIG_FILE]}, Path(folder))
+        return ChineseCLIPConfig.from_pretrained(folder)
+
+
+def config_files(config: Any) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
+        config.save_pretrained(folder)
+        return _as_tensors(Path(folder))
+
+
+class ChineseCLIPTextEncoder(nn.Module):
+    """Chinese-CLIP's BERT and its text projection: the CLIP text embedding of the [CLS] token."""
+
+    def __init__(self, tokenizer: Any, clip_config: Any, text_model: nn.Module, projection: nn.Linear) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.clip_config = clip_config
+        self.model = text_model
+        self.projection = projection
+        self.feature_dim = int(projection.out_features)
+        self.context_length = min(MAX_TOKENS, int(getattr(tokenizer, "model_max_length", MAX_TOKENS)),
+                                  int(clip_config.text_config.max_position_embeddings))
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, tokenizer: Any) -> "ChineseCLIPTextEncoder":
+        return cls(tokenizer, clip.config, clip.text_model, clip.text_projection)
+
+    @classmethod
+    def from_config(cls, clip_config: Any, tokenizer: Any) -> "ChineseCLIPTextEncoder":
+        """The architecture with random weights (no vision tower built)."""
+        from transformers import ChineseCLIPTextModel
+
+        text = ChineseCLIPTextModel(clip_config.text_config, add_pooling_layer=False)
+        projection = nn.Linear(clip_config.text_config.hidden_size, clip_config.projection_dim, bias=False)
+        return cls(tokenizer, clip_config, text, projection)
+
+    @classmethod
+    def from_saved_files(cls, files: dict[str, torch.Tensor]) -> "ChineseCLIPTextEncoder":
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
+            _write_files(files, Path(folder))
+            tokenizer = AutoTokenizer.from_pretrained(folder)  # reads its files completely here
+        return cls.from_config(config_from_files(files), tokenizer)
+
+    def saved_files(self) -> dict[str, torch.Tensor]:
+        """Tokenizer files and the whole model's config.json (a pair rebuilds its image tower from it)."""
+        with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
+            self.tokenizer.save_pretrained(folder)
+            self.clip_config.save_pretrained(folder)
+            return _as_tensors(Path(folder))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def token_report(self, text: str) -> TokenReport:
+        """Token counts of ``text`` before truncation; [UNK] pieces count as unknown."""
+        return hf_token_report(self.tokenizer, text)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.projection(hidden[:, 0, :])
+
+
+class ChineseCLIPImageTower(nn.Module):
+    """Chinese-CLIP's ViT and its visual projection (expects CLIP-normalised pixels).
+
+    Position embeddings are interpolated when the input is not the model's own size (transformers'
+    ``interpolate_pos_encoding``; at the native size they are used as they are).
+    """
+
+    def __init__(self, vision_model: nn.Module, projection: nn.Linear) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.projection = projection
+        self.feature_dim = int(projection.out_features)
+        self.patch_size = int(vision_model.config.patch_size)
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module) -> "ChineseCLIPImageTower":
+        return cls(clip.vision_model, clip.visual_projection)
+
+    @classmethod
+    def from_config(cls, clip_config: Any) -> "ChineseCLIPImageTower":
+        from transformers import ChineseCLIPVisionModel
+
+        vision = ChineseCLIPVisionModel(clip_config.vision_config)
+        return cls(vision, nn.Linear(clip_config.vision_config.hidden_size, clip_config.projection_dim, bias=False))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=images, interpolate_pos_encoding=True).pooler_output
+        return self.projection(pooled)
+
+
+def build_text_encoder(target: str, name: str, flag: str, weights_flag: str, pretrained: bool,
+                       weights: str | None = None) -> ChineseCLIPTextEncoder:
+    """The text tower alone (``pretrained`` False: architecture only, no vision tower ever built)."""
+    tokenizer = load_tokenizer(target, name, flag, weights_flag, weights)
+    if not pretrained:
+        return ChineseCLIPTextEncoder.from_config(load_config(target, name, flag, weights_flag, weights), tokenizer)
+    return ChineseCLIPTextEncoder.from_clip(load_pretrained_model(target, name, flag, weights_flag, weights), tokenizer)

@@ -1,0 +1,53 @@
+"""Tiny, randomly initialised CLIP models saved as the hub publishes them (offline, in a second):
+a Chinese-CLIP folder (transformers) and an open_clip hf-hub repo in a HuggingFace cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.weights_helpers import make_tiny_open_clip, put_in_hf_cache
+
+TINY_CLIP_REPO = "someone/tiny-clip"
+TINY_CLIP_NAME = f"clip:hf-hub:{TINY_CLIP_REPO}"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Letters and word pieces for English texts, and the characters of the tests' Chinese class names.
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+CHINESE = "股骨柄髋关节假体一张的照片"
+
+
+def write_vocabulary(path: Path) -> Path:
+    """A WordPiece vocabulary that spells any lower-case ASCII word and the characters of CHINESE."""
+    pieces = SPECIAL_TOKENS + list(ALPHABET) + [f"##{c}" for c in ALPHABET] + list(CHINESE) + list(".,:-_'")
+    path.write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    return path
+
+
+def make_tiny_chinese_clip(folder: Path, seed: int = 0) -> Path:
+    """A 1-layer Chinese-CLIP (32-px ViT, patch 16; 16-d embedding) and its BERT tokenizer, saved
+    as ``save_pretrained`` writes them: what ``cn-clip:<folder>`` and ``--text-weights`` read."""
+    from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizer(str(write_vocabulary(folder / "vocab.txt")))
+    tokenizer.save_pretrained(folder)
+    config = ChineseCLIPConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        projection_dim=16)
+    torch.manual_seed(seed)
+    model = ChineseCLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.0)  # not the default init, so a test sees whose scale is used
+    model.save_pretrained(folder)
+    return folder
+
+
+def cache_tiny_open_clip(hub_cache: Path, work: Path, seed: int = 0):
+    """A tiny open_clip model published in ``hub_cache`` as TINY_CLIP_REPO; returns the model."""
+    torch.manual_seed(seed)
+    model = make_tiny_open_clip(work)
+    put_in_hf_cache(hub_cache, TINY_CLIP_REPO, {f.name: f for f in work.iterdir()})
+    return model
