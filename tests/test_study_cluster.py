@@ -125,7 +125,8 @@ def kill_holder_of(folder: Path) -> int:
 def test_the_readme_sbatch_scripts_run_each_job_once_beside_a_driver_started_by_mistake(study_dir: Path) -> None:
     """The array's tasks and a study runner started at the same moment over one study, one of whose
     folders a killed training left locked: each job trains exactly once."""
-    (study_dir / "study.sbatch").write_text(readme_script("#!/bin/bash\n#SBATCH"), encoding="utf-8")
+    study_script = readme_script("#!/bin/bash\n#SBATCH --job-name=clip_study")  # not the one-training sbatch
+    (study_dir / "study.sbatch").write_text(study_script, encoding="utf-8")
     (study_dir / "submit_study.sh").write_text(readme_script("#!/bin/bash\n# Usage: bash submit_study.sh"),
                                                encoding="utf-8")
     dead = kill_holder_of(study_dir / "runs" / RUNS[1])
