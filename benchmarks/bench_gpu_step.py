@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,7 @@ from models.clip_model import build_clip_model  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.engine import build_optimizer, train_one_epoch, warmup_cosine  # noqa: E402
 from utils.device import autocast, mixed_precision_dtype, to_device  # noqa: E402
+from utils.io import write_json  # noqa: E402
 
 CLASS_TEXTS = [[f"a handwritten digit {word}", f"a scanned image of the number {digit} written by hand"]
                for digit, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven",
@@ -124,7 +124,7 @@ def main() -> int:
               "args": {**vars(args), "compile": compile_}, "amp_dtype": str(amp_dtype),
               "backbone_images_per_s": baseline, "ours_images_per_s": ours_rate, "ratio": ratio}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
     print(f"written: {args.out}")
     return 0
 

@@ -14,7 +14,6 @@ Prints a table of ratios and writes JSON (``--out``). Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from data.images import CachedImageDataset, build_image_cache  # noqa: E402
 from data.transforms import ToModelInput, build_augmentation  # noqa: E402
 from models.text_encoders import build_text_encoder  # noqa: E402
+from utils.io import write_json  # noqa: E402
 
 
 def best_of(repeats: int, work: Callable[[], None]) -> float:
@@ -129,7 +129,7 @@ def main() -> int:
     result = {"machine": platform.platform(), "torch_threads": torch.get_num_threads(), "args": vars(args),
               "images": images, "text": text}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
     print(f"written: {args.out}")
     return 0
 

@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from data.demo import build_demo_dataset  # noqa: E402
+from utils.io import write_json  # noqa: E402
 
 log = logging.getLogger("bench_vs_open_clip")
 TEXT_TOWER = "ViT-B-32-quickgelu"  # open_clip's config behind train_clip's clip:ViT-B/32
@@ -259,7 +260,7 @@ def main() -> int:
               "ceiling_images_per_s": ceiling, "ratio_trained_vs_open_clip": rows[1][2],
               "ratio_frozen_vs_open_clip_locked": rows[3][2], "ratio_frozen_vs_ceiling": ratio_to_ceiling}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
     print(f"written: {args.out}")
     return 0
 
