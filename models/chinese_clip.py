@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
-from models.text_encoders import MAX_TOKENS, TokenReport, hf_token_report
+from models.text_encoders import MAX_TOKENS
+from models.token_report import TokenReport, hf_token_report
 from models.weights import hf_from_pretrained, incompatible_weights
 
 PREFIX = "cn-clip:"

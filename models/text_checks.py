@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Protocol, Sequence
 
-from models.text_encoders import TokenReport
+from models.token_report import TokenReport
 
 # A description is "not covered" when at least half of its content tokens are unknown or byte pieces.
 # Measured with this project's tokenizers: fully Chinese descriptions are 88-100% byte pieces for

@@ -33,7 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.causal_text import causal_text_tower, encode_causal, pooled_positions
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
+from models.token_report import TokenReport, hf_token_report, is_byte_piece
 from models.weights import (WeightsLocation, download_note, fetch_weights_file, hf_from_pretrained, hf_hub_cache,
                             incompatible_weights, weights_not_found)
 from utils.errors import ConfigError, closest
@@ -69,21 +71,6 @@ HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
-
-
-@dataclass(frozen=True)
-class TokenReport:
-    """How a tokenizer reads one text, before any truncation (the start-up warnings use it).
-
-    ``n_tokens`` counts the special tokens too (what must fit ``context_length``); ``n_unknown`` the
-    tokens the model cannot have learned: the unknown token, or a byte piece that is not a whole
-    character (byte-level BPE and SentencePiece byte fallback spell unseen characters byte by byte);
-    ``n_content`` the tokens without the special ones.
-    """
-
-    n_tokens: int
-    n_unknown: int
-    n_content: int
 
 
 @dataclass(frozen=True)
@@ -240,25 +227,6 @@ def _hub_config_dir(source: TextEncoderSource, name: str, flag: str = FLAG, weig
 # ---------------------------------------------------------------------------------------------
 # Encoders
 # ---------------------------------------------------------------------------------------------
-REPLACEMENT_CHARACTER = "\ufffd"  # what decoding a partial UTF-8 byte sequence yields
-
-
-def is_byte_piece(piece: str, text: str) -> bool:
-    """A token decoded alone that is not a whole character: part of a character's UTF-8 bytes."""
-    return REPLACEMENT_CHARACTER in piece and REPLACEMENT_CHARACTER not in text
-
-
-def hf_token_report(tokenizer: Any, text: str) -> TokenReport:
-    """:class:`TokenReport` of a HuggingFace tokenizer: WordPiece's unknown token, and byte pieces of
-    byte-level BPE (RoBERTa, GPT-2) and SentencePiece byte fallback (``<0xE4>``)."""
-    ids = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    unknown_id = tokenizer.unk_token_id
-    special = set(tokenizer.all_special_ids) - {unknown_id}  # an unknown token is content the model lost
-    content = [i for i in ids if i not in special]
-    unknown = sum(1 for i in content if i == unknown_id or is_byte_piece(tokenizer.decode([i]), text))
-    return TokenReport(n_tokens=len(ids), n_unknown=unknown, n_content=len(content))
-
-
 class HFTextEncoder(nn.Module):
     """A HuggingFace encoder with masked mean pooling over the last hidden states.
 
@@ -437,9 +405,9 @@ class OpenCLIPTextEncoder(nn.Module):
         without the padding after it: :meth:`forward` runs on the shorter tokens exactly.
         """
         tokens = self.tokenizer(texts)
-        tower = _causal_text_tower(self.clip)
+        tower = causal_text_tower(self.clip)
         if tower is not None and len(texts) > 0:
-            tokens = tokens[:, :int(_pooled_positions(tower, tokens).max()) + 1].contiguous()
+            tokens = tokens[:, :int(pooled_positions(tower, tokens).max()) + 1].contiguous()
         return {"text": tokens}
 
     def saved_files(self) -> dict[str, torch.Tensor]:
@@ -448,61 +416,10 @@ class OpenCLIPTextEncoder(nn.Module):
         return {}
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        tower = _causal_text_tower(self.clip)
+        tower = causal_text_tower(self.clip)
         if tower is None:
             return self.clip.encode_text(text)
-        return _encode_causal(tower, text)
-
-
-_CAUSAL_TOWER_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-
-
-def _causal_text_tower(model: nn.Module) -> nn.Module | None:
-    """The module holding a plain causal text transformer pooled at a fixed token: open_clip's
-    ``CLIP`` itself, or the ``TextTransformer`` of a ``CustomTextCLIP``. None for other towers
-    (HuggingFace towers, CoCa's class token, padding masks, 'last' pooling, which moves with the
-    padding): they keep open_clip's own ``encode_text`` on full-length tokens."""
-    tower = getattr(model, "text", model)
-    if not all(hasattr(tower, part) for part in _CAUSAL_TOWER_PARTS) or tower.attn_mask is None:
-        return None
-    if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
-        return None
-    pool_type, eos_id = _pool_settings(tower)
-    if pool_type not in ("argmax", "eos", "first") or (pool_type == "eos" and eos_id is None):
-        return None
-    return tower
-
-
-def _pool_settings(tower: nn.Module) -> tuple[str, int | None]:
-    # open_clip's CLIP copies its text tower's settings under text_* names.
-    if hasattr(tower, "text_pool_type"):
-        return tower.text_pool_type, getattr(tower, "text_eos_id", None)
-    return tower.pool_type, getattr(tower, "eos_id", None)
-
-
-def _pooled_positions(tower: nn.Module, text: torch.Tensor) -> torch.Tensor:
-    """The position each row's feature is pooled from, as open_clip's ``text_global_pool``."""
-    pool_type, eos_id = _pool_settings(tower)
-    if pool_type == "argmax":  # CLIP: the end-of-text token has the highest id
-        return text.argmax(dim=-1)
-    if pool_type == "eos":
-        return (text == eos_id).int().argmax(dim=-1)
-    return torch.zeros(text.shape[0], dtype=torch.long, device=text.device)  # "first"
-
-
-def _encode_causal(tower: nn.Module, text: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``encode_text`` on tokens of any length up to the context: the position
-    embeddings and the causal mask are cut to the tokens' length (open_clip's ``CLIP`` adds its
-    full 77 positions and mask, so it accepts only full-length tokens)."""
-    length = text.shape[1]
-    cast_dtype = tower.transformer.get_cast_dtype()
-    x = tower.token_embedding(text).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
-    x = tower.ln_final(tower.transformer(x, attn_mask=tower.attn_mask[:length, :length]))
-    pooled = x[torch.arange(x.shape[0], device=x.device), _pooled_positions(tower, text)]
-    projection = tower.text_projection
-    if projection is None:
-        return pooled
-    return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+        return encode_causal(tower, text)
 
 
 def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | None = None,

@@ -11,7 +11,8 @@ import torch
 from models.clip_model import CLIPClassifier
 from models.image_encoders import build_image_encoder, random_init_note
 from models.text_checks import UNCOVERED_SHARE, is_uncovered, text_warnings
-from models.text_encoders import TokenReport, build_text_encoder, hf_token_report
+from models.text_encoders import build_text_encoder
+from models.token_report import TokenReport, hf_token_report
 from training.config import TrainConfig
 from training.run import warn_model_choices
 
