@@ -28,7 +28,7 @@ $(DEMO_DIR)/images: | $(VENV)/.runtime
 
 demo: $(VENV)/.runtime $(DEMO_DIR)/images
 	$(PY) train_clip.py --data-dir $(DEMO_DIR)/images --class-texts-file $(DEMO_DIR)/class_texts_en.json \
-		--image-encoder resnet18 --text-encoder all-MiniLM-L6-v2 --freeze-text \
+		--image-encoder resnet18:scratch --text-encoder all-MiniLM-L6-v2 --freeze-text \
 		--img-size 32 --augmentation none --batch-size 64 --epochs 3 --learning-rate 1e-3 \
 		--warmup-epochs 0.5 --use-cv --n-splits 5 --num-workers 0 \
 		--output-dir $(DEMO_OUT) --overwrite
