@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from data.demo import build_demo_dataset  # noqa: E402
-from utils.io import write_json  # noqa: E402
+from utils.io import load_checkpoint, write_json  # noqa: E402
 
 log = logging.getLogger("bench_vs_open_clip")
 TEXT_TOWER = "ViT-B-32-quickgelu"  # open_clip's config behind train_clip's clip:ViT-B/32
@@ -151,7 +151,8 @@ def open_clip_accuracy(config: Path, checkpoint: str, val: list[Path], class_tex
 
     open_clip.add_model_config(config)
     model, _, preprocess = open_clip.create_model_and_transforms(config.stem, pretrained=None)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    # open_clip_train saves plain values and tensors (epoch, name, state_dict, optimizer, scaler).
+    state = load_checkpoint(checkpoint, ("state_dict",))["state_dict"]
     model.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
     model.eval()
     tokenizer = open_clip.get_tokenizer(config.stem)
