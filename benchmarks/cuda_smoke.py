@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +31,25 @@ import torch  # noqa: E402
 from tests.helpers import make_image_tree, make_tiny_text_encoder  # noqa: E402
 
 
-def run(script: str, args: list[str]) -> tuple[int, str]:
-    """Run one of the project's programs (train_clip.py, predict.py) as a user would."""
-    done = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True)
-    return done.returncode, done.stderr
+OUT_DIR = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
+
+
+def run(script: str, args: list[str], label: str) -> tuple[int, str]:
+    """Run one of the project's programs (train_clip.py, predict.py) as a user would; its exit code
+    (124 past $SMOKE_RUN_TIMEOUT seconds) and stderr, which is also appended to ``cuda_smoke_runs.log``."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                              timeout=float(os.environ.get("SMOKE_RUN_TIMEOUT", 600)))
+        code, err = done.returncode, done.stderr
+    except subprocess.TimeoutExpired as stopped:
+        partial = stopped.stderr or b""  # bytes even with text=True
+        code, err = 124, partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+    seconds = time.perf_counter() - started
+    print(f"{label}: exit {code} in {seconds:.1f} s", flush=True)
+    with open(OUT_DIR / "cuda_smoke_runs.log", "a", encoding="utf-8") as log:
+        log.write(f"===== {label}: exit {code} in {seconds:.1f} s\n{err}\n")
+    return code, err
 
 
 def mean_epoch_seconds(run_dir: Path) -> float:
@@ -47,15 +63,17 @@ def main() -> int:
         print("CUDA is not available: this smoke check needs a GPU", file=sys.stderr)
         return 2
     results: dict[str, object] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_image_tree(root / "data", {"a": 40, "b": 40, "股骨柄A": 40}, size=64)
         text = make_tiny_text_encoder(Path(tempfile.mkdtemp(dir=tmp)))
         common = ["--data-dir", str(data), "--text-encoder", f"hf:{text}", "--image-encoder", "resnet50",
-                  "--img-size", "224", "--epochs", "4", "--batch-size", "32", "--num-workers", "4",
+                  "--img-size", "224", "--epochs", "3", "--batch-size", "32", "--num-workers", "4",
                   "--use-cv", "--n-splits", "2", "--learning-rate", "1e-3"]
         for name, extra in (("amp", []), ("fp32", ["--no-amp"])):
-            code, err = run("train_clip.py", common + ["--output-dir", str(root / name), "--log-file", str(root / f"{name}.log"), *extra])
+            code, err = run("train_clip.py", common + ["--output-dir", str(root / name), "--log-file",
+                                                       str(root / f"{name}.log"), *extra], name)
             results[f"{name}_exit"] = code
             if code != 0:
                 print(err[-3000:], file=sys.stderr)
@@ -73,7 +91,7 @@ def main() -> int:
             (val / rel).parent.mkdir(parents=True, exist_ok=True)
             (val / rel).write_bytes((data / rel).read_bytes())
         run("predict.py", ["--run-dir", str(root / "amp"), "--images", str(val), "--fold", "1",
-                           "--output", str(root / "preds.csv")])
+                           "--output", str(root / "preds.csv")], "predict")
         with open(root / "preds.csv", encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
         correct = sum(Path(r["path"]).parent.name == r["predicted_class"] for r in rows)
@@ -82,15 +100,15 @@ def main() -> int:
 
         oom_args = ["--data-dir", str(data), "--text-encoder", f"hf:{text}", "--image-encoder", "resnet152",
                     "--img-size", "2048", "--epochs", "1", "--batch-size", "48", "--num-workers", "2",
-                    "--use-cv", "--n-splits", "2", "--output-dir", str(root / "oom"), "--log-file", str(root / "oom.log")]
-        code, err = run("train_clip.py", oom_args)
+                    "--use-cv", "--n-splits", "2", "--output-dir", str(root / "oom"),
+                    "--log-file", str(root / "oom.log")]
+        code, err = run("train_clip.py", oom_args, "oom")
         results["oom_exit"] = code
         results["oom_message"] = next((line for line in err.splitlines() if "out of memory" in line), err[-500:])
 
     for key, value in results.items():
         print(f"{key:<28}{value}")
-    out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results") / "cuda_smoke.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / "cuda_smoke.json"
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     ok = results.get("amp_exit") == 0 and results.get("fp32_exit") == 0 and results["predict_matches_fold_1"]
     return 0 if ok else 1

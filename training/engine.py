@@ -29,6 +29,10 @@ class TrainingError(UserError, RuntimeError):
     """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
 
 
+# Steps between two checks of the training loss for NaN/inf (each check waits for the GPU).
+FINITE_CHECK_STEPS = 50
+
+
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
@@ -42,7 +46,8 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
     """
     model.train()
     started = time.perf_counter()
-    total, count, skipped = 0.0, 0, 0
+    losses: list[torch.Tensor] = []  # per step, on the device: reading each one would wait for the GPU
+    count, skipped = 0, 0
     bars = None if processes.is_main else True  # None: a bar on a terminal only; one bar per run
     for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=bars), 1):
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
@@ -51,10 +56,6 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
         if processes.enabled:
             image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
         loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; "
-                                "the fold stopped and its last checkpoint is kept; lower --learning-rate "
-                                "or try --no-amp")
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
         scaler.scale(loss).backward()
@@ -63,10 +64,30 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
         if scale_before is not None and scaler.get_scale() < scale_before:
             skipped += 1  # the scaler found inf/NaN gradients and skipped this step
         scheduler.step()
-        total += loss.item() * len(labels)
+        losses.append(loss.detach() * len(labels))
         count += len(labels)
+        if step % FINITE_CHECK_STEPS == 0:
+            raise_if_not_finite(losses, step - FINITE_CHECK_STEPS, epoch)
+    raise_if_not_finite(losses, len(losses) - len(losses) % FINITE_CHECK_STEPS, epoch)
+    total = torch.stack(losses).sum().item() if losses else 0.0
     return {"train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"],
             "amp_skipped_steps": skipped, "train_seconds": round(time.perf_counter() - started, 3)}
+
+
+def raise_if_not_finite(step_losses: list[torch.Tensor], first: int, epoch: int) -> None:
+    """Stop at a non-finite loss among ``step_losses[first:]``, naming the first such step of the
+    epoch. Checked every FINITE_CHECK_STEPS steps rather than each step: a check waits for the GPU to
+    finish, and the steps taken after the bad one change only the in-memory model, never a saved
+    checkpoint."""
+    if first >= len(step_losses):
+        return
+    finite = torch.isfinite(torch.stack(step_losses[first:])).cpu()
+    if bool(finite.all()):
+        return
+    step = first + int((~finite).nonzero()[0]) + 1
+    raise TrainingError(f"non-finite training loss ({step_losses[step - 1].item()}) at epoch {epoch}, step {step}; "
+                        "the fold stopped and its last checkpoint is kept; lower --learning-rate "
+                        "or try --no-amp")
 
 
 @torch.no_grad()
