@@ -190,6 +190,35 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
     assert latest["epoch"] == 1
 
 
+@pytest.mark.parametrize("bad_step", [3, 55])
+def test_a_non_finite_loss_names_its_own_step_though_checked_every_fifty_steps(tiny_text_encoder, monkeypatch,
+                                                                                bad_step):
+    """The loss is read from the GPU every FINITE_CHECK_STEPS steps (and at the epoch's end), not at
+    every step; the error still names the first bad step, and no later one."""
+    from models.clip_model import build_clip_model
+    from training.config import TrainConfig
+
+    assert training.engine.FINITE_CHECK_STEPS == 50
+    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 8, 0.07, [["a"], ["b"]], img_size=16)
+    real_loss = training.engine.class_contrastive_loss
+    calls = {"n": 0}
+
+    def loss_turning_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("inf") if calls["n"] >= bad_step else loss  # then NaN weights, NaN losses
+
+    monkeypatch.setattr(training.engine, "class_contrastive_loss", loss_turning_nan)
+    batch = (torch.randn(2, 3, 16, 16), torch.tensor([0, 1]), torch.arange(2))
+    optimizer = training.engine.build_optimizer(model, TrainConfig())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(training.engine.TrainingError, match=f"at epoch 4, step {bad_step};"):
+        training.engine.train_one_epoch(model, [batch] * 60, optimizer, scheduler, scaler, torch.device("cpu"),
+                                        None, True, 4)
+    assert calls["n"] == (50 if bad_step <= 50 else 60)  # found at the first check after it
+
+
 def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_path, tiny_text_encoder,
                                                                            monkeypatch, capsys):
     data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
