@@ -107,9 +107,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
     if cfg.compile:
-        # In place (Module.compile): the state-dict keys stay those of the plain encoder, so
-        # checkpoints load with or without --compile.
-        model.image_encoder.compile()
+        model.compile_towers()
     decoded, readable = decode_images(cfg, images)
     if readable is not images:  # unreadable images were dropped: split what is left
         images = readable

@@ -115,6 +115,16 @@ class CLIPClassifier(nn.Module):
     def logits(image_emb: torch.Tensor, class_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return scale.float() * image_emb.float() @ class_emb.float().t()
 
+    def compile_towers(self) -> None:
+        """torch.compile, in place (Module.compile: the state-dict keys stay those of the plain
+        towers, so checkpoints load with or without --compile): the image tower, and the text tower
+        when it trains. A trainable text tower runs every step on the same few short sequences: eager,
+        launching its hundreds of small kernels (and autocast's weight casts) costs the CPU more than
+        the GPU's work; a frozen one runs once per fold and is not worth compiling."""
+        self.image_encoder.compile()
+        if not self.text_tower_frozen():
+            self.text_encoder.compile()
+
     def train(self, mode: bool = True) -> "CLIPClassifier":
         super().train(mode)
         # A frozen tower stays in eval mode: its BatchNorm statistics and dropout must not move.

@@ -1,4 +1,5 @@
-"""--compile: the image encoder runs through torch.compile, and a run trains and saves as usual.
+"""--compile: the image encoder (and a trainable text tower) runs through torch.compile, and a run
+trains and saves as usual.
 
 torch.compile is asked for its ``eager`` backend here: the test checks our wiring (which module is
 compiled, that TorchDynamo traces the encoder through training and evaluation, that checkpoints keep
@@ -23,8 +24,12 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
                                  reason="torch.compile's CPU backend (inductor) needs a C compiler")]
 
 
+@pytest.mark.parametrize("freeze_text, compiled_towers", [
+    (False, ["ImageEncoder", "HFTextEncoder"]),  # the trainable text tower runs every step
+    (True, ["ImageEncoder"]),  # a frozen one runs once per fold: not worth its compilation
+])
 def test_compile_trains_one_epoch_and_saves_plain_state_dict_keys(tmp_path: Path, tiny_text_encoder: Path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, freeze_text, compiled_towers):
     compiled = []
     original = torch.nn.Module.compile
 
@@ -40,10 +45,11 @@ def test_compile_trains_one_epoch_and_saves_plain_state_dict_keys(tmp_path: Path
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(tmp_path / "run.log"),
             "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32",
             "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--embed-dim", "16", "--compile",
-            "--bootstrap-resamples", "0"]
+            "--bootstrap-resamples", "0"] + (["--freeze-text"] if freeze_text else [])
     assert train_clip.main(argv) == 0
-    assert compiled == ["ImageEncoder"]
+    assert compiled == compiled_towers
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the encoder was traced, not skipped
     state = load_best_model_state(RunDir(out), 1)
-    assert any(key.startswith("image_encoder.") for key in state)
+    assert any(key.startswith("image_encoder.") for key in state) and any(key.startswith("text_encoder.")
+                                                                          for key in state)
     assert not any("_orig_mod" in key for key in state)  # loads into an uncompiled model (predict.py)

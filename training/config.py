@@ -145,8 +145,8 @@ class TrainConfig:
     num_workers: int = _opt(4, "Data-loader worker processes.", "system")
     gpu_id: int = _opt(0, "CUDA device index (the CPU is used when CUDA is not available).", "system")
     amp: bool = _opt(True, "Disable mixed precision on CUDA.", "system", flag="--no-amp", negate=True)
-    compile: bool = _opt(False, "Compile the image encoder with torch.compile (faster steps after a "
-                         "slower first one; needs a C compiler).", "system")
+    compile: bool = _opt(False, "Compile the image encoder, and a trainable text tower, with torch.compile "
+                         "(faster steps after a slower first one; needs a C compiler).", "system")
     overwrite: bool = _opt(False, "Replace the results already in --output-dir.", "system")
     resume: bool = _opt(False, "Continue the interrupted run in --output-dir (its config.json is the "
                         "base; flags that change results must match it).", "system")
