@@ -160,7 +160,8 @@ def _training(config: Mapping[str, Any]) -> list[str]:
     sentences.append(
         f"The model was optimised with AdamW (learning rate {config['learning_rate']:g}"
         + (f", multiplied for the {' and '.join(multipliers)}" if multipliers else "")
-        + f"; weight decay {config['weight_decay']:g}, not applied to biases, normalisation layers and the scale), "
+        + f"; weight decay {config['weight_decay']:g}, not applied to biases, normalisation layers, embedding "
+        "tables and the scale), "
         f"in batches of {config['batch_size']}, with a linear warm-up over {config['warmup_epochs']:g} epoch(s) "
         f"followed by cosine decay, for up to {config['epochs']} epochs per fold"
         + (f", stopping a fold early after {config['patience']} epochs without improvement" if config.get("patience")

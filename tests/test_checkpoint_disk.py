@@ -340,3 +340,112 @@ def test_the_frozen_towers_file_belongs_to_the_run(tmp_path):
     assert run_dir.foreign_paths() == [] and run_dir.holds_results()
     run_dir.clear()
     assert not run_dir.frozen_towers.exists() and not leftover.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A trainable tower's lookup tables: the untrained table once per run, the rows that trained per checkpoint
+# ---------------------------------------------------------------------------------------------
+WORD_TABLE = "text_encoder.model.embeddings.word_embeddings.weight"
+
+
+def test_trainable_text_checkpoints_hold_only_the_token_rows_that_trained_and_load_exactly(
+        tmp_path, tiny_text_encoder, monkeypatch):
+    """Every checkpoint written while training reads back as the model in memory, bit for bit; the
+    word table is stored whole once (the untrained one) and per checkpoint only as the rows of the
+    descriptions' tokens; predict.py reproduces the run's own validation predictions."""
+    data = make_image_tree(tmp_path / "data", {"a": 6, "b": 6})
+    compared: list[int] = []
+    real_save_latest = FoldCheckpoints.save_latest
+
+    def checking_save_latest(self, model, *args, **kwargs):
+        real_save_latest(self, model, *args, **kwargs)
+        path = self.run_dir.latest_checkpoint(self.fold)
+        saved = load_checkpoint(path)
+        whole = full_model_state(saved, path)
+        state = model.state_dict()
+        assert whole.keys() == state.keys() and all(torch.equal(whole[k], state[k].cpu()) for k in state)
+        compared.append(len(saved["model"][WORD_TABLE + "#rows"]))
+
+    monkeypatch.setattr(FoldCheckpoints, "save_latest", checking_save_latest)
+    run = tmp_path / "run"
+    assert train(run, data, tiny_text_encoder) == 0
+    monkeypatch.undo()
+    assert len(compared) == 6 and compared[0] == 0  # epoch 0 (untrained): no row differs yet
+    shared = load_checkpoint(run / FROZEN_FILE, ("model",))["model"]
+    assert WORD_TABLE in shared and all(".embeddings." in key for key in shared)
+    vocab = shared[WORD_TABLE].shape[0]
+    for path in checkpoints_of(run):
+        saved = load_checkpoint(path)
+        rows = saved["model"][WORD_TABLE + "#rows"]
+        assert WORD_TABLE not in saved["model"] and len(rows) < vocab // 100  # the descriptions' tokens
+        assert (len(rows) > 0) == (saved["epoch"] > 0)  # epoch 0 is the untrained model
+        table = full_model_state(saved, path)[WORD_TABLE]
+        untouched = torch.ones(vocab, dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(table[untouched], shared[WORD_TABLE][untouched])
+        assert (table[rows] != shared[WORD_TABLE][rows]).any(dim=1).all()
+        assert path.stat().st_size < tensor_bytes({"t": shared[WORD_TABLE]})
+
+    oof = {}
+    with (run / "oof_predictions.csv").open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            oof[row["path"]] = (int(row["fold"]), [float(v) for k, v in row.items() if k.startswith("prob_")])
+    for fold in (1, 2):
+        probs = predict_probs(run, data, tmp_path / f"fold{fold}.csv", "--fold", str(fold))
+        for path, (owner, expected) in oof.items():
+            if owner == fold:
+                np.testing.assert_allclose(probs[path], expected, atol=2e-6)
+
+
+def test_lookup_tables_get_no_weight_decay(tiny_text_encoder):
+    from models.clip_model import build_clip_model
+    from training.config import TrainConfig
+    from training.engine import parameter_groups
+
+    model = build_clip_model("starnet_s050", f"hf:{tiny_text_encoder}", 16, 0.07, [["a"], ["b"]], img_size=24)
+    decay_of = {id(p): group["weight_decay"] for group in parameter_groups(model, TrainConfig(weight_decay=0.1))
+                for p in group["params"]}
+    tables = [m.weight for m in model.text_encoder.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(tables) == 3 and all(decay_of[id(t)] == 0.0 for t in tables)  # word, position, token type
+    assert decay_of[id(model.text_proj.weight)] == 0.1
+
+
+class TwoTowers(torch.nn.Module):
+    """A frozen image tower and a trainable text tower with a lookup table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image_encoder = torch.nn.Linear(3, 2).requires_grad_(False)
+        self.text_encoder = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+
+
+def test_changed_rows_put_back_into_the_untrained_table(tmp_path):
+    model = TwoTowers()
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    shared = training.checkpoints.store_frozen_towers(run_dir, model, initial)
+    assert shared.keys == {"image_encoder.weight", "image_encoder.bias"}
+    assert list(shared.tables) == ["text_encoder.0.weight"]
+    with torch.no_grad():
+        model.text_encoder[0].weight[[2, 7]] += 1.0
+    own = shared.split(model.state_dict())
+    assert own["text_encoder.0.weight#rows"].tolist() == [2, 7] and "image_encoder.weight" not in own
+    path = run_dir.best_checkpoint(1)
+    whole = full_model_state({"model": own, "shared_weights": shared.reference()}, path)
+    assert all(torch.equal(whole[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_started_with_frozen_towers_only_in_its_file_keeps_whole_tables(tmp_path):
+    """A run resumed across this change: its file holds the frozen towers only, and stays as it is."""
+    model = TwoTowers()
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    state = model.state_dict()
+    save_checkpoint(run_dir.frozen_towers, {"format": CHECKPOINT_FORMAT,
+                                            "model": {k: v for k, v in state.items() if k.startswith("image_")}})
+    before = file_sha256(run_dir.frozen_towers)
+    shared = training.checkpoints.store_frozen_towers(run_dir, model, state)
+    assert shared.tables == {} and file_sha256(run_dir.frozen_towers) == before
+    assert "text_encoder.0.weight" in shared.split(state)

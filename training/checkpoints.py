@@ -10,6 +10,11 @@ What keeps a study's checkpoints affordable:
   in the run folder; each checkpoint's ``model`` omits them and names that file (relative to the run
   folder, so a copied folder still works) and its SHA-256. Loading puts the two back together and
   refuses a missing or edited file.
+- A trainable tower's lookup tables (``nn.Embedding``: CLIP's 49,408-token table is 40 % of its text
+  tower) change only in the rows the class descriptions use: they get no weight decay (see
+  ``training.engine.parameter_groups``), so a row without a gradient keeps its value exactly. The
+  untrained tables go into the same file, once; a checkpoint keeps only the rows that differ from
+  them (``<key>#rows`` and ``<key>#values`` in its ``model``).
 - A finished fold whose last epoch is its best keeps one copy: ``checkpoint_latest.pth`` becomes a
   hard link to ``checkpoint_best.pth``.
 - ``--checkpoint-dtype`` casts the saved models' floating-point weights; the weights of a training
@@ -18,7 +23,7 @@ What keeps a study's checkpoints affordable:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +33,8 @@ import torch
 from utils.io import CheckpointError, file_sha256, link_or_copy, load_checkpoint, save_checkpoint
 from utils.run_dir import FROZEN_TOWERS_FILE, RunDir
 
-# /2: the model may omit frozen towers kept in the run's frozen_towers.pth ("shared_weights" names it).
-# /1 checkpoints hold every weight and load as before.
+# /2: the model may omit frozen towers and unchanged embedding rows kept in the run's
+# frozen_towers.pth ("shared_weights" names it). /1 checkpoints hold every weight and load as before.
 CHECKPOINT_FORMAT = "train_clip/2"
 CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,12 +66,29 @@ def restore_rng(state: dict[str, Any], sampler_generator: torch.Generator) -> No
     sampler_generator.set_state(state["sampler"])
 
 
+# Suffixes of a table's changed rows in a checkpoint's model: row indices, and those rows' values.
+ROWS, VALUES = "#rows", "#values"
+
+
 @dataclass(frozen=True)
 class SharedWeights:
-    """The run's frozen towers, stored once in ``frozen_towers.pth``: which model keys, and the file's hash."""
+    """What the run stores once in ``frozen_towers.pth``: the frozen towers (``keys``: whole tensors
+    taken from the file), the untrained lookup tables of trainable towers (``tables``: checkpoints
+    hold their changed rows), and the file's hash."""
 
     keys: frozenset[str]
     sha256: str
+    tables: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def split(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``weights`` (a full state dict) without what the file holds: frozen towers left out,
+        each table reduced to the rows that differ from the untrained one."""
+        kept = {key: value for key, value in weights.items() if key not in self.keys and key not in self.tables}
+        for key, initial in self.tables.items():
+            current = weights[key].detach().cpu()
+            rows = (current != initial).any(dim=1).nonzero().squeeze(1)
+            kept[key + ROWS], kept[key + VALUES] = rows, current[rows].clone()
+        return kept
 
     def reference(self) -> dict[str, str]:
         return {"file": FROZEN_TOWERS_FILE, "sha256": self.sha256}
@@ -82,31 +104,43 @@ def frozen_tower_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
     return frozenset(key for key in state if key.startswith(tuple(frozen))) if frozen else frozenset()
 
 
+def trainable_table_keys(model: torch.nn.Module) -> frozenset[str]:
+    """State-dict keys of the trainable ``nn.Embedding`` weights (token, position, type tables)."""
+    return frozenset(f"{name}.weight" for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Embedding) and module.weight.requires_grad)
+
+
 def store_frozen_towers(run_dir: RunDir, model: torch.nn.Module,
                         initial_state: dict[str, torch.Tensor]) -> SharedWeights | None:
-    """Write the frozen towers' weights (from the untrained ``initial_state``) once per run.
+    """Write the frozen towers' weights and the trainable towers' untrained lookup tables (both from
+    the untrained ``initial_state``) once per run.
 
-    A resumed run finds the file already there and keeps it when it holds exactly these weights.
+    A resumed run finds the file already there and keeps it when it holds exactly these weights (or
+    only the frozen towers: a run started before tables were stored goes on saving whole tables).
     """
     keys = frozen_tower_keys(model, initial_state)
-    if not keys:
-        return None
-    weights = {key: initial_state[key] for key in sorted(keys)}
+    tables = trainable_table_keys(model) - keys
     path = run_dir.frozen_towers
-    if path.is_file():
-        saved = load_checkpoint(path, ("model",))["model"]
+    saved = load_checkpoint(path, ("model",))["model"] if path.is_file() else None
+    if saved is not None and keys and saved.keys() == keys:
+        tables = frozenset()
+    if not keys and not tables:
+        return None
+    weights = {key: initial_state[key] for key in sorted(keys | tables)}
+    if saved is not None:
         if saved.keys() != weights.keys() or not all(torch.equal(saved[k], weights[k]) for k in weights):
-            raise CheckpointError(f"{path} does not hold the frozen towers' weights this run starts from (the "
+            raise CheckpointError(f"{path} does not hold the untrained weights this run starts from (the "
                                   "file was edited, or the towers' weights changed since the run started); "
                                   "restore the file, or start the run again with --overwrite")
     else:
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": weights})
-    return SharedWeights(keys, file_sha256(path))
+    return SharedWeights(keys, file_sha256(path), {key: weights[key] for key in sorted(tables)})
 
 
 def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     """The whole model state of the checkpoint ``saved`` (read from ``path``, in a run's ``fold_K/``):
-    its own weights plus the frozen towers it names, once their file's hash is checked."""
+    its own weights plus the frozen towers and untrained table rows of the file it names, once that
+    file's hash is checked."""
     reference = saved.get("shared_weights")
     if reference is None:  # every weight is in the checkpoint (no frozen tower, or format /1)
         return saved["model"]
@@ -121,7 +155,27 @@ def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     if file_sha256(shared) != reference.get("sha256"):
         raise CheckpointError(f"{shared} is not the file checkpoint {path} was saved with (its SHA-256 "
                               f"differs: edited or replaced); restore the run's original {name}")
-    return {**load_checkpoint(shared, ("model",))["model"], **saved["model"]}
+    return merge_shared(load_checkpoint(shared, ("model",))["model"], saved["model"], path)
+
+
+def merge_shared(shared: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The run file's weights updated with a checkpoint's own: whole tensors replace, changed rows
+    are written into a copy of their untrained table."""
+    merged = dict(shared)
+    for key, value in own.items():
+        if key.endswith(VALUES):
+            continue
+        if not key.endswith(ROWS):
+            merged[key] = value
+            continue
+        name = key[:-len(ROWS)]
+        if name not in shared or name + VALUES not in own:
+            raise CheckpointError(f"checkpoint {path} holds changed rows of {name} without the table they belong "
+                                  "to: not a train_clip checkpoint of this run")
+        table = shared[name].clone()
+        table[value] = own[name + VALUES].to(table.dtype)
+        merged[name] = table
+    return merged
 
 
 def cast_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
@@ -140,7 +194,7 @@ class FoldCheckpoints:
     run_dir: RunDir
     fold: int
     metadata: dict[str, Any]
-    shared: SharedWeights | None = None  # the frozen towers, written once per run
+    shared: SharedWeights | None = None  # frozen towers and untrained tables, written once per run
     dtype: str = "float32"  # --checkpoint-dtype of the final models
 
     def _state(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float],
@@ -150,7 +204,7 @@ class FoldCheckpoints:
         weights = model.state_dict()
         shared = {}
         if self.shared is not None:
-            weights = {key: value for key, value in weights.items() if key not in self.shared.keys}
+            weights = self.shared.split(weights)
             shared = {"shared_weights": self.shared.reference()}
         if final:
             weights = cast_weights(weights, self.dtype)

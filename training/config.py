@@ -92,7 +92,8 @@ class TrainConfig:
                            "the processes.", "training")
     epochs: int = _opt(100, "Training epochs per fold.", "training")
     learning_rate: float = _opt(1e-4, "Peak learning rate of AdamW.", "training")
-    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases, norms, logit scale).",
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases, norms, logit scale, "
+                               "embedding tables).",
                                "training")
     image_lr_mult: float = _opt(1.0, "Learning-rate multiplier for the image backbone (projections keep "
                                 "the base rate).", "training")

@@ -107,7 +107,11 @@ def evaluate(model: CLIPClassifier, loader: DataLoader, device: torch.device,
 
 
 def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: tower-specific learning rates; no weight decay on biases, norms and the scale."""
+    """AdamW groups: tower-specific learning rates; no weight decay on biases, norms, the scale and
+    lookup tables (``nn.Embedding``). A table row that no class description uses gets no gradient,
+    and without decay keeps its value exactly: checkpoints then store only the rows that trained
+    (training.checkpoints), instead of, e.g., all of CLIP's 49,408 token rows in every checkpoint."""
+    tables = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -118,7 +122,7 @@ def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, 
             mult = cfg.text_lr_mult
         else:
             mult = 1.0
-        decay = parameter.ndim >= 2 and name != "logit_scale"
+        decay = parameter.ndim >= 2 and name != "logit_scale" and id(parameter) not in tables
         groups.setdefault((mult, decay), []).append(parameter)
     return [{"params": params, "lr": cfg.learning_rate * mult,
              "weight_decay": cfg.weight_decay if decay else 0.0}
