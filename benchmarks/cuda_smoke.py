@@ -7,7 +7,9 @@
 2. predict.py on the GPU reproduces fold 1's logged validation accuracy.
 3. CUDA out of memory (resnet152 at 2048 px) stops with a message naming a batch size that fits.
 
-Prints a table and writes JSON to ``$OUT/cuda_smoke.json`` (or ``benchmarks/results/``)::
+Prints a table and writes JSON to ``$OUT/cuda_smoke.json`` (or ``benchmarks/results/``), each
+program's stderr to ``cuda_smoke_runs.log`` beside it. About 4 minutes on an H200 (each program
+starts in ~15 s; see benchmarks/results/gpu_h200.md)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cuda_smoke.py
 """
