@@ -162,12 +162,12 @@ def test_finished_fold_keeps_the_last_model_without_its_training_state(cv_run):
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path, val_paths: list[str]) -> tuple[dict, np.ndarray]:
-    """Rebuild the model from the checkpoint alone and score the fold's validation images as train_clip does."""
+    """Rebuild the model from the checkpoint (and its run's frozen_towers.pth) and score the fold's validation images as train_clip does."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = ckpt["config"]
     model = build_clip_model(**model_kwargs_from_config(config), class_texts=ckpt["class_texts"],
                              load_pretrained=False)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(training.checkpoints.full_model_state(ckpt, checkpoint))  # + the run's untrained embedding tables
     labels = [ckpt["class_names"].index(path.split("/")[0]) for path in val_paths]
     decoded = build_image_cache([data / path for path in val_paths], config["img_size"], 64, threads=1)
     assert not decoded.failures
