@@ -35,6 +35,7 @@ from data.transforms import ToModelInput
 from models.text_checks import text_warnings
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
                                 target_layer, unique_file_names)
+from training.checkpoints import SharedFiles
 from training.ensemble import FoldModel, ensemble_probs, load_fold_model
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
@@ -141,8 +142,9 @@ def load_models(checkpoints: Sequence[tuple[int, Path]], device: torch.device,
                 class_texts: list[list[str]] | None) -> tuple[list[FoldModel], list[str], int, dict]:
     """Every fold model of ``checkpoints``; they must agree on classes and input size."""
     models, first = [], None
+    files = SharedFiles()  # the run's frozen_towers.pth, read once for every fold
     for number, path in checkpoints:
-        fold_model, meta = load_fold_model(number, path, device, class_texts)
+        fold_model, meta = load_fold_model(number, path, device, class_texts, files)
         describe_fold_model(number, meta)
         if first is None:
             first = meta

@@ -39,7 +39,7 @@ from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
-from training.checkpoints import load_best_model_state, store_frozen_towers
+from training.checkpoints import SharedFiles, load_best_model_state, store_frozen_towers
 from training.config import ConfigError, TrainConfig, config_from_args
 from training.distributed import Distributed
 from training.engine import configure_determinism, evaluate, out_of_memory_error
@@ -202,8 +202,9 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict
     loader = DataLoader(CachedImageDataset(run.cache, run.test_idx, run.labels, None, ToModelInput()),
                         batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
     per_fold = []
+    files = SharedFiles()  # the run's frozen_towers.pth, read once for every fold
     for result in results:
-        run.model.load_state_dict(load_best_model_state(run.run_dir, result.number))
+        run.model.load_state_dict(load_best_model_state(run.run_dir, result.number, files))
         run.model.reset_text_cache()
         probs, labels, indices, _ = evaluate(run.model, loader, run.device, run.amp_dtype)
         per_fold.append(probs)

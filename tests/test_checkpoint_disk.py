@@ -449,3 +449,33 @@ def test_a_run_started_with_frozen_towers_only_in_its_file_keeps_whole_tables(tm
     shared = training.checkpoints.store_frozen_towers(run_dir, model, state)
     assert shared.tables == {} and file_sha256(run_dir.frozen_towers) == before
     assert "text_encoder.0.weight" in shared.split(state)
+
+
+def test_predict_reads_and_hashes_the_shared_file_once_for_all_folds(frozen_text_run, tmp_path, monkeypatch):
+    data, run = frozen_text_run
+    expected = predict_probs(run, data, tmp_path / "before.csv")
+    hashed: list[Path] = []
+    real_sha256 = training.checkpoints.file_sha256
+
+    def counting_sha256(path):
+        hashed.append(Path(path))
+        return real_sha256(path)
+
+    monkeypatch.setattr(training.checkpoints, "file_sha256", counting_sha256)
+    assert predict_probs(run, data, tmp_path / "once.csv") == expected  # the 2-fold ensemble
+    assert [p.name for p in hashed] == [FROZEN_FILE]
+
+
+def test_shared_files_read_a_replaced_file_again(frozen_text_run, tmp_path):
+    _, run = frozen_text_run
+    copy = shutil.copytree(run, tmp_path / "copy")
+    files = training.checkpoints.SharedFiles()
+    path = copy / "fold_1" / "checkpoint_best.pth"
+    saved = load_checkpoint(path)
+    full_model_state(saved, path, files)
+    shared = load_checkpoint(copy / FROZEN_FILE)
+    first = next(iter(shared["model"]))
+    shared["model"][first] = shared["model"][first] + 1
+    save_checkpoint(copy / FROZEN_FILE, shared)  # edited after the first read
+    with pytest.raises(training.checkpoints.CheckpointError, match="SHA-256 differs"):
+        full_model_state(saved, path, files)

@@ -137,10 +137,27 @@ def store_frozen_towers(run_dir: RunDir, model: torch.nn.Module,
     return SharedWeights(keys, file_sha256(path), {key: weights[key] for key in sorted(tables)})
 
 
-def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+@dataclass
+class SharedFiles:
+    """Run files that checkpoints name (``frozen_towers.pth``), each hashed and read once however
+    many checkpoints name it: predict.py and the test-set ensemble load one checkpoint per fold."""
+
+    _read: dict[tuple[Path, int, int], tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def read(self, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+        """The file's SHA-256 and its weights. Keyed by size and modification time too: a file
+        replaced in between is read again."""
+        stat = path.stat()
+        key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+        if key not in self._read:
+            self._read[key] = (file_sha256(path), load_checkpoint(path, ("model",))["model"])
+        return self._read[key]
+
+
+def full_model_state(saved: dict[str, Any], path: Path, files: SharedFiles | None = None) -> dict[str, torch.Tensor]:
     """The whole model state of the checkpoint ``saved`` (read from ``path``, in a run's ``fold_K/``):
     its own weights plus the frozen towers and untrained table rows of the file it names, once that
-    file's hash is checked."""
+    file's hash is checked. Pass one ``files`` to several calls to read that file once."""
     reference = saved.get("shared_weights")
     if reference is None:  # every weight is in the checkpoint (no frozen tower, or format /1)
         return saved["model"]
@@ -152,10 +169,11 @@ def full_model_state(saved: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     if not shared.is_file():
         raise CheckpointError(f"checkpoint {path} needs {shared}, the run's frozen towers' weights, which is "
                               f"missing: copy the whole run folder, {name} included")
-    if file_sha256(shared) != reference.get("sha256"):
+    digest, weights = (files or SharedFiles()).read(shared)
+    if digest != reference.get("sha256"):
         raise CheckpointError(f"{shared} is not the file checkpoint {path} was saved with (its SHA-256 "
                               f"differs: edited or replaced); restore the run's original {name}")
-    return merge_shared(load_checkpoint(shared, ("model",))["model"], saved["model"], path)
+    return merge_shared(weights, saved["model"], path)
 
 
 def merge_shared(shared: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -252,6 +270,6 @@ class FoldCheckpoints:
         save_checkpoint(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
 
 
-def load_best_model_state(run_dir: RunDir, fold: int) -> dict[str, torch.Tensor]:
+def load_best_model_state(run_dir: RunDir, fold: int, files: SharedFiles | None = None) -> dict[str, torch.Tensor]:
     path = run_dir.best_checkpoint(fold)
-    return full_model_state(load_checkpoint(path, ("model",)), path)
+    return full_model_state(load_checkpoint(path, ("model",)), path, files)

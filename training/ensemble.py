@@ -17,7 +17,7 @@ import torch
 
 from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
-from training.checkpoints import full_model_state
+from training.checkpoints import SharedFiles, full_model_state
 from utils.device import autocast, to_device
 from utils.io import CheckpointError, load_checkpoint
 
@@ -57,9 +57,10 @@ def ensemble_probs(models: Sequence[FoldModel], images: torch.Tensor, device: to
     return (total / len(models)).cpu().numpy()
 
 
-def load_fold_model(fold: int, path: Path, device: torch.device,
-                    class_texts: list[list[str]] | None = None) -> tuple[FoldModel, dict]:
-    """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata."""
+def load_fold_model(fold: int, path: Path, device: torch.device, class_texts: list[list[str]] | None = None,
+                    files: SharedFiles | None = None) -> tuple[FoldModel, dict]:
+    """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata.
+    ``files``: the run files already read (one for all folds of a run)."""
     state = load_checkpoint(path, CHECKPOINT_KEYS)
     config = state["config"]
     try:
@@ -74,7 +75,7 @@ def load_fold_model(fold: int, path: Path, device: torch.device,
                                  image_files=state.get("image_encoder_files"))
     except (UnknownEncoderError, WeightsNotFoundError) as exc:
         raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
-    weights = full_model_state(state, path)
+    weights = full_model_state(state, path, files)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

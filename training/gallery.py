@@ -28,6 +28,7 @@ from reporting.gallery import Gallery, GalleryCase, choose_cases, read_oof_rows
 from reporting.report import report_from_run_dir
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, class_heatmaps, save_overlay,
                                 unique_file_names)
+from training.checkpoints import SharedFiles
 from training.ensemble import load_fold_model
 from utils.device import select_device
 from utils.errors import UserError, exit_status
@@ -43,13 +44,13 @@ class GalleryError(UserError):
 
 
 def draw_fold_cases(run: RunDir, fold: int, cases: Sequence[GalleryCase], file_names: Sequence[str],
-                    data_dir: Path, device: torch.device, method: str) -> list[GalleryCase]:
+                    data_dir: Path, device: torch.device, method: str, files: SharedFiles) -> list[GalleryCase]:
     """The pictures of ``cases`` (all validated by ``fold``); unreadable images are skipped with a warning."""
     checkpoint = run.model_checkpoint(fold)
     if checkpoint is None:
         log.warning("Gallery: fold %d has no checkpoint; its %d image(s) are left out", fold, len(cases))
         return []
-    fold_model, meta = load_fold_model(fold, checkpoint, device)
+    fold_model, meta = load_fold_model(fold, checkpoint, device, files=files)
     class_names = meta["class_names"]
     logits = ClassLogits(fold_model.model, fold_model.class_emb, fold_model.scale)
     to_input = ToModelInput()
@@ -80,10 +81,11 @@ def write_gallery(run: RunDir, device: torch.device, method: str) -> Gallery:
     for case, name in zip(cases, names):
         by_fold[case.fold].append((case, name))
     drawn = []
+    files = SharedFiles()  # the run's frozen_towers.pth, read once for every fold
     for fold, entries in sorted(by_fold.items()):
         fold_cases, file_names = zip(*entries)
         drawn += draw_fold_cases(run, fold, fold_cases, file_names,
-                                 data_root(config.get("data_dir"), config.get("data_csv")), device, method)
+                                 data_root(config.get("data_dir"), config.get("data_csv")), device, method, files)
     order = {case.path: k for k, case in enumerate(cases)}
     gallery = Gallery(method, sorted(drawn, key=lambda case: order[case.path]))
     gallery.write(run)
