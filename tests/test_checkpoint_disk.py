@@ -479,3 +479,30 @@ def test_shared_files_read_a_replaced_file_again(frozen_text_run, tmp_path):
     save_checkpoint(copy / FROZEN_FILE, shared)  # edited after the first read
     with pytest.raises(training.checkpoints.CheckpointError, match="SHA-256 differs"):
         full_model_state(saved, path, files)
+
+
+def test_the_optimizer_state_of_a_lookup_table_is_saved_as_its_nonzero_rows_and_resumes_exactly(tmp_path):
+    model = TwoTowers()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.0)
+
+    def step(opt: torch.optim.Optimizer, net: TwoTowers) -> None:
+        opt.zero_grad()
+        net.text_encoder(torch.tensor([2, 7, 7])).sum().backward()  # rows 2 and 7 only
+        opt.step()
+
+    step(optimizer, model)
+    checkpoints = fold_checkpoints(tmp_path)
+    checkpoints.save_latest(model, 1, {"accuracy": 0.5}, {"optimizer": optimizer.state_dict(), "scheduler": {},
+                                                          "scaler": {}}, {"epoch": 1, "best_epoch": 1},
+                            torch.Generator())
+    on_disk = load_checkpoint(checkpoints.run_dir.latest_checkpoint(1))["optimizer"]["state"]
+    packed = [entry["exp_avg"] for entry in on_disk.values() if isinstance(entry["exp_avg"], dict)]
+    assert len(packed) == 1 and packed[0]["nonzero_rows"].tolist() == [2, 7]  # the table's; the Linear's stay dense
+
+    resumed_model = TwoTowers()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = torch.optim.AdamW(resumed_model.parameters(), lr=0.1, weight_decay=0.0)
+    resumed.load_state_dict(checkpoints.load_latest()["optimizer"])
+    for opt, net in ((optimizer, model), (resumed, resumed_model)):
+        step(opt, net)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))

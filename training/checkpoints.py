@@ -14,7 +14,8 @@ What keeps a study's checkpoints affordable:
   tower) change only in the rows the class descriptions use: they get no weight decay (see
   ``training.engine.parameter_groups``), so a row without a gradient keeps its value exactly. The
   untrained tables go into the same file, once; a checkpoint keeps only the rows that differ from
-  them (``<key>#rows`` and ``<key>#values`` in its ``model``).
+  them (``<key>#rows`` and ``<key>#values`` in its ``model``). In a training fold's
+  ``checkpoint_latest.pth`` AdamW's moments of such a table are stored as their non-zero rows.
 - A finished fold whose last epoch is its best keeps one copy: ``checkpoint_latest.pth`` becomes a
   hard link to ``checkpoint_best.pth``.
 - ``--checkpoint-dtype`` casts the saved models' floating-point weights; the weights of a training
@@ -236,6 +237,8 @@ class FoldCheckpoints:
                     training: dict[str, Any], fold_state: dict[str, Any],
                     sampler_generator: torch.Generator) -> None:
         """The model with everything ``--resume`` needs to continue after ``epoch`` exactly."""
+        if "optimizer" in training:
+            training = {**training, "optimizer": pack_zero_rows(training["optimizer"])}
         save_checkpoint(self.run_dir.latest_checkpoint(self.fold), {
             **self._state(model, epoch, metrics, final=False), **training, "fold_state": fold_state,
             "rng": capture_rng(sampler_generator)})
@@ -247,7 +250,7 @@ class FoldCheckpoints:
         """``checkpoint_latest.pth`` with its whole model state (frozen towers put back)."""
         path = self.run_dir.latest_checkpoint(self.fold)
         saved = load_checkpoint(path, LATEST_KEYS)
-        return {**saved, "model": full_model_state(saved, path)}
+        return {**saved, "model": full_model_state(saved, path), "optimizer": unpack_zero_rows(saved["optimizer"])}
 
     def drop_training_state(self) -> None:
         """Reduce a finished fold's ``checkpoint_latest.pth`` to the last epoch's model and metadata.
@@ -268,6 +271,38 @@ class FoldCheckpoints:
             return
         kept = {key: value for key, value in saved.items() if key not in TRAINING_STATE_KEYS}
         save_checkpoint(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
+
+
+def pack_zero_rows(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's state dict with each mostly-zero matrix (AdamW's moments of a lookup table:
+    zero in every row no gradient ever reached) stored as its non-zero rows; exact, and 200 MB less
+    in every training checkpoint of a trainable CLIP text tower."""
+    return {**optimizer_state, "state": {index: {name: sparse_rows(value) for name, value in entry.items()}
+                                         for index, entry in optimizer_state["state"].items()}}
+
+
+def unpack_zero_rows(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`pack_zero_rows` (a state dict without packed rows comes back as it is)."""
+    return {**optimizer_state, "state": {index: {name: dense_rows(value) for name, value in entry.items()}
+                                         for index, entry in optimizer_state["state"].items()}}
+
+
+def sparse_rows(value: Any) -> Any:
+    if not (isinstance(value, torch.Tensor) and value.ndim == 2 and value.is_floating_point()):
+        return value
+    rows = value.detach().ne(0).any(dim=1).nonzero().squeeze(1)
+    if 2 * len(rows) > value.shape[0]:
+        return value
+    return {"nonzero_rows": rows.cpu(), "values": value[rows].cpu(), "n_rows": value.shape[0]}
+
+
+def dense_rows(value: Any) -> Any:
+    if not (isinstance(value, dict) and "nonzero_rows" in value):
+        return value
+    values = value["values"]
+    dense = torch.zeros((value["n_rows"], values.shape[1]), dtype=values.dtype)
+    dense[value["nonzero_rows"]] = values
+    return dense
 
 
 def load_best_model_state(run_dir: RunDir, fold: int, files: SharedFiles | None = None) -> dict[str, torch.Tensor]:
