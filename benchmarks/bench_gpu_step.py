@@ -33,11 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from benchmarks.output import write_result  # noqa: E402
 from models.clip_model import build_clip_model  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.engine import build_optimizer, train_one_epoch, warmup_cosine  # noqa: E402
 from utils.device import autocast, mixed_precision_dtype, to_device  # noqa: E402
-from utils.io import write_json  # noqa: E402
 
 CLASS_TEXTS = [[f"a handwritten digit {word}", f"a scanned image of the number {digit} written by hand"]
                for digit, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven",
@@ -149,9 +149,7 @@ def main() -> int:
               "args": {**vars(args), "compile": compile_}, "amp_dtype": str(amp_dtype),
               "backbone_images_per_s": baseline, "ours_images_per_s": ours_rate, "ratio": ratio,
               "measurements_images_per_s": measured}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
-    print(f"written: {args.out}")
+    write_result(args.out, result)
     return 0
 
 

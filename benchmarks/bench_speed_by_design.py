@@ -31,10 +31,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.output import write_result  # noqa: E402
 from data.images import CachedImageDataset, build_image_cache  # noqa: E402
 from data.transforms import ToModelInput, build_augmentation  # noqa: E402
 from models.text_encoders import build_text_encoder  # noqa: E402
-from utils.io import write_json  # noqa: E402
 
 
 def best_of(repeats: int, work: Callable[[], None]) -> float:
@@ -128,9 +128,7 @@ def main() -> int:
         print(f"{work:<24}{base_name:<20}{base_s:>10.4f}  {ours_name:<18}{ours_s:>10.5f}{base_s / max(ours_s, 1e-9):>9.1f}x")
     result = {"machine": platform.platform(), "torch_threads": torch.get_num_threads(), "args": vars(args),
               "images": images, "text": text}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
-    print(f"written: {args.out}")
+    write_result(args.out, result)
     return 0
 
 

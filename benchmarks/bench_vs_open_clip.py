@@ -46,8 +46,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from benchmarks.output import write_result  # noqa: E402
 from data.demo import build_demo_dataset  # noqa: E402
-from utils.io import load_checkpoint, write_json  # noqa: E402
+from utils.io import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("bench_vs_open_clip")
 TEXT_TOWER = "ViT-B-32-quickgelu"  # open_clip's config behind train_clip's clip:ViT-B/32
@@ -260,9 +261,7 @@ def main() -> int:
               "open_clip_locked_text": theirs_locked, "train_clip_frozen_text": ours_frozen,
               "ceiling_images_per_s": ceiling, "ratio_trained_vs_open_clip": rows[1][2],
               "ratio_frozen_vs_open_clip_locked": rows[3][2], "ratio_frozen_vs_ceiling": ratio_to_ceiling}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # the trainer's own writer: atomic, NaN as null
-    print(f"written: {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -25,7 +25,6 @@ from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, _flag, _opp
 from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
 
-ARRAY_SETTINGS = frozenset({"GPUS", "IMAGE_ENCODERS", "TEXT_ENCODERS", "EXTRA_ARGS"})
 RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
                    "OUTPUT_ROOT", "EXTRA_ARGS", "LOG_DIR", "LEADERBOARD_METRIC", "FORCE", "DRY_RUN", "PYTHON")
 # TrainConfig fields the runner sets for each job itself.
