@@ -64,8 +64,13 @@ class Renormalise(nn.Module):
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
-        scale = torch.tensor(INPUT_STD) / torch.tensor(std)
-        shift = (torch.tensor(INPUT_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        # Kept in float64 and cast to the input's dtype in forward: a float64 model (the equivalence
+        # tests') applies the exact map, a float32 or bfloat16 one its rounding.
+        def vector(values: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float64)
+
+        scale = vector(INPUT_STD) / vector(std)
+        shift = (vector(INPUT_MEAN) - vector(mean)) / vector(std)
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
 

@@ -20,14 +20,16 @@ def class_contrastive_loss(image_emb: torch.Tensor, class_emb: torch.Tensor, lab
       It is written as the KL divergence from that target, so a perfect model scores 0 even
       when a class has several images in the batch.
 
-    Embeddings are L2-normalised; the loss is computed in float32 whatever the AMP dtype.
+    Embeddings are L2-normalised; the loss is computed in float32 whatever the AMP dtype (in
+    float64 for float64 embeddings, as the equivalence tests run it).
     """
-    logits = logit_scale.float() * image_emb.float() @ class_emb.float().t()  # (B, C)
+    dtype = torch.promote_types(image_emb.dtype, torch.float32)
+    logits = logit_scale.to(dtype) * image_emb.to(dtype) @ class_emb.to(dtype).t()  # (B, C)
     loss = F.cross_entropy(logits, labels)
     if not symmetric:
         return loss
     present = torch.unique(labels)  # (P,)
-    target = (labels.unsqueeze(0) == present.unsqueeze(1)).float()  # (P, B)
+    target = (labels.unsqueeze(0) == present.unsqueeze(1)).to(dtype)  # (P, B)
     target = target / target.sum(dim=1, keepdim=True)
     log_probs = F.log_softmax(logits.t()[present], dim=1)  # (P, B)
     class_to_image = (torch.special.xlogy(target, target) - target * log_probs).sum(dim=1).mean()

@@ -17,6 +17,7 @@ import predict
 import train_clip
 import training.checkpoints
 import training.fold
+from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import make_image_tree
 from training.checkpoints import (CHECKPOINT_FORMAT, TRAINING_STATE_KEYS, FoldCheckpoints, full_model_state,
                                   load_best_model_state)
@@ -172,7 +173,8 @@ def test_predict_on_a_copied_run_folder_reproduces_the_validation_results(frozen
         oof = {row["path"]: [float(v) for k, v in row.items() if k.startswith("prob_")]
                for row in csv.DictReader(handle) if row["fold"] == "1"}
     assert oof
-    np.testing.assert_allclose([probs[p] for p in sorted(oof)], [oof[p] for p in sorted(oof)], atol=2e-6)
+    np.testing.assert_allclose([probs[p] for p in sorted(oof)], [oof[p] for p in sorted(oof)], rtol=0,
+                               atol=PROBABILITY_TOLERANCE)
 
 
 @pytest.mark.parametrize("damage", ["edited", "missing"])
@@ -394,7 +396,7 @@ def test_trainable_text_checkpoints_hold_only_the_token_rows_that_trained_and_lo
         probs = predict_probs(run, data, tmp_path / f"fold{fold}.csv", "--fold", str(fold))
         for path, (owner, expected) in oof.items():
             if owner == fold:
-                np.testing.assert_allclose(probs[path], expected, atol=2e-6)
+                np.testing.assert_allclose(probs[path], expected, rtol=0, atol=PROBABILITY_TOLERANCE)
 
 
 def test_lookup_tables_get_no_weight_decay(tiny_text_encoder):

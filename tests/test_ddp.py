@@ -8,9 +8,12 @@ floating-point rounding. Rounding differs because the processes' rows are gather
 sums) and a convolution over 2 images may take another kernel path than over 4. Those
 differences are ~1e-7 after one step, but AdamW divides each gradient by its own running size, so
 a component near zero whose sign rounding flips moves by a whole learning-rate step: over the 9
-steps of a fold they grow to ~1e-4 (measured: 2e-4 on one epoch's loss in one run of five). The
-tolerance on every metric and loss is 1e-3: still far below one image of a fold classified
-otherwise (1/12 here) or one image drawn twice in an epoch (the loss moves by ~1e-1).
+steps of a fold they grow to ~1e-4 (measured: 2e-4 on one epoch's loss in one run of five), and how
+far they grow depends on the CPU's kernels. Float64 is not an option for a whole torchrun training,
+so the tolerance sits between the two scales instead (tests/equivalence.py): 1e-2 on every metric
+and loss is 50 times the growth measured here, and still 8 times below the smallest effect of a
+real difference: one image of a fold classified otherwise moves a metric by 1/12 (12 validation
+images), one image drawn twice in an epoch moves its loss by ~1e-1.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from training.distributed import Distributed, ShardedBatchSampler, merge_evaluat
 from utils.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-3
+TOLERANCE = 1e-2  # see the module's docstring
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

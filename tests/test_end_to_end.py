@@ -15,6 +15,7 @@ from data.images import CachedImageDataset, build_image_cache
 from data.transforms import ToModelInput
 from models.clip_model import build_clip_model, model_kwargs_from_config
 from reporting.metrics import classification_metrics
+from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import make_image_tree
 from training.config import config_from_args
 from utils.run_dir import RunDir
@@ -197,7 +198,7 @@ def test_best_checkpoint_reproduces_the_logged_validation_accuracy(cv_run, fold)
     with open(out / "oof_predictions.csv", encoding="utf-8", newline="") as handle:
         by_path = {row["path"]: row for row in csv.DictReader(handle)}
     written = np.array([[float(by_path[p][f"prob_{name}"]) for name in sorted(CLASSES)] for p in val_paths])
-    np.testing.assert_allclose(written, probs, atol=2e-6)
+    np.testing.assert_allclose(written, probs, rtol=0, atol=PROBABILITY_TOLERANCE)
     latest, _ = evaluate_checkpoint(out / f"fold_{fold}" / "checkpoint_latest.pth", root / "data", val_paths)
     assert latest["accuracy"] == history[-1]["accuracy"]
 

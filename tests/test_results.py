@@ -10,6 +10,7 @@ import pytest
 
 import train_clip
 from reporting.metrics import classification_metrics
+from tests.equivalence import assert_csv_probabilities_sum_to_one
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint
 
@@ -68,7 +69,7 @@ def test_test_metrics_are_the_mean_of_the_fold_models(run_with_test_set):
         rows = list(csv.DictReader(handle))
     names = report["class_names"]
     probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert_csv_probabilities_sum_to_one(probs)
     y_true = np.array([names.index(r["true_class"]) for r in rows])
     assert classification_metrics(y_true, probs)["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
     summary = read(out / "cv_summary.json")
