@@ -37,7 +37,7 @@ run are skipped; interrupted ones are resumed. Every job is checked before the f
 end a leaderboard is printed and written to OUTPUT_ROOT/leaderboard.csv and leaderboard.md.
 
 On a cluster, one job per array task (see the README, "A study on a SLURM cluster"):
-  --list-jobs     one line per job: index, state, run folder, command; then the count
+  --list-jobs     one line per job: index, state, run folder, command; the count on stderr
   --count-jobs    the number of jobs N, alone (sbatch --array=0-$((N-1)))
   --job-index I   run job I only, on every GPU visible to this task (one: train_clip.py; more:
                   torchrun, one process per GPU); exit 0 trained or finished already, 1 failed,

@@ -54,8 +54,9 @@ def print_job_list(jobs: list[Job], settings: Settings, devices: Devices, out: T
     for index, job in enumerate(jobs):
         print(f"{index}\t{job_state(job, settings)}\t{settings.output_root / job.name}\t"
               f"{shown_command(job, settings, devices.slots[0])}", file=out)
+    # On stderr: a script that counts or parses the job lines on stdout gets job lines only.
     print(f"{len(jobs)} job(s), indices 0..{len(jobs) - 1}: sbatch --array=0-{len(jobs) - 1} ... runs each "
-          "with --job-index $SLURM_ARRAY_TASK_ID", file=out)
+          "with --job-index $SLURM_ARRAY_TASK_ID", file=sys.stderr)
 
 
 def chosen_job(jobs: list[Job], index: int) -> Job:

@@ -223,7 +223,8 @@ def test_job_list_count_index_and_a_held_folder(study_dir: Path) -> None:
         lines = listed.stdout.splitlines()
         assert re.match(rf"0\trunning \(process {holder.pid} on host .+\)\truns/{RUNS[0]}\t", lines[0])
         assert re.match(rf"2\tnew\truns/{RUNS[2]}\tCUDA_VISIBLE_DEVICES='' \S+ \S+train_clip.py ", lines[2])
-        assert lines[3].startswith("3 job(s), indices 0..2: sbatch --array=0-2")
+        assert len(lines) == 3  # job lines only: the count is on stderr
+        assert listed.stderr.startswith("3 job(s), indices 0..2: sbatch --array=0-2")
         assert study(study_dir, "--count-jobs").stdout == "3\n"
         held = study(study_dir, "--job-index", "0")
         assert held.returncode == EXIT_HELD, held.stdout + held.stderr
