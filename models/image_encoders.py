@@ -184,6 +184,16 @@ def resolve_image_encoder(name: str, weights: str | None = None) -> tuple[ImageE
     return spec, pretrained
 
 
+def pretrained_source(name: str) -> str | None:
+    """Whose pretrained weights image encoder ``name`` starts from without ``--image-weights``
+    ("ImageNet", "OpenCLIP", "Chinese-CLIP"), or None when it starts from random weights. A CLIP
+    tower is pretrained unless ``:scratch``; a registry backbone only with ``:pretrained``."""
+    parsed = split_suffix(name)
+    if is_clip_name(parsed.base):
+        return None if parsed.pretrained is False else FAMILIES[parsed.base.split(":", 1)[0]]
+    return "ImageNet" if parsed.pretrained else None
+
+
 def random_init_note(name: str, weights: str | None = None) -> str | None:
     """The start-up line for an image encoder that starts from random weights without being asked to.
 

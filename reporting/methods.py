@@ -84,13 +84,20 @@ def split_suffix(name: str) -> Any:
     return parse(name)
 
 
+def pretrained_source(name: str) -> str | None:
+    """The image encoder registry's answer: whose weights ``name`` starts from (imported here, as above)."""
+    from models.image_encoders import pretrained_source as source
+
+    return source(name)
+
+
 def _image_encoder(config: Mapping[str, Any]) -> str:
     name = config["image_encoder"]
     if config.get("image_weights"):
         start = f"initialised from the weights file {Path(config['image_weights']).name}"
     else:
-        start = ("initialised with ImageNet-pretrained weights" if split_suffix(name).pretrained
-                 else "randomly initialised")
+        source = pretrained_source(name)
+        start = f"initialised with pretrained {source} weights" if source else "randomly initialised"
     frozen = ", kept frozen (only its projection was trained)" if config.get("freeze_image") else ""
     return f"the image encoder {split_suffix(name).base} ({start}{frozen})"
 
@@ -228,12 +235,12 @@ def chinese_summary(config: Mapping[str, Any], folds: Mapping[str, Any], summary
     split = (f"分层 {len(folds['folds'])} 折交叉验证（随机种子 {config['random_state']}）" if config.get("use_cv")
              else f"一次分层训练/验证划分（验证集 {_percent(config['val_fraction'])}）")
     test = f"；另按分层抽样留出 {len(folds['test'])} 张图像作为独立测试集" if folds.get("test") else ""
-    image = split_suffix(config["image_encoder"])
+    image, image_source = split_suffix(config["image_encoder"]), pretrained_source(config["image_encoder"])
     text = split_suffix(config["text_encoder"])
     sampling = (f"按类别加权采样（{config['weight_method']}）" if config.get("use_weighted_sampling")
                 else "均匀随机采样（无类别加权）")
     return (f"方法（中文）：数据共 {sum(counts)} 张图像、{len(counts)} 个类别：{listed}。采用{split}{test}。"
-            f"图像编码器 {image.base}（{'ImageNet 预训练权重' if image.pretrained else '随机初始化'}），文本编码器 "
+            f"图像编码器 {image.base}（{f'{image_source} 预训练权重' if image_source else '随机初始化'}），文本编码器 "
             f"{text.base}（{'随机初始化' if text.pretrained is False else '预训练权重'}），输入尺寸 "
             f"{config['img_size']} 像素，{sampling}。优化器 AdamW（学习率 {config['learning_rate']:g}，权重衰减 "
             f"{config['weight_decay']:g}），线性预热 {config['warmup_epochs']:g} 个 epoch 后余弦衰减，每折最多 "

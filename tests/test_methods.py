@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from reporting.methods import methods_paragraph, methods_section, run_environment
 from reporting.metrics import classification_metrics
@@ -44,11 +45,30 @@ def test_the_data_and_split_are_those_of_the_run():
 def test_encoders_and_their_initialisation():
     text = methods_paragraph(config(image_encoder="resnet50:pretrained", text_encoder="bert-base-chinese:scratch",
                                     freeze_image=True, img_size=384), folds(5), summary())
-    assert "image encoder resnet50 (initialised with ImageNet-pretrained weights, kept frozen" in text
+    assert "image encoder resnet50 (initialised with pretrained ImageNet weights, kept frozen" in text
     assert "text encoder bert-base-chinese (randomly initialised)" in text and "384×384 pixels" in text
     text = methods_paragraph(config(image_encoder="starnet_s050", text_encoder="clip:ViT-B/32"), folds(5), summary())
     assert "image encoder starnet_s050 (randomly initialised)" in text
     assert "text encoder clip:ViT-B/32 (with its pretrained weights)" in text
+
+
+@pytest.mark.parametrize("image_encoder, start, chinese", [
+    ("clip:ViT-B/32", "initialised with pretrained OpenCLIP weights", "OpenCLIP 预训练权重"),
+    ("clip:ViT-B/32:scratch", "randomly initialised", "随机初始化"),
+    ("cn-clip:ViT-B/16", "initialised with pretrained Chinese-CLIP weights", "Chinese-CLIP 预训练权重"),
+    ("resnet18", "randomly initialised", "随机初始化"),
+    ("resnet18:pretrained", "initialised with pretrained ImageNet weights", "ImageNet 预训练权重"),
+    ("timm:convnext_atto", "randomly initialised", "随机初始化"),
+    ("timm:convnext_atto:pretrained", "initialised with pretrained ImageNet weights", "ImageNet 预训练权重"),
+    ("starnet_s050", "randomly initialised", "随机初始化"),
+])
+def test_every_image_encoder_family_says_how_it_was_initialised(image_encoder, start, chinese):
+    """A CLIP tower is pretrained unless :scratch; a registry backbone only with :pretrained."""
+    cfg = config(image_encoder=image_encoder, text_encoder="bert-base-chinese")
+    text = methods_paragraph(cfg, folds(5), summary())
+    base = image_encoder.removesuffix(":scratch").removesuffix(":pretrained")
+    assert f"image encoder {base} ({start})" in text
+    assert f"图像编码器 {base}（{chinese}）" in "\n".join(methods_section(cfg, folds(5), summary(["股骨柄A", "股骨柄B"])))
 
 
 def test_sampling_optimiser_schedule_and_selection_follow_the_config():
