@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """train_clip: fine-tune a CLIP-style image-text model on a folder-per-class dataset with K-fold CV.
 
-The story of a run (DESIGN.md §1): configuration → checks that write nothing (encoders, data,
+The story of a run (docs/design.md §1): configuration → checks that write nothing (encoders, data,
 class texts, where the output goes) → the run folder locked → folds planned, model built,
 images decoded once → for each fold (training/fold.py): zero-shot epoch 0, train, evaluate
 each epoch, keep the best and latest checkpoints → ``cv_summary.json`` (→ held-out test

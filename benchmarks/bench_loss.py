@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Accuracy of the class-level loss (DESIGN.md §4) against the plain per-row CLIP loss, same run.
+"""Accuracy of the class-level loss (docs/design.md §4) against the plain per-row CLIP loss, same run.
 
 Three cross-validated trainings on the digits demo data with the same seed, folds and model:
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measure the speed choices of DESIGN.md §8 against their naive baselines, in one process.
+"""Measure the speed choices of docs/design.md §8 against their naive baselines, in one process.
 
 1. Images: one epoch served from the decode-once RAM cache vs. decoding every file on each access
    (``--cache-mb 0``), same dataset, same transforms.

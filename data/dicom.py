@@ -1,4 +1,4 @@
-"""DICOM radiographs → 8-bit images, with pydicom (DESIGN.md §10).
+"""DICOM radiographs → 8-bit images, with pydicom (docs/design.md §10).
 
 Stored values go through the modality LUT (RescaleSlope/Intercept) and the VOI LUT or window
 (``--dicom-window``), then are stretched to 0..255; MONOCHROME1 is inverted so bone is bright as in

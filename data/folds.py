@@ -2,7 +2,7 @@
 
 With groups (patients), every split is made by sklearn's ``StratifiedGroupKFold``: all images of a
 group land on one side, so a patient's second radiograph cannot be validated against a model that
-trained on the first (DESIGN.md §10).
+trained on the first (docs/design.md §10).
 """
 from __future__ import annotations
 

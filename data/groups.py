@@ -1,6 +1,6 @@
 """Which group (patient) each image belongs to: from a groups file, a path pattern or DICOM PatientID.
 
-Folds made with groups keep a patient's images on one side (DESIGN.md §10). A CSV manifest's
+Folds made with groups keep a patient's images on one side (docs/design.md §10). A CSV manifest's
 ``group`` column is read with the manifest (``data/manifest.py``); the sources here are for the
 other cases, and exactly one source may be used.
 """

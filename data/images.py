@@ -1,4 +1,4 @@
-"""Decode-once image cache and the dataset that serves it (DESIGN.md §8).
+"""Decode-once image cache and the dataset that serves it (docs/design.md §8).
 
 Each image is decoded, padded to a square and resized to ``img_size`` once per run, then kept
 as a uint8 tensor (one channel for grayscale, three for colour) while the RAM budget allows;

@@ -1,7 +1,7 @@
 """``CLIPClassifier``: an image tower and a text tower projected into one embedding space.
 
 Classes are represented by their descriptions: the class embedding is the mean of the
-normalised embeddings of its descriptions, renormalised (DESIGN.md §3). Prediction is the
+normalised embeddings of its descriptions, renormalised (docs/design.md §3). Prediction is the
 softmax over ``logit_scale · image @ classes.T``.
 
 When both towers are one CLIP model (:mod:`models.clip_towers`), the towers already end in that

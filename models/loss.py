@@ -1,4 +1,4 @@
-"""The class-level contrastive loss (DESIGN.md §4): no false negatives from repeated classes.
+"""The class-level contrastive loss (docs/design.md §4): no false negatives from repeated classes.
 
 Each image is scored against the C class embeddings, not against the B texts of the batch
 rows, so an image that matches its own class's text is never pushed away from it because

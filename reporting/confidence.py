@@ -1,4 +1,4 @@
-"""95% bootstrap confidence intervals of the pooled and held-out metrics (issue 12, DESIGN.md §10).
+"""95% bootstrap confidence intervals of the pooled and held-out metrics (issue 12, docs/design.md §10).
 
 ``scipy.stats.bootstrap`` draws the resamples and builds the intervals (BCa, falling back to the
 percentile interval for a metric whose BCa interval is undefined, e.g. a metric that is the same

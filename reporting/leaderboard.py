@@ -1,6 +1,6 @@
 """The leaderboard of a study: one row per run folder, ranked on a cross-validated metric.
 
-Reads each run's ``cv_summary.json`` and ``folds.json`` (DESIGN.md §6) and writes
+Reads each run's ``cv_summary.json`` and ``folds.json`` (docs/design.md §6) and writes
 ``leaderboard.csv`` and ``leaderboard.md`` into the study's output root. Each run is compared
 with the top one: the mean per-fold difference of the ranked metric and the p-value of the
 corrected resampled t-test (:mod:`reporting.compare`), only when both used the same folds;

@@ -1,4 +1,4 @@
-"""Classification metrics of a validation pass (DESIGN.md §5).
+"""Classification metrics of a validation pass (docs/design.md §5).
 
 All functions take integer labels ``y_true`` of shape (N,) and class probabilities
 ``probs`` of shape (N, C), so that the same code scores a fold, the pooled out-of-fold
@@ -60,7 +60,7 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """Every metric of DESIGN.md §5 for one set of predictions.
+    """Every metric of docs/design.md §5 for one set of predictions.
 
     Scalars (accuracy, balanced_accuracy, macro_f1, roc_auc, ece and, with more than 5
     classes, top3_accuracy: the rows of :data:`reporting.metric_table.METRICS`) sit at the top

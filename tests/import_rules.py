@@ -1,6 +1,6 @@
 """Who may import whom: one rule table and a checker that reads the imports of every ``.py`` file.
 
-Why the rules exist (``DESIGN.md`` §2): the code is built in floors so that each floor can be read,
+Why the rules exist (``docs/design.md`` §2): the code is built in floors so that each floor can be read,
 tested and reused without the ones above it. ``utils`` is the ground floor that everybody stands
 on; ``data`` and ``models`` stand on it and never on each other, so a data change cannot break a
 model and the other way round; ``training`` puts them together; the study runner only plans jobs,

@@ -2,7 +2,7 @@
 
 ``checkpoint_best.pth`` holds the model and metadata (for predict.py); ``checkpoint_latest.pth`` also
 holds the training state (optimizer, scheduler, scaler, fold state, every RNG state) while its fold
-trains, and only the last model once the fold is finished (DESIGN.md §6).
+trains, and only the last model once the fold is finished (docs/design.md §6).
 
 What keeps a study's checkpoints affordable:
 

@@ -1,6 +1,6 @@
 """The run configuration: one dataclass, the CLI built from it, JSON merging and validation.
 
-Precedence (DESIGN.md §7): dataclass defaults < one JSON config entry < explicit CLI flags.
+Precedence (docs/design.md §7): dataclass defaults < one JSON config entry < explicit CLI flags.
 JSON keys are the flag names in snake_case. Every problem is a :class:`ConfigError` whose
 message names the flag or key and, for a misspelt name, suggests the closest valid one.
 """

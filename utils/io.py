@@ -3,7 +3,7 @@
 Every file a run writes goes through :func:`atomic_write`: the bytes land in a temporary
 file in the target's directory, are flushed to disk, and replace the target in one
 ``os.replace``. A crash at any moment therefore leaves either the old file or the new one,
-never a torn mix (DESIGN.md §6).
+never a torn mix (docs/design.md §6).
 """
 from __future__ import annotations
 
