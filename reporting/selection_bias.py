@@ -13,8 +13,8 @@ the pooled out-of-fold predictions of all runs on the same images, each bootstra
 The mean of those out-of-bag scores estimates how well "train every run, keep the best" does on
 new images; their 2.5th and 97.5th percentiles are its 95 % interval.
 
-Pure functions over arrays, vectorised over resamples: the metrics of a batch of resamples come
-from per-image weights (:func:`reporting.confidence.weighted_metrics`, equal to
+Pure functions over arrays, vectorised over resamples: the metric of a batch of resamples comes
+from per-image weights (:func:`reporting.confidence.weighted_metric`, equal to
 :func:`reporting.metrics.classification_metrics` at weights of 1), so a metric here means exactly
 what it means in every summary.
 """
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reporting.confidence import CONFIDENCE_LEVEL, RESAMPLES_PER_BATCH, units_of, weighted_metrics
+from reporting.confidence import CONFIDENCE_LEVEL, RESAMPLES_PER_BATCH, units_of, weighted_metric
 from reporting.metric_table import metric as metric_row
 
 DEFAULT_RESAMPLES = 1000
@@ -63,7 +63,7 @@ class BBCEstimate:
 
 def run_scores(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
     """``metric`` of every run under every weight row: (R, N, C) probabilities, (B, N) weights → (B, R)."""
-    return np.stack([weighted_metrics(labels, run_probs, weights)[metric] for run_probs in probs], axis=1)
+    return np.stack([weighted_metric(labels, run_probs, weights, metric) for run_probs in probs], axis=1)
 
 
 def chosen_runs(in_bag: np.ndarray, higher_is_better: bool) -> np.ndarray:
