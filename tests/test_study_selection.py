@@ -58,9 +58,9 @@ def noise(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def write_noise_run(root: Path, name: str, data: Path, rng: np.random.Generator,
-                    selection: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    selection: dict[str, Any] | None = None, n_splits: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """A finished run folder of random predictions; returns the test set's labels and probabilities."""
-    cfg = config_from_args(["--data-dir", str(data), "--use-cv", "--n-splits", "3", "--test-fraction", "0.2",
+    cfg = config_from_args(["--data-dir", str(data), "--use-cv", "--n-splits", str(n_splits), "--test-fraction", "0.2",
                             "--group-regex", PATIENT, "--bootstrap-resamples", "0", "--batch-size", "8",
                             "--image-encoder", "resnet18", "--text-encoder", "clip:ViT-B/32",
                             "--output-dir", str(root / name)])
@@ -143,3 +143,29 @@ def test_a_run_selected_on_the_scored_fold_is_labelled_and_older_runs_are_not(st
     with open(study.root / "leaderboard.csv", encoding="utf-8", newline="") as handle:
         optimistic = {row["run"]: row["optimistic"] for row in csv.DictReader(handle)}
     assert optimistic["noise_0"] == "true" and {optimistic[f"noise_{r}"] for r in range(1, 8)} == {""}
+
+
+def test_runs_on_other_folds_or_without_predictions_are_left_out_saying_why(tmp_path: Path) -> None:
+    data = make_image_tree(tmp_path / "data", {"a": 40, "b": 40})
+    rng = np.random.default_rng(3)
+    root = tmp_path / "runs"
+    for r in range(3):
+        write_noise_run(root, f"noise_{r}", data, rng)
+    write_noise_run(root, "other_folds", data, rng, n_splits=2)
+    ranked, _ = leaderboard.build_leaderboard(root, metric=METRIC)
+    same = [e.run for e in ranked if e.run != "other_folds"]
+    RunDir(root / same[1]).oof_predictions.unlink()
+    winners, ungrouped = leaderboard.find_winners(root, ranked, METRIC, n_resamples=50)
+    assert not ungrouped
+    by_run = {w.run: w for w in winners}
+    assert set(by_run) == {same[0], "other_folds"}  # one winner per set of folds
+    assert by_run[same[0]].chosen_from == (same[0], same[2]) and by_run[same[0]].bbc.n_runs == 2
+    assert any(note.startswith(f"{same[1]} left out: out-of-fold predictions not found")
+               for note in by_run[same[0]].notes)
+    assert by_run["other_folds"].bbc.n_runs == 1
+    RunDir(root / same[0]).oof_predictions.unlink()  # the winner's own: no BBC-CV, and no other run crowned
+    [winner] = [w for w in leaderboard.find_winners(root, ranked, METRIC, n_resamples=50)[0] if w.run == same[0]]
+    assert winner.bbc is None and "BBC-CV not computed" in winner.notes[-1]
+    text = leaderboard.format_leaderboard(ranked, METRIC, winners=[winner])
+    assert "BBC-CV not computed" in text
+    assert [line for line in text.splitlines() if f"| {same[0]} " in line][0].rstrip(" |").endswith("n/a")
