@@ -31,6 +31,8 @@ from utils.io import atomic_write, write_csv
 from utils.run_dir import RunDir
 
 if TYPE_CHECKING:  # numpy and scipy are loaded only when BBC-CV is computed (see the test of imports)
+    import numpy as np
+
     from reporting.selection_bias import BBCEstimate
 
 log = logging.getLogger("train_clip.leaderboard")
@@ -179,45 +181,53 @@ def fold_groups(ranked: Sequence[Entry]) -> tuple[list[list[Entry]], list[str]]:
     return groups, notes
 
 
-def pooled_predictions(root: Path, group: Sequence[Entry]) -> tuple[list[str], Any, Any, list[str], list[str]]:
+def aligned_rows(first: Entry, first_paths: Sequence[str], first_labels: np.ndarray, entry: Entry,
+                 paths: Sequence[str], labels: np.ndarray) -> list[int] | str:
+    """The rows of ``entry``'s predictions in ``first``'s image order, or why they cannot be pooled."""
+    import numpy as np
+
+    row_of = {path: i for i, path in enumerate(paths)}
+    if entry.class_names != first.class_names:
+        return f"its classes differ from {first.run}'s"
+    if len(row_of) != len(paths) or set(row_of) != set(first_paths):
+        return f"its out-of-fold images differ from {first.run}'s"
+    rows = [row_of[path] for path in first_paths]
+    if not np.array_equal(labels[rows], first_labels):
+        return f"it gives images other true classes than {first.run}"
+    return rows
+
+
+def pooled_predictions(root: Path, group: Sequence[Entry]) -> tuple[list[str], np.ndarray, np.ndarray, list[str],
+                                                                    list[str]]:
     """The out-of-fold predictions of a set of runs on the same folds, row for row alike.
 
-    Returns the runs used, their (R, N, C) probabilities, the N labels, the image paths (in the first
-    usable run's order) and a note for each run left out and why.
+    Returns the runs used, their (R, N, C) probabilities, the N labels and image paths (in the first
+    readable run's order), and a note for each run left out and why.
     """
     import numpy as np
 
     from reporting.report import load_prediction_rows  # numpy and scipy: only when asked (module docstring)
 
     used: list[str] = []
-    probs: list[Any] = []
+    probs: list[np.ndarray] = []
     notes: list[str] = []
-    reference: tuple[Entry, list[str], Any] | None = None
+    reference: tuple[Entry, list[str], np.ndarray] | None = None
     for entry in group:
-        if not entry.class_names:
-            notes.append(f"{entry.run} left out: its cv_summary.json lists no class names")
-            continue
         try:
+            if not entry.class_names:
+                raise LeaderboardError("its cv_summary.json lists no class names")
             paths, labels, run_probs = load_prediction_rows(RunDir(root / entry.run).oof_predictions,
                                                             entry.class_names)
         except UserError as exc:
             notes.append(f"{entry.run} left out: {exc}")
             continue
-        if reference is None:
-            reference = (entry, paths, labels)
-        first, first_paths, first_labels = reference
-        row_of = {path: i for i, path in enumerate(paths)}
-        if entry.class_names != first.class_names:
-            notes.append(f"{entry.run} left out: its classes differ from {first.run}'s")
-        elif len(row_of) != len(paths) or set(row_of) != set(first_paths):
-            notes.append(f"{entry.run} left out: its out-of-fold images differ from {first.run}'s")
-        else:
-            rows = [row_of[path] for path in first_paths]
-            if not np.array_equal(labels[rows], first_labels):
-                notes.append(f"{entry.run} left out: it gives images other true classes than {first.run}")
-            else:
-                used.append(entry.run)
-                probs.append(run_probs[rows])
+        reference = reference or (entry, paths, labels)
+        rows = aligned_rows(*reference, entry, paths, labels)
+        if isinstance(rows, str):
+            notes.append(f"{entry.run} left out: {rows}")
+            continue
+        used.append(entry.run)
+        probs.append(run_probs[rows])
     if reference is None:
         return [], np.empty((0, 0, 0)), np.empty(0, dtype=np.int64), [], notes
     return used, np.stack(probs), reference[2], reference[1], notes
@@ -234,7 +244,7 @@ def image_groups(folds: Any, paths: Sequence[str]) -> list[str] | None:
     return [str(mapping[p]) for p in paths]
 
 
-def test_score(root: Path, run: str, metric: str) -> float | None:
+def held_out_score(root: Path, run: str, metric: str) -> float | None:
     """``metric`` on the run's held-out test set (its test_metrics.json), None when it has none."""
     document = _read_or_none(RunDir(root / run).test_metrics)
     metrics = document.get("metrics") if isinstance(document, dict) else None
@@ -249,7 +259,7 @@ def test_score(root: Path, run: str, metric: str) -> float | None:
 def winner_of(root: Path, group: Sequence[Entry], metric: str, n_resamples: int, seed: int) -> Winner:
     """The first (best) run of ``group`` with BBC-CV over the group's runs and its test score."""
     top = group[0]
-    score = test_score(root, top.run, metric)
+    score = held_out_score(root, top.run, metric)
     notes = []
     if score is None and top.folds.get("test"):
         notes.append(f"{top.run} holds out a test set (folds.json) but has no readable test_metrics.json")

@@ -29,9 +29,6 @@ import numpy as np
 from reporting.confidence import CONFIDENCE_LEVEL, RESAMPLES_PER_BATCH, units_of, weighted_metric
 from reporting.metric_table import metric as metric_row
 
-DEFAULT_RESAMPLES = 1000
-DEFAULT_SEED = 0
-
 
 @dataclass(frozen=True)
 class BBCEstimate:
@@ -49,17 +46,6 @@ class BBCEstimate:
     confidence_level: float
     resampled_unit: str  # "image" or "group"
 
-    def document(self) -> dict[str, Any]:
-        """Strict-JSON form (an undefined number is null)."""
-        def number(value: float) -> float | None:
-            return float(value) if np.isfinite(value) else None
-
-        return {"metric": self.metric, "estimate": number(self.estimate),
-                "ci": [number(self.low), number(self.high)], "n_runs": self.n_runs,
-                "n_resamples": self.n_resamples, "n_defined": self.n_defined, "chosen": list(self.chosen),
-                "seed": self.seed, "confidence_level": self.confidence_level,
-                "resampled_unit": self.resampled_unit}
-
 
 def run_scores(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, metric: str) -> np.ndarray:
     """``metric`` of every run under every weight row: (R, N, C) probabilities, (B, N) weights → (B, R)."""
@@ -73,7 +59,7 @@ def chosen_runs(in_bag: np.ndarray, higher_is_better: bool) -> np.ndarray:
 
 
 def bbc_cv(probs: np.ndarray, labels: Sequence[int] | np.ndarray, metric: str,
-           groups: Sequence[Any] | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+           groups: Sequence[Any] | None, n_resamples: int, seed: int,
            confidence_level: float = CONFIDENCE_LEVEL) -> BBCEstimate:
     """BBC-CV of choosing the best of R runs on ``metric``.
 

@@ -30,7 +30,7 @@ def test_the_best_of_many_noise_runs_beats_chance_but_its_bbc_interval_holds_cha
     # about two of them above chance.
     standard_error = np.sqrt(CHANCE * (1 - CHANCE) / len(labels))
     assert raw.max() > CHANCE + 1.5 * standard_error
-    result = bbc_cv(probs, labels, "balanced_accuracy", n_resamples=500, seed=3)
+    result = bbc_cv(probs, labels, "balanced_accuracy", None, n_resamples=500, seed=3)
     assert result.low < CHANCE < result.high
     # Most of the optimism is gone (BBC-CV may err a little low: it scores on ~37 % of the images).
     assert result.estimate < CHANCE + 0.5 * (raw.max() - CHANCE)
@@ -47,7 +47,7 @@ def test_one_genuinely_good_run_among_noise_keeps_its_score() -> None:
     p_one = np.where(right == (labels == 1), 0.9, 0.1)
     probs[4] = np.stack([1 - p_one, p_one], axis=-1)
     good = pooled(labels, probs)[4]
-    result = bbc_cv(probs, labels, "balanced_accuracy", n_resamples=500, seed=5)
+    result = bbc_cv(probs, labels, "balanced_accuracy", None, n_resamples=500, seed=5)
     assert result.chosen[4] == 500  # chosen in every resample
     # About 37 % of the images are out of bag; their score scatters by sqrt(p(1-p)/(0.37 N)) around
     # the run's pooled score, and the mean of 500 such scores by far less.
@@ -64,7 +64,7 @@ def test_groups_are_resampled_as_whole_patients() -> None:
     labels = rng.integers(0, 2, n_patients)
     probs = noise_runs(rng, 6, n_patients)
     patients = [f"patient{p:03d}" for p in range(n_patients)]
-    by_patient = bbc_cv(probs, labels, "balanced_accuracy", n_resamples=300, seed=7)
+    by_patient = bbc_cv(probs, labels, "balanced_accuracy", None, n_resamples=300, seed=7)
     grouped = bbc_cv(np.repeat(probs, copies, axis=1), np.repeat(labels, copies), "balanced_accuracy",
                      np.repeat(patients, copies), n_resamples=300, seed=7)
     assert grouped.resampled_unit == "group" and by_patient.resampled_unit == "image"
@@ -72,7 +72,7 @@ def test_groups_are_resampled_as_whole_patients() -> None:
     np.testing.assert_allclose([grouped.estimate, grouped.low, grouped.high],
                                [by_patient.estimate, by_patient.low, by_patient.high], rtol=1e-12)
     # Resampling the copies one by one would think it had 5 times the data: a narrower interval.
-    per_image = bbc_cv(np.repeat(probs, copies, axis=1), np.repeat(labels, copies), "balanced_accuracy",
+    per_image = bbc_cv(np.repeat(probs, copies, axis=1), np.repeat(labels, copies), "balanced_accuracy", None,
                        n_resamples=300, seed=7)
     assert per_image.high - per_image.low < 0.7 * (grouped.high - grouped.low)
 
@@ -81,9 +81,9 @@ def test_roc_auc_and_a_run_order_tie() -> None:
     rng = np.random.default_rng(6)
     labels = rng.integers(0, 3, 90)
     probs = rng.dirichlet(np.ones(3), size=(4, 90))
-    result = bbc_cv(probs, labels, "roc_auc", n_resamples=50, seed=0)
+    result = bbc_cv(probs, labels, "roc_auc", None, n_resamples=50, seed=0)
     assert 0 < result.low <= result.estimate <= result.high < 1
-    twins = bbc_cv(np.stack([probs[0], probs[0]]), labels, "accuracy", n_resamples=50, seed=0)
+    twins = bbc_cv(np.stack([probs[0], probs[0]]), labels, "accuracy", None, n_resamples=50, seed=0)
     assert twins.chosen == (50, 0)  # equal runs: the first is chosen, as the leaderboard's order would
 
 
@@ -96,4 +96,4 @@ def test_chosen_runs_skips_undefined_scores_and_follows_the_metrics_direction() 
 @pytest.mark.parametrize("shape, n_labels", [((5, 2), 5), ((2, 5, 2), 4), ((0, 5, 2), 5)])
 def test_mismatched_arrays_are_refused(shape: tuple[int, ...], n_labels: int) -> None:
     with pytest.raises(ValueError, match="expected"):
-        bbc_cv(np.full(shape, 0.5), np.zeros(n_labels, dtype=int), "accuracy")
+        bbc_cv(np.full(shape, 0.5), np.zeros(n_labels, dtype=int), "accuracy", None, 10, 0)
