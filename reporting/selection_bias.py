@@ -58,6 +58,19 @@ def chosen_runs(in_bag: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return np.where(np.isneginf(signed).all(axis=1), -1, signed.argmax(axis=1))
 
 
+def chosen_out_of_bag(labels: np.ndarray, probs: np.ndarray, out_of_bag: np.ndarray, best: np.ndarray,
+                      metric: str) -> np.ndarray:
+    """Each resample's chosen run ``best`` scored on its (B, N) ``out_of_bag`` images; NaN where none was chosen.
+
+    Only the chosen run is scored, one run at a time over the resamples that chose it.
+    """
+    scores = np.full(len(best), np.nan)
+    for run in np.unique(best[best >= 0]):
+        rows = best == run
+        scores[rows] = weighted_metric(labels, probs[run], out_of_bag[rows].astype(np.float64), metric)
+    return scores
+
+
 def bbc_cv(probs: np.ndarray, labels: Sequence[int] | np.ndarray, metric: str,
            groups: Sequence[Any] | None, n_resamples: int, seed: int,
            confidence_level: float = CONFIDENCE_LEVEL) -> BBCEstimate:
@@ -85,8 +98,7 @@ def bbc_cv(probs: np.ndarray, labels: Sequence[int] | np.ndarray, metric: str,
         in_bag = drawn[:, unit_of].astype(np.float64)
         with np.errstate(all="ignore"):  # a class absent from a resample: its terms are NaN or skipped
             best = chosen_runs(run_scores(labels, probs, in_bag, metric), higher_is_better)
-            oob = run_scores(labels, probs, (in_bag == 0).astype(np.float64), metric)
-        out_of_bag.append(np.where(best >= 0, oob[np.arange(batch), best], np.nan))
+            out_of_bag.append(chosen_out_of_bag(labels, probs, in_bag == 0, best, metric))
         chosen.append(best)
     scores, picks = np.concatenate(out_of_bag), np.concatenate(chosen)
     defined = np.isfinite(scores)
