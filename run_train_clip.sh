@@ -46,6 +46,8 @@ LEARNING_RATE=1e-4
 # Cross-validation
 USE_CV=true
 N_SPLITS=5
+TEST_FRACTION=0                      # e.g. 0.2: held out before the folds, the same images for every job;
+                                     # the leaderboard scores the study's winner on it (the number to publish)
 
 # Image encoders
 IMAGE_ENCODERS=(

@@ -88,15 +88,42 @@ def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     return np.divide(wins, pairs, out=np.full(len(w), np.nan), where=pairs > 0)
 
 
-def _macro_auc(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    # As reporting.metrics.macro_roc_auc: class 1's AUC for two classes, otherwise the mean over
-    # the classes that have positives and negatives in the resample.
+def weighted_macro_auc(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Macro ROC-AUC of each weight row, as :func:`reporting.metrics.macro_roc_auc`: class 1's AUC for two
+    classes, otherwise the mean over the classes that have positives and negatives in the resample."""
     if probs.shape[1] == 2:
         return _weighted_auc(y_true == 1, probs[:, 1], weights)
     per_class = np.stack([_weighted_auc(y_true == k, probs[:, k], weights) for k in range(probs.shape[1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no class is defined: NaN
         return np.nanmean(per_class, axis=0)
+
+
+def weighted_confusion(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(R, C, C) confusion matrices (rows: true class, columns: predicted) of each row of (R, N) ``weights``."""
+    n_classes = probs.shape[1]
+    cells = np.eye(n_classes * n_classes)[y_true * n_classes + probs.argmax(axis=1)]  # (N, C*C) one-hot
+    return (weights @ cells).reshape(len(weights), n_classes, n_classes)
+
+
+def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy, macro-F1 (shape (R,)) and per-class recall and specificity (shape
+    (R, C)) of (R, C, C) weighted confusion matrices."""
+    total = confusion.sum(axis=(1, 2))
+    hits = np.einsum("rkk->rk", confusion)
+    actual, called = confusion.sum(axis=2), confusion.sum(axis=1)
+    recall = _safe_divide(hits, actual)
+    present = actual > 0  # balanced accuracy averages over the classes present (scikit-learn)
+    return {
+        "accuracy": hits.sum(axis=1) / total,
+        "balanced_accuracy": (recall * present).sum(axis=1) / present.sum(axis=1),
+        "macro_f1": _safe_divide(2 * hits, actual + called).mean(axis=1),
+        "recall": recall,
+        "specificity": _safe_divide(total[:, None] - actual - called + hits, total[:, None] - actual),
+    }
+
+
+CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # what the confusion matrix alone gives
 
 
 def weighted_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -107,31 +134,33 @@ def weighted_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray)
     """
     n_classes = probs.shape[1]
     predicted = probs.argmax(axis=1)
-    cells = np.eye(n_classes * n_classes)[y_true * n_classes + predicted]  # (N, C*C) one-hot
-    confusion = (weights @ cells).reshape(len(weights), n_classes, n_classes)
+    confusion = weighted_confusion(y_true, probs, weights)
     total = confusion.sum(axis=(1, 2))
-    hits = np.einsum("rkk->rk", confusion)
-    actual, called = confusion.sum(axis=2), confusion.sum(axis=1)
-    recall = _safe_divide(hits, actual)
-    specificity = _safe_divide(total[:, None] - actual - called + hits, total[:, None] - actual)
-    present = actual > 0  # balanced accuracy averages over the classes present (scikit-learn)
+    scores = confusion_scores(confusion)
     confidence = probs.max(axis=1)
     bins = np.clip(np.digitize(confidence, np.linspace(0, 1, ECE_BINS + 1)[1:-1], right=True), 0, ECE_BINS - 1)
     in_bin = np.eye(ECE_BINS)[bins]  # (N, bins)
     gap = weights @ (in_bin * ((predicted == y_true) - confidence)[:, None])
     metrics = {
-        "accuracy": hits.sum(axis=1) / total,
-        "balanced_accuracy": (recall * present).sum(axis=1) / present.sum(axis=1),
-        "macro_f1": _safe_divide(2 * hits, actual + called).mean(axis=1),
-        "roc_auc": _macro_auc(y_true, probs, weights),
+        **{name: scores[name] for name in CONFUSION_METRICS},
+        "roc_auc": weighted_macro_auc(y_true, probs, weights),
         "ece": np.abs(gap).sum(axis=1) / total,
-        "sensitivity": recall.T,
-        "specificity": specificity.T,
+        "sensitivity": scores["recall"].T,
+        "specificity": scores["specificity"].T,
     }
     if n_classes > 5:
         in_top = (np.argsort(-probs, axis=1)[:, :TOP_K] == y_true[:, None]).any(axis=1)
         metrics[f"top{TOP_K}_accuracy"] = weights @ in_top / total
     return metrics
+
+
+def weighted_metric(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray, name: str) -> np.ndarray:
+    """``weighted_metrics(...)[name]``, computing that metric only (BBC-CV scores many runs many times)."""
+    if name in CONFUSION_METRICS:
+        return confusion_scores(weighted_confusion(y_true, probs, weights))[name]
+    if name == "roc_auc":
+        return weighted_macro_auc(y_true, probs, weights)
+    return weighted_metrics(y_true, probs, weights)[name]
 
 
 # ---------------------------------------------------------------------------------------------

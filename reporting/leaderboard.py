@@ -4,8 +4,9 @@ Reads each run's ``cv_summary.json`` and ``folds.json`` (docs/design.md §6) and
 ``leaderboard.csv`` and ``leaderboard.md`` into the study's output root. Each run is compared
 with the top one: the mean per-fold difference of the ranked metric and the p-value of the
 corrected resampled t-test (:mod:`reporting.compare`), only when both used the same folds;
-otherwise the row says why not. The study runner calls it at the end; it
-also runs on its own::
+otherwise the row says why not. The best run of the runs sharing its folds gets its score corrected
+for having been chosen among them (BBC-CV, :mod:`reporting.selection_bias`) and, with a held-out
+test set, its test score. The study runner calls it at the end; it also runs on its own::
 
     python -m reporting.leaderboard checkpoints/clip_models               # every run folder there
     python -m reporting.leaderboard checkpoints/clip_models resnet18_clip_ViT-B_32 --metric roc_auc
@@ -14,24 +15,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from reporting import metric_table
-from reporting.fold_comparison import TTest, paired_fold_test, per_fold
+from reporting.fold_comparison import TTest, paired_fold_test, per_fold, why_not_comparable
 from reporting.metric_table import HEADLINE_METRICS, Metric
-from reporting.tables import Table, format_mean_std, format_number, render_markdown
+from reporting.tables import Table, format_interval, format_mean_std, format_number, render_markdown
 from utils.errors import UserError, exit_status
 from utils.io import atomic_write, write_csv
 from utils.run_dir import RunDir
+
+if TYPE_CHECKING:  # numpy and scipy are loaded only when BBC-CV is computed (see the test of imports)
+    import numpy as np
+
+    from reporting.selection_bias import BBCEstimate
+
+log = logging.getLogger("train_clip.leaderboard")
 
 LEADERBOARD_METRICS = HEADLINE_METRICS  # in every summary: each finished run has them all
 DEFAULT_METRIC = "balanced_accuracy"
 CSV_FILE = "leaderboard.csv"
 MARKDOWN_FILE = "leaderboard.md"
+DEFAULT_BBC_RESAMPLES = 1000
+DEFAULT_BBC_SEED = 0
+OPTIMISTIC_NOTE = "selected on the scored fold — optimistic"
 
 
 class LeaderboardError(UserError):
@@ -51,6 +63,25 @@ class Entry:
     wall_time_s: float
     per_fold: dict[str, list[float]] = field(default_factory=dict, compare=False)  # by fold number
     folds: Any = field(default=None, compare=False)  # the run's folds.json document (None: missing)
+    class_names: tuple[str, ...] = field(default=(), compare=False)
+    # How each fold's checkpoint was chosen (cv_summary.json "selection"; None in runs that predate it).
+    selection: Any = field(default=None, compare=False)
+
+    @property
+    def optimistic(self) -> bool:
+        """Whether its checkpoints were chosen on the very images that score them."""
+        return isinstance(self.selection, dict) and self.selection.get("optimistic") is True
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The best of the ranked runs that share its folds, and its score corrected for being chosen."""
+
+    run: str
+    chosen_from: tuple[str, ...]  # the runs BBC-CV chose among (the winner too), best first
+    bbc: BBCEstimate | None  # None: not computed (see notes)
+    test_score: float | None  # the ranked metric on the held-out test set (test_metrics.json); None: none
+    notes: tuple[str, ...] = ()  # runs left out of the choice and why; why BBC-CV was not computed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +117,11 @@ def parse_summary(data: Any, run: str) -> Entry | None:
         fold_values = {key: per_fold(data, key) for key in LEADERBOARD_METRICS}
     except (KeyError, TypeError, AttributeError):
         return None
+    class_names = data.get("class_names")
     return Entry(run, str(data.get("image_encoder", "")), str(data.get("text_encoder", "")), n_splits,
-                 means, stds, wall_time, fold_values)
+                 means, stds, wall_time, fold_values,
+                 class_names=tuple(map(str, class_names)) if isinstance(class_names, list) else (),
+                 selection=data.get("selection"))
 
 
 def read_entry(run_dir: Path) -> Entry | None:
@@ -127,6 +161,135 @@ def rank(entries: Sequence[Entry], metric: str) -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The winner, corrected for the choice
+# ---------------------------------------------------------------------------------------------
+def fold_groups(ranked: Sequence[Entry]) -> tuple[list[list[Entry]], list[str]]:
+    """The ranked runs in sets that share their folds (each best first: its first run is the set's
+    winner), and a note for each run whose folds.json cannot be compared with anything."""
+    groups: list[list[Entry]] = []
+    notes = []
+    for entry in ranked:
+        unreadable = why_not_comparable(entry.folds, entry.folds)
+        if unreadable is not None:
+            notes.append(f"{entry.run}: {unreadable}")
+            continue
+        group = next((g for g in groups if why_not_comparable(g[0].folds, entry.folds) is None), None)
+        if group is None:
+            groups.append([entry])
+        else:
+            group.append(entry)
+    return groups, notes
+
+
+def aligned_rows(first: Entry, first_paths: Sequence[str], first_labels: np.ndarray, entry: Entry,
+                 paths: Sequence[str], labels: np.ndarray) -> list[int] | str:
+    """The rows of ``entry``'s predictions in ``first``'s image order, or why they cannot be pooled."""
+    import numpy as np
+
+    row_of = {path: i for i, path in enumerate(paths)}
+    if entry.class_names != first.class_names:
+        return f"its classes differ from {first.run}'s"
+    if len(row_of) != len(paths) or set(row_of) != set(first_paths):
+        return f"its out-of-fold images differ from {first.run}'s"
+    rows = [row_of[path] for path in first_paths]
+    if not np.array_equal(labels[rows], first_labels):
+        return f"it gives images other true classes than {first.run}"
+    return rows
+
+
+def pooled_predictions(root: Path, group: Sequence[Entry]) -> tuple[list[str], np.ndarray, np.ndarray, list[str],
+                                                                    list[str]]:
+    """The out-of-fold predictions of a set of runs on the same folds, row for row alike.
+
+    Returns the runs used, their (R, N, C) probabilities, the N labels and image paths (in the first
+    readable run's order), and a note for each run left out and why.
+    """
+    import numpy as np
+
+    from reporting.report import load_prediction_rows  # numpy and scipy: only when asked (module docstring)
+
+    used: list[str] = []
+    probs: list[np.ndarray] = []
+    notes: list[str] = []
+    reference: tuple[Entry, list[str], np.ndarray] | None = None
+    for entry in group:
+        try:
+            if not entry.class_names:
+                raise LeaderboardError("its cv_summary.json lists no class names")
+            paths, labels, run_probs = load_prediction_rows(RunDir(root / entry.run).oof_predictions,
+                                                            entry.class_names)
+        except UserError as exc:
+            notes.append(f"{entry.run} left out: {exc}")
+            continue
+        reference = reference or (entry, paths, labels)
+        rows = aligned_rows(*reference, entry, paths, labels)
+        if isinstance(rows, str):
+            notes.append(f"{entry.run} left out: {rows}")
+            continue
+        used.append(entry.run)
+        probs.append(run_probs[rows])
+    if reference is None:
+        return [], np.empty((0, 0, 0)), np.empty(0, dtype=np.int64), [], notes
+    return used, np.stack(probs), reference[2], reference[1], notes
+
+
+def image_groups(folds: Any, paths: Sequence[str]) -> list[str] | None:
+    """Each image's group (patient) from folds.json, or None when the folds were not grouped."""
+    mapping = folds.get("groups") if isinstance(folds, dict) else None
+    if not isinstance(mapping, dict):
+        return None
+    missing = [p for p in paths if p not in mapping]
+    if missing:
+        raise LeaderboardError(f"folds.json groups no image {missing[0]} (and {len(missing) - 1} more)")
+    return [str(mapping[p]) for p in paths]
+
+
+def held_out_score(root: Path, run: str, metric: str) -> float | None:
+    """``metric`` on the run's held-out test set (its test_metrics.json), None when it has none."""
+    document = _read_or_none(RunDir(root / run).test_metrics)
+    metrics = document.get("metrics") if isinstance(document, dict) else None
+    if not isinstance(metrics, dict):
+        return None
+    try:
+        return _number(metrics.get(metric))
+    except TypeError:
+        return None
+
+
+def winner_of(root: Path, group: Sequence[Entry], metric: str, n_resamples: int, seed: int) -> Winner:
+    """The first (best) run of ``group`` with BBC-CV over the group's runs and its test score."""
+    top = group[0]
+    score = held_out_score(root, top.run, metric)
+    notes = []
+    if score is None and top.folds.get("test"):
+        notes.append(f"{top.run} holds out a test set (folds.json) but has no readable test_metrics.json")
+    if n_resamples == 0:
+        return Winner(top.run, tuple(e.run for e in group), None, score, tuple(notes + ["BBC-CV off (0 resamples)"]))
+    used, probs, labels, paths, left_out = pooled_predictions(root, group)
+    notes += left_out
+    if top.run not in used:
+        return Winner(top.run, tuple(used), None, score,
+                      tuple(notes + [f"BBC-CV not computed: {top.run}'s out-of-fold predictions are unusable"]))
+    from reporting.selection_bias import bbc_cv
+
+    try:
+        groups = image_groups(top.folds, paths)
+    except LeaderboardError as exc:
+        return Winner(top.run, tuple(used), None, score, tuple(notes + [f"BBC-CV not computed: {exc}"]))
+    log.info("BBC-CV of %s among %d run(s): %d resamples of %d images", top.run, len(used), n_resamples,
+             len(labels))
+    estimate = bbc_cv(probs, labels, metric, groups, n_resamples, seed)
+    return Winner(top.run, tuple(used), estimate, score, tuple(notes))
+
+
+def find_winners(root: Path, ranked: Sequence[Entry], metric: str, n_resamples: int = DEFAULT_BBC_RESAMPLES,
+                 seed: int = DEFAULT_BBC_SEED) -> tuple[list[Winner], list[str]]:
+    """The winner of each set of runs on the same folds, best set first, and the runs in no set."""
+    groups, notes = fold_groups(ranked)
+    return [winner_of(root, group, metric, n_resamples, seed) for group in groups], notes
+
+
+# ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
 def format_duration(seconds: float) -> str:
@@ -158,40 +321,102 @@ def comparison_cells(result: TTest | str | None) -> list[str]:
     return [f"{result.mean_difference:+.4f}", format_number(result.p_value)]
 
 
-def leaderboard_table(ranked: Sequence[Entry], metric: str) -> Table:
+def bbc_cell(winner: Winner | None) -> str:
+    """``estimate [low, high] of N runs`` for a winner; — for a run that won nothing; n/a when not computed."""
+    if winner is None:
+        return "—"
+    if winner.bbc is None:
+        return "n/a"
+    return (f"{format_number(winner.bbc.estimate)} {format_interval([winner.bbc.low, winner.bbc.high])} "
+            f"of {winner.bbc.n_runs} run{'s' if winner.bbc.n_runs != 1 else ''}")
+
+
+def leaderboard_table(ranked: Sequence[Entry], metric: str, winners: Sequence[Winner] = ()) -> Table:
     """Rank, run, encoders, mean ± std of each metric (▼ marks the one ranked on), folds, wall time,
-    and the comparison with the first run."""
+    the comparison with the first run, the winners' BBC-CV, and (when a run has one) a note."""
     columns = [ranked_metric(m) for m in LEADERBOARD_METRICS]
+    won = {w.run: w for w in winners}
+    notes = [OPTIMISTIC_NOTE if e.optimistic else "" for e in ranked]
     header = ["rank", "run", "image encoder", "text encoder"]
     header += [m.short_label + (" ▼" if m.name == metric else "") for m in columns] + ["folds", "wall time"]
-    header += ["Δ vs #1 (per fold)", "p vs #1 (corrected t)"]
+    header += ["Δ vs #1 (per fold)", "p vs #1 (corrected t)", "BBC-CV [95% CI]"] + (["note"] if any(notes) else [])
     rows = [[str(i), e.run, e.image_encoder, e.text_encoder]
             + [format_mean_std(e.mean[m.name], e.std[m.name]) for m in columns]
-            + [str(e.n_splits), format_duration(e.wall_time_s)] + comparison_cells(result)
-            for i, (e, result) in enumerate(zip(ranked, against_top(ranked, metric)), 1)]
-    return Table(header, rows, [True, False, False, False] + [True] * len(columns) + [True, True, True, False])
+            + [str(e.n_splits), format_duration(e.wall_time_s)] + comparison_cells(result) + [bbc_cell(won.get(e.run))]
+            + ([note] if any(notes) else [])
+            for i, (e, result, note) in enumerate(zip(ranked, against_top(ranked, metric), notes), 1)]
+    right = [True, False, False, False] + [True] * len(columns) + [True, True, True, False, False]
+    return Table(header, rows, right + ([False] if any(notes) else []))
 
 
-def format_leaderboard(ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = ()) -> str:
-    """The leaderboard as Markdown: ranked runs, then the runs that have no results (yet)."""
+def winner_lines(winner: Winner, by_run: dict[str, Entry], metric: str) -> list[str]:
+    """What the winner's row means: its raw CV, the corrected estimate, its test score; what was left out."""
+    entry = by_run[winner.run]
+    label = ranked_metric(metric).label
+    raw = f"{label} {format_mean_std(entry.mean[metric], entry.std[metric])} over folds"
+    if len(winner.chosen_from) > 1:
+        lines = [f"**{winner.run}** is the best of {len(winner.chosen_from)} runs on the same folds: {raw} "
+                 "(raw CV: optimistic, the maximum over runs scored on the very images that chose it)."]
+    else:
+        lines = [f"**{winner.run}** is the only run on its folds: {raw}."]
+    if winner.bbc is not None:
+        unit = "patients" if winner.bbc.resampled_unit == "group" else "images"
+        lines.append(f"BBC-CV{' (corrected for the choice)' if winner.bbc.n_runs > 1 else ''}: "
+                     f"{format_number(winner.bbc.estimate)}, 95% CI {format_interval([winner.bbc.low, winner.bbc.high])} "
+                     f"({winner.bbc.n_resamples} bootstrap resamples of the {unit}, seed {winner.bbc.seed}).")
+    if winner.test_score is not None:
+        lines.append(f"Held-out test set: {label} {format_number(winner.test_score)} ({winner.run}'s "
+                     "test_metrics.json; no run trained on these images and none was chosen on them). "
+                     "**This is the number to publish.**")
+    elif winner.bbc is not None:
+        lines.append("No held-out test set (--test-fraction 0): quote the BBC-CV estimate, not the raw CV.")
+    if entry.optimistic:
+        lines.append(f"Its checkpoints were {OPTIMISTIC_NOTE}: BBC-CV corrects the choice among runs, not that.")
+    return [" ".join(lines)] + [f"  - {note}" for note in winner.notes]
+
+
+def format_leaderboard(ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = (),
+                       winners: Sequence[Winner] = (), ungrouped: Sequence[str] = ()) -> str:
+    """The leaderboard as Markdown: ranked runs, each fold set's winner corrected for the choice,
+    then the runs that have no results (yet)."""
     parts = [f"Leaderboard: mean ± std over folds, best {metric} first.", "",
-             render_markdown(leaderboard_table(ranked, metric)) if ranked else "(no finished runs)", "",
+             render_markdown(leaderboard_table(ranked, metric, winners)) if ranked else "(no finished runs)", "",
              f"Δ vs #1: mean over folds of (this run - run #1) in {metric}; p: corrected resampled t-test "
-             "(Nadeau & Bengio 2003) of those differences, only between runs trained on the same folds."]
+             "(Nadeau & Bengio 2003) of those differences, only between runs trained on the same folds. "
+             "BBC-CV: bootstrap bias-corrected cross-validation (Tsamardinos, Greasidou & Borboudakis 2018) "
+             "of the best run among those on the same folds: each resample picks the best run on the drawn "
+             "images' out-of-fold predictions and scores it on the images not drawn."]
+    by_run = {e.run: e for e in ranked}
+    for winner in winners:
+        parts += [""] + winner_lines(winner, by_run, metric)
+    if ungrouped:
+        parts += ["", "Runs left out of BBC-CV:", ""] + [f"- {note}" for note in ungrouped]
     if without_results:
         parts += ["", "Runs without results (failed, interrupted or not run):", ""]
         parts += [f"- {run}" for run in without_results]
     return "\n".join(parts) + "\n"
 
 
-def csv_rows(ranked: Sequence[Entry], metric: str) -> tuple[list[str], list[list[Any]]]:
+def csv_rows(ranked: Sequence[Entry], metric: str,
+             winners: Sequence[Winner] = ()) -> tuple[list[str], list[list[Any]]]:
+    won = {w.run: w for w in winners}
+
+    def winner_cells(winner: Winner | None) -> list[Any]:
+        if winner is None:
+            return ["", "", "", "", ""]
+        bbc = winner.bbc
+        test = "" if winner.test_score is None else winner.test_score
+        return ([bbc.estimate, bbc.low, bbc.high, bbc.n_runs] if bbc else ["", "", "", ""]) + [test]
+
     header = ["rank", "run", "image_encoder", "text_encoder", "n_splits"]
     header += [f"{m}_{part}" for m in LEADERBOARD_METRICS for part in ("mean", "std")] + ["wall_time_s"]
     header += ["difference_vs_top", "p_value_vs_top", "not_compared_because"]
+    header += ["bbc_estimate", "bbc_ci_low", "bbc_ci_high", "bbc_chosen_from", f"test_{metric}", "optimistic"]
     rows = [[i, e.run, e.image_encoder, e.text_encoder, e.n_splits]
             + [value for m in LEADERBOARD_METRICS for value in (e.mean[m], e.std[m])] + [e.wall_time_s]
             + ([result.mean_difference, result.p_value, ""] if isinstance(result, TTest)
                else ["", "", result or ""])
+            + winner_cells(won.get(e.run)) + ["" if e.selection is None else str(e.optimistic).lower()]
             for i, (e, result) in enumerate(zip(ranked, against_top(ranked, metric)), 1)]
     return header, rows
 
@@ -217,11 +442,12 @@ def build_leaderboard(root: Path, runs: Sequence[str] | None = None,
     return rank(entries, metric), without_results
 
 
-def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str,
-                      without_results: Sequence[str] = ()) -> str:
+def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = (),
+                      bbc_resamples: int = DEFAULT_BBC_RESAMPLES, bbc_seed: int = DEFAULT_BBC_SEED) -> str:
     """Write ``leaderboard.csv`` and ``leaderboard.md`` into ``root``; returns the Markdown."""
-    text = format_leaderboard(ranked, metric, without_results)
-    header, rows = csv_rows(ranked, metric)
+    winners, ungrouped = find_winners(root, ranked, metric, bbc_resamples, bbc_seed)
+    text = format_leaderboard(ranked, metric, without_results, winners, ungrouped)
+    header, rows = csv_rows(ranked, metric, winners)
     write_csv(root / CSV_FILE, header, rows)
     with atomic_write(root / MARKDOWN_FILE, "w") as handle:
         handle.write(text)
@@ -239,7 +465,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", default=DEFAULT_METRIC,
                         help=f"Metric to rank on: {', '.join(LEADERBOARD_METRICS)} "
                              f"(default: {DEFAULT_METRIC}).")
-    return parser.parse_args(argv)
+    parser.add_argument("--bbc-resamples", type=int, default=DEFAULT_BBC_RESAMPLES,
+                        help="Bootstrap resamples of BBC-CV, the winner's score corrected for choosing it "
+                             f"(default: {DEFAULT_BBC_RESAMPLES}; 0: off).")
+    parser.add_argument("--bbc-seed", type=int, default=DEFAULT_BBC_SEED,
+                        help=f"Seed of those resamples (default: {DEFAULT_BBC_SEED}).")
+    args = parser.parse_args(argv)
+    if args.bbc_resamples < 0:
+        parser.error(f"--bbc-resamples must be 0 or more, got {args.bbc_resamples}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def leaderboard_text() -> str:
         ranked, without_results = build_leaderboard(root, args.runs or None, args.metric)
-        return write_leaderboard(root, ranked, args.metric, without_results)
+        return write_leaderboard(root, ranked, args.metric, without_results, args.bbc_resamples, args.bbc_seed)
 
     return exit_status(leaderboard_text)
 

@@ -95,13 +95,16 @@ def test_leaderboard_compares_each_run_with_the_top_only_on_the_same_folds(tmp_p
     text = leaderboard.write_leaderboard(tmp_path, ranked, "accuracy")
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| ") and "rank" not in line}
-    assert rows["best"][-2:] == ["—", "—"]
-    assert rows["other_folds"][-2:] == ["n/a", "not compared: different fold assignment"]
+    assert rows["best"][-3:-1] == ["—", "—"]  # the last column: BBC-CV
+    assert rows["other_folds"][-3:-1] == ["n/a", "not compared: different fold assignment"]
     by_name = {e.run: e for e in ranked}
     expected = corrected_resampled_t_test(
         np.subtract(by_name["same_folds"].per_fold["accuracy"], by_name["best"].per_fold["accuracy"]),
         n_train=8, n_test=4)
-    assert rows["same_folds"][-2:] == [f"{expected.mean_difference:+.4f}", f"{expected.p_value:.4f}"]
+    assert rows["same_folds"][-3:-1] == [f"{expected.mean_difference:+.4f}", f"{expected.p_value:.4f}"]
+    # Each set of runs on the same folds has its winner: best of 2, and other_folds alone.
+    assert rows["best"][-1].endswith("of 2 runs") and rows["other_folds"][-1].endswith("of 1 run")
+    assert rows["same_folds"][-1] == "—"
     with open(tmp_path / "leaderboard.csv", encoding="utf-8", newline="") as handle:
         csv_rows = {row["run"]: row for row in csv.DictReader(handle)}
     assert csv_rows["other_folds"]["not_compared_because"] == "different fold assignment"

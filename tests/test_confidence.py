@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reporting.confidence import bootstrap_intervals, weighted_metrics
+from reporting.confidence import bootstrap_intervals, scalar_names, weighted_metric, weighted_metrics
 from reporting.metrics import classification_metrics, scalar_metrics
 
 
@@ -36,6 +36,17 @@ def test_integer_weights_equal_repeating_the_images():
     values = weighted_metrics(y, probs, counts[None, :].astype(float))
     for name, value in reference.items():
         assert values[name][0] == pytest.approx(value), name
+
+
+@pytest.mark.parametrize("n_classes", [2, 7])
+def test_one_metric_alone_is_that_metric_of_all_of_them(n_classes):
+    y, probs = predictions(50, n_classes, seed=5)
+    weights = np.random.default_rng(2).integers(0, 3, (6, len(y))).astype(float)
+    weights[0] = 0  # an empty resample: undefined alike
+    with np.errstate(all="ignore"):
+        every = weighted_metrics(y, probs, weights)
+        for name in scalar_names(y, probs):
+            np.testing.assert_array_equal(weighted_metric(y, probs, weights, name), every[name], err_msg=name)
 
 
 def test_intervals_hold_the_estimate_and_narrow_as_the_data_grows():

@@ -136,6 +136,19 @@ def test_cli_rejects_unknown_metric(study: Path, capsys: pytest.CaptureFixture[s
     assert "output root not found" in error and error.count("\n") == 1  # one line, no traceback
 
 
+def test_runs_without_comparable_folds_are_named_under_the_table(study: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # These runs' folds.json list fold numbers only: no set of runs on the same folds, so no winner.
+    assert leaderboard.main([str(study), "--bbc-resamples", "10"]) == 0
+    markdown = capsys.readouterr().out
+    assert "Runs left out of BBC-CV:" in markdown
+    assert "- resnet18_clip_ViT-B_32: folds.json missing or unreadable" in markdown
+    assert "is the best of" not in markdown
+    with pytest.raises(SystemExit):
+        leaderboard.main([str(study), "--bbc-resamples", "-1"])
+    assert "--bbc-resamples must be 0 or more, got -1" in capsys.readouterr().err
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
 

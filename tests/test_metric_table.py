@@ -58,7 +58,7 @@ def test_leaderboard_ranks_and_titles_table_metrics() -> None:
     assert set(leaderboard.LEADERBOARD_METRICS) <= set(METRIC_NAMES)
     header = leaderboard.leaderboard_table([], "roc_auc").header
     titles = [metric(name).short_label for name in leaderboard.LEADERBOARD_METRICS]
-    assert [h.removesuffix(" ▼") for h in header[4:-4]] == titles
+    assert [h.removesuffix(" ▼") for h in header[4:4 + len(titles)]] == titles
     assert header[4 + leaderboard.LEADERBOARD_METRICS.index("roc_auc")] == "AUC ▼"
 
 

@@ -270,6 +270,44 @@ def test_a_bad_job_is_named_before_any_starts(data_dir: Path, block: dict, messa
     assert message in str(caught.value)
 
 
+def test_every_job_holds_out_the_same_test_images(data_dir: Path) -> None:
+    from data.folder import scan_image_folder
+    from tests.helpers import make_image_tree
+    from training.config import config_from_args
+    from training.run import split_off_test
+
+    make_image_tree(data_dir, {"a": 12, "b": 12})
+    settings = settings_of({**BLOCK, "IMAGE_ENCODERS": ["resnet18", "resnet34"], "TEST_FRACTION": "0.25",
+                            "RANDOM_STATE": "7"})
+    jobs = plan_jobs(settings)
+    validate_jobs(jobs, settings)
+    images = scan_image_folder(data_dir)
+    splits = [split_off_test(config_from_args(trainer_arguments(job, settings, LOG, None)), images) for job in jobs]
+    assert splits[0] == splits[1] and len(splits[0][1]) == 6
+
+
+@pytest.mark.parametrize("second, differ", [
+    ({"random_state": 7}, r"\(different random_state\)"),
+    ({"test_fraction": 0.1, "data_dir": "other"}, r"\(different data_dir, test_fraction\)"),
+])
+def test_config_entries_holding_out_other_test_images_are_refused(data_dir: Path, second: dict,
+                                                                  differ: str) -> None:
+    (data_dir.parent / "other").mkdir()
+    entries = [{"image_encoder": "resnet18", "text_encoder": "clip:ViT-B/32", "test_fraction": 0.2},
+               {"image_encoder": "resnet34", "text_encoder": "clip:ViT-B/32", "test_fraction": 0.2, **second}]
+    settings = settings_of({**BLOCK, "USE_MULTI_CONFIG": "true", "CONFIG_FILE": write_config(data_dir.parent, entries)})
+    with pytest.raises(UserError, match=f"job 2 .* would hold out other test images than job 1 .*{differ}"):
+        validate_jobs(plan_jobs(settings), settings)
+    same_data = [{**entries[0], "data_dir": "data"},  # relative and absolute: the same folder
+                 {**entries[0], "image_encoder": "resnet34", "data_dir": str(data_dir.resolve())}]
+    settings = settings_of({**BLOCK, "USE_MULTI_CONFIG": "true", "CONFIG_FILE": write_config(data_dir.parent, same_data)})
+    validate_jobs(plan_jobs(settings), settings)
+    without_test = [{**entry, "test_fraction": 0.0} for entry in entries]
+    settings = settings_of({**BLOCK, "USE_MULTI_CONFIG": "true",
+                            "CONFIG_FILE": write_config(data_dir.parent, without_test)})
+    validate_jobs(plan_jobs(settings), settings)  # no test set: the folds may differ, the leaderboard says so
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU slots
 # ---------------------------------------------------------------------------------------------
