@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from reporting import leaderboard
-from reporting.leaderboard import format_duration, parse_summary
+from reporting.leaderboard import format_duration
+from reporting.run_entries import parse_summary
 from reporting.tables import display_width
 from utils.io import write_json
 from utils.run_dir import RunDir

@@ -18,7 +18,7 @@ import pytest
 import train_clip
 from data.folder import ImageFolder, scan_image_folder
 from data.groups import assign_groups
-from reporting import leaderboard
+from reporting import leaderboard, study_winner
 from reporting.metrics import classification_metrics
 from tests.helpers import make_image_tree
 from training.config import TrainConfig, config_from_args
@@ -109,7 +109,7 @@ def test_the_top_rows_raw_cv_beats_chance_but_its_bbc_interval_holds_it(study: S
     assert not without and len(ranked) == 8
     top = ranked[0]
     assert top.mean[METRIC] > CHANCE  # the best of 8 coins
-    winners, ungrouped = leaderboard.find_winners(study.root, ranked, METRIC, n_resamples=500)
+    winners, ungrouped = study_winner.find_winners(study.root, ranked, METRIC, n_resamples=500)
     assert not ungrouped
     [winner] = winners  # every run on the same folds: one winner, chosen from all of them
     assert winner.run == top.run and sorted(winner.chosen_from) == sorted(e.run for e in ranked)
@@ -123,7 +123,7 @@ def test_the_winners_test_score_is_its_own_and_the_one_to_publish(study: Study) 
     text = leaderboard.write_leaderboard(study.root, ranked, METRIC, without, bbc_resamples=200)
     top = ranked[0].run
     expected = classification_metrics(study.test_labels, study.test_probs[top])[METRIC]
-    [winner], _ = leaderboard.find_winners(study.root, ranked, METRIC, n_resamples=0)
+    [winner], _ = study_winner.find_winners(study.root, ranked, METRIC, n_resamples=0)
     assert winner.test_score == pytest.approx(expected, rel=1e-12)
     assert f"Held-out test set: balanced accuracy {expected:.4f}" in text and "the number to publish" in text
     assert text.count("Held-out test set") == 1  # the winner's only: no choice among test scores
@@ -155,7 +155,7 @@ def test_runs_on_other_folds_or_without_predictions_are_left_out_saying_why(tmp_
     ranked, _ = leaderboard.build_leaderboard(root, metric=METRIC)
     same = [e.run for e in ranked if e.run != "other_folds"]
     RunDir(root / same[1]).oof_predictions.unlink()
-    winners, ungrouped = leaderboard.find_winners(root, ranked, METRIC, n_resamples=50)
+    winners, ungrouped = study_winner.find_winners(root, ranked, METRIC, n_resamples=50)
     assert not ungrouped
     by_run = {w.run: w for w in winners}
     assert set(by_run) == {same[0], "other_folds"}  # one winner per set of folds
@@ -164,7 +164,7 @@ def test_runs_on_other_folds_or_without_predictions_are_left_out_saying_why(tmp_
                for note in by_run[same[0]].notes)
     assert by_run["other_folds"].bbc.n_runs == 1
     RunDir(root / same[0]).oof_predictions.unlink()  # the winner's own: no BBC-CV, and no other run crowned
-    [winner] = [w for w in leaderboard.find_winners(root, ranked, METRIC, n_resamples=50)[0] if w.run == same[0]]
+    [winner] = [w for w in study_winner.find_winners(root, ranked, METRIC, n_resamples=50)[0] if w.run == same[0]]
     assert winner.bbc is None and "BBC-CV not computed" in winner.notes[-1]
     text = leaderboard.format_leaderboard(ranked, METRIC, winners=[winner])
     assert "BBC-CV not computed" in text
