@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
-from models.text_encoders import MAX_TOKENS
+from models.hf_files import context_length, files_as_tensors, tokenize, write_files
 from models.token_report import TokenReport, hf_token_report
 from models.weights import hf_from_pretrained, incompatible_weights
 
@@ -104,16 +104,6 @@ def load_tokenizer(target: str, name: str, flag: str, weights_flag: str, weights
     return hf_from_pretrained(AutoTokenizer, weights or target, flag, name, weights_flag)
 
 
-def _as_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-            for path in sorted(folder.iterdir()) if path.is_file()}
-
-
-def _write_files(files: dict[str, torch.Tensor], folder: Path) -> None:
-    for filename, data in files.items():
-        (folder / Path(filename).name).write_bytes(data.numpy().tobytes())
-
-
 def config_from_files(files: dict[str, torch.Tensor]) -> Any:
     """The ``ChineseCLIPConfig`` among a checkpoint's saved files."""
     from transformers import ChineseCLIPConfig
@@ -121,14 +111,14 @@ def config_from_files(files: dict[str, torch.Tensor]) -> Any:
     if CONFIG_FILE not in files:
         raise WeightsNotFoundError(f"the checkpoint's Chinese-CLIP files lack {CONFIG_FILE}")
     with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-        _write_files({CONFIG_FILE: files[CONFIG_FILE]}, Path(folder))
+        write_files({CONFIG_FILE: files[CONFIG_FILE]}, Path(folder))
         return ChineseCLIPConfig.from_pretrained(folder)
 
 
 def config_files(config: Any) -> dict[str, torch.Tensor]:
     with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
         config.save_pretrained(folder)
-        return _as_tensors(Path(folder))
+        return files_as_tensors(Path(folder))
 
 
 class ChineseCLIPTextEncoder(nn.Module):
@@ -141,8 +131,7 @@ class ChineseCLIPTextEncoder(nn.Module):
         self.model = text_model
         self.projection = projection
         self.feature_dim = int(projection.out_features)
-        self.context_length = min(MAX_TOKENS, int(getattr(tokenizer, "model_max_length", MAX_TOKENS)),
-                                  int(clip_config.text_config.max_position_embeddings))
+        self.context_length = context_length(tokenizer, int(clip_config.text_config.max_position_embeddings))
 
     @classmethod
     def from_clip(cls, clip: nn.Module, tokenizer: Any) -> "ChineseCLIPTextEncoder":
@@ -162,7 +151,7 @@ class ChineseCLIPTextEncoder(nn.Module):
         from transformers import AutoTokenizer
 
         with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-            _write_files(files, Path(folder))
+            write_files(files, Path(folder))
             tokenizer = AutoTokenizer.from_pretrained(folder)  # reads its files completely here
         return cls.from_config(config_from_files(files), tokenizer)
 
@@ -171,12 +160,10 @@ class ChineseCLIPTextEncoder(nn.Module):
         with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
             self.tokenizer.save_pretrained(folder)
             self.clip_config.save_pretrained(folder)
-            return _as_tensors(Path(folder))
+            return files_as_tensors(Path(folder))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
-                               return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return tokenize(self.tokenizer, texts, self.context_length)
 
     def token_report(self, text: str) -> TokenReport:
         """Token counts of ``text`` before truncation; [UNK] pieces count as unknown."""

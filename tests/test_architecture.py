@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.import_rules import RULES, discover, find_violations, top_level
+from tests.import_rules import RULES, discover, find_import_circles, find_violations, top_level
 
 # A small tree shaped like the real one, with one allowed import of each kind (lazy and relative ones too).
 GOOD_TREE = {
@@ -95,3 +95,19 @@ def test_a_tree_that_follows_the_rules_reports_nothing(tmp_path: Path) -> None:
 def test_each_broken_rule_is_reported(tmp_path: Path, name: str) -> None:
     path, source, expected = BREAKS[name]
     assert find_violations(write_tree(tmp_path, {**GOOD_TREE, path: source})) == [expected]
+
+
+def test_no_module_of_the_repository_is_in_an_import_circle() -> None:
+    circles = find_import_circles(ROOT)
+    assert circles == [], "\n".join(circles)
+
+
+def test_an_import_circle_is_reported_lazy_imports_included(tmp_path: Path) -> None:
+    circle = {"models/text.py": "from models.chinese import LIMIT\n",
+              "models/chinese.py": "def build():\n    from models import text\n"}
+    assert find_import_circles(write_tree(tmp_path, GOOD_TREE)) == []
+    assert find_import_circles(write_tree(tmp_path, {**GOOD_TREE, **circle})) == [
+        "models.chinese -> models.text -> models.chinese"]
+    longer = {"data/a.py": "import data.b\n", "data/b.py": "from data import c\n", "data/c.py": "from . import a\n"}
+    assert find_import_circles(write_tree(tmp_path / "three", {**GOOD_TREE, **longer})) == [
+        "data.a -> data.b -> data.c -> data.a"]
