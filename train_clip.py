@@ -52,7 +52,7 @@ from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
 from utils.io import write_csv, write_json
 from utils.logging_setup import setup_logging
-from utils.run_dir import RunDir, run_name
+from utils.run_dir import RunDir, default_log_file
 from utils.seeding import seed_everything
 
 log = logging.getLogger("train_clip")
@@ -264,9 +264,8 @@ def write_report_files(run: Run) -> None:
                     "'python -m reporting.report %s'): %s", output_dir, exc)
 
 
-def default_log_file(cfg: TrainConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    return Path("logs") / "clip_training" / f"{run_name(cfg.image_encoder, cfg.text_encoder)}_gpu{cfg.gpu_id}_{stamp}.log"
+def log_file_of(cfg: TrainConfig) -> Path:
+    return default_log_file(cfg.image_encoder, cfg.text_encoder, cfg.gpu_id, datetime.now())
 
 
 def training_device(cfg: TrainConfig, processes: Distributed) -> torch.device:
@@ -340,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(argv)
         processes = Distributed.from_environment()
         if processes.is_main:
-            setup_logging(cfg.log_file or default_log_file(cfg))
+            setup_logging(cfg.log_file or log_file_of(cfg))
         else:  # under torchrun the other processes write no file, and say only what went wrong
             setup_logging(None, logging.WARNING, prefix=f"[rank {processes.rank}] ")
     except UserError as exc:  # logging is not set up yet: the console only

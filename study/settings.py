@@ -24,6 +24,7 @@ from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, _flag, _opp
                              with_alternatives)
 from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
+from utils.run_dir import DEFAULT_LOG_DIR, DEFAULT_OUTPUT_ROOT
 
 RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
                    "OUTPUT_ROOT", "EXTRA_ARGS", "LOG_DIR", "LEADERBOARD_METRIC", "FORCE", "DRY_RUN", "PYTHON")
@@ -66,9 +67,9 @@ class Settings:
     text_encoders: tuple[str, ...] = ()
     use_multi_config: bool = False
     config_file: Path = Path("train_clip_config.json")
-    output_root: Path = Path("checkpoints/clip_models")
+    output_root: Path = DEFAULT_OUTPUT_ROOT
     extra_args: tuple[str, ...] = ()
-    log_dir: Path = Path("logs/clip_training")
+    log_dir: Path = DEFAULT_LOG_DIR
     leaderboard_metric: str = DEFAULT_METRIC
     force: bool = False
     dry_run: bool = False

@@ -166,7 +166,7 @@ def full_model_state(saved: dict[str, Any], path: Path, files: SharedFiles | Non
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
         raise CheckpointError(f"checkpoint {path} names its frozen towers' file wrongly ({name!r}): not a "
                               "train_clip checkpoint")
-    shared = Path(path).absolute().parent.parent / name
+    shared = RunDir.of_checkpoint(path).path / name
     if not shared.is_file():
         raise CheckpointError(f"checkpoint {path} needs {shared}, the run's frozen towers' weights, which is "
                               f"missing: copy the whole run folder, {name} included")

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from reporting.metric_table import MONITOR_METRICS
 from utils.errors import ConfigError, suggest
 from utils.io import read_json
-from utils.run_dir import RunDir, run_name
+from utils.run_dir import RunDir, default_run_dir
 
 GROUPS = {"data": "data", "model": "model", "training": "training", "cv": "cross-validation",
           "imbalance": "class imbalance", "statistics": "statistics", "report": "report", "system": "system"}
@@ -159,7 +159,7 @@ class TrainConfig:
     def resolved_output_dir(self) -> Path:
         if self.output_dir:
             return Path(self.output_dir)
-        return Path("checkpoints") / "clip_models" / run_name(self.image_encoder, self.text_encoder)
+        return default_run_dir(self.image_encoder, self.text_encoder)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting of the run; not the one-off switches that say how this invocation starts

@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,6 +82,21 @@ def run_name(image_encoder: str, text_encoder: str) -> str:
     return f"{encoder_name_part(image_encoder)}_{encoder_name_part(text_encoder)}"
 
 
+# Where runs and their logs go when not told (train_clip.py and the study's settings alike),
+# relative to the working directory, as in the users' guide.
+DEFAULT_OUTPUT_ROOT = Path("checkpoints") / "clip_models"
+DEFAULT_LOG_DIR = Path("logs") / "clip_training"
+
+
+def default_run_dir(image_encoder: str, text_encoder: str) -> Path:
+    return DEFAULT_OUTPUT_ROOT / run_name(image_encoder, text_encoder)
+
+
+def default_log_file(image_encoder: str, text_encoder: str, gpu_id: int, started: datetime) -> Path:
+    """``<image>_<text>_gpu<id>_<YYYYmmdd_HHMMSS>.log`` in DEFAULT_LOG_DIR."""
+    return DEFAULT_LOG_DIR / f"{run_name(image_encoder, text_encoder)}_gpu{gpu_id}_{started:%Y%m%d_%H%M%S}.log"
+
+
 class RunDirError(UserError):
     """The output folder cannot be used as asked; nothing in it was changed."""
 
@@ -99,6 +115,11 @@ class RunDir:
     """A run's output folder (which need not exist yet)."""
 
     path: Path
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> "RunDir":
+        """The run a fold's checkpoint (``RUN/fold_K/NAME.pth``) belongs to."""
+        return cls(Path(checkpoint).absolute().parent.parent)
 
     # --- layout ----------------------------------------------------------------------------
     @property
