@@ -34,8 +34,8 @@ import torch
 from utils.io import CheckpointError, file_sha256, link_or_copy, load_checkpoint, save_checkpoint
 from utils.run_dir import FROZEN_TOWERS_FILE, RunDir
 
-# /2: the model may omit frozen towers and unchanged embedding rows kept in the run's
-# frozen_towers.pth ("shared_weights" names it). /1 checkpoints hold every weight and load as before.
+# The model may omit frozen towers and unchanged embedding rows kept in the run's frozen_towers.pth
+# ("shared_weights" names it and its hash; docs/design.md §6).
 CHECKPOINT_FORMAT = "train_clip/2"
 CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -160,7 +160,7 @@ def full_model_state(saved: dict[str, Any], path: Path, files: SharedFiles | Non
     its own weights plus the frozen towers and untrained table rows of the file it names, once that
     file's hash is checked. Pass one ``files`` to several calls to read that file once."""
     reference = saved.get("shared_weights")
-    if reference is None:  # every weight is in the checkpoint (no frozen tower, or format /1)
+    if reference is None:  # every weight is in the checkpoint: the run had nothing to share
         return saved["model"]
     name = reference.get("file") if isinstance(reference, dict) else None
     if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
