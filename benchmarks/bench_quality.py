@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Does a change cost accuracy? A fixed recipe on fixed small data sets, seeds x folds, against a baseline.
+
+The data sets ship inside scikit-learn (nothing is downloaded; scikit-image, whose ``skimage.data``
+textures the issue suggested, is not in the virtualenv), and are written here, deterministically:
+
+* ``digits_imbalanced``: scikit-learn's 8x8 handwritten digits, the first 150 of class 0 down to
+  the first 10 of class 9 (geometric counts, 10 classes): a class imbalance of 15:1, 548 images.
+* ``textures``: 8 classes, each one region of ``load_sample_images()`` (two photographs, a temple
+  and a flower, cut into 2 x 2 quadrants); 120 down to 15 crops of 48 px per class at random
+  places and scales of the region (423 images); a third of each class saved as grayscale (mode L), the rest RGB.
+
+The recipe is the one a user reported a drop with (see ``RECIPE``): a resnet18 from scratch, a
+trainable pretrained MiniLM text tower, weighted sampling, batch 64, the default augmentation,
+10 epochs, shrunk to 32 px so that one commit takes minutes on two CPU cores.
+
+Each (data set, seed) is one ``train_clip.py --use-cv`` process of the code in ``--code-dir``
+(default: this repository), so an older commit is measured by pointing ``--code-dir`` at a worktree
+of it; only flags that wave-1 code (4492ffd) already had are passed. The seed sets both the model
+seed and the fold assignment (``--random-state``): every seed is one repetition of 5-fold CV, and
+two commits see the same images in the same folds. The score of a fold is the balanced accuracy
+of its best epoch (as ``cv_summary.json`` of either commit records it).
+
+With ``--baseline FILE`` (an earlier result of this script) the verdict per data set is worse /
+same / better from a paired test over the (seed, fold) pairs; see :func:`compare`. Prints a table
+and writes ``benchmarks/results/quality_<short commit of --code-dir>.json``::
+
+    .venv/bin/python benchmarks/bench_quality.py [--code-dir DIR] [--baseline benchmarks/results/quality_4492ffd.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.output import write_result  # noqa: E402
+from reporting.fold_comparison import corrected_resampled_t_test  # noqa: E402
+from utils.io import write_json  # noqa: E402
+
+log = logging.getLogger("bench_quality")
+METRIC = "balanced_accuracy"
+ALPHA = 0.05  # two-sided level of the paired test behind "worse" / "better"
+N_SPLITS = 5
+DEFAULT_SEEDS = (1, 2, 3)
+# The data of every set is drawn from this seed alone, never from --seeds: the images stay the
+# same whatever seeds or commits are compared.
+DATA_SEED = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training flags of every run; all exist in train_clip.py since wave 1 (4492ffd)."""
+
+    image_encoder: str = "resnet18"  # no ':pretrained': random weights
+    text_encoder: str = "all-MiniLM-L6-v2"  # pretrained, in the HuggingFace cache, trained
+    img_size: int = 32
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # the image tower starts from scratch; the default 1e-4 suits pretrained ones
+    text_lr_mult: float = 0.1  # the pretrained text tower: 1e-4, the trainer's default rate
+    weighted_sampling: bool = True
+    num_workers: int = 0  # worker processes only cost start-up on two cores
+
+    def flags(self) -> list[str]:
+        return ["--image-encoder", self.image_encoder, "--text-encoder", self.text_encoder,
+                "--img-size", str(self.img_size), "--epochs", str(self.epochs),
+                "--batch-size", str(self.batch_size), "--learning-rate", str(self.learning_rate),
+                "--text-lr-mult", str(self.text_lr_mult),
+                "--num-workers", str(self.num_workers)] + (
+                    ["--use-weighted-sampling"] if self.weighted_sampling else [])
+
+
+RECIPE = Recipe()
+
+
+def geometric_counts(largest: int, smallest: int, n_classes: int) -> list[int]:
+    """Class sizes falling geometrically from ``largest`` to ``smallest``."""
+    ratio = (smallest / largest) ** (1 / (n_classes - 1))
+    return [round(largest * ratio ** c) for c in range(n_classes)]
+
+
+def build_digits_imbalanced(out: Path) -> dict[str, list[str]]:
+    """The digits set (see the module docstring) under ``out``; returns the class texts."""
+    from sklearn.datasets import load_digits
+
+    from data.demo import NUMBER_WORDS_EN
+
+    digits = load_digits()
+    texts = {}
+    for digit, count in enumerate(geometric_counts(150, 10, 10)):
+        name = f"{digit}_{NUMBER_WORDS_EN[digit]}"
+        (out / name).mkdir(parents=True)
+        images = digits.images[digits.target == digit][:count]
+        for i, pixels in enumerate(images):
+            array = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
+            Image.fromarray(array, mode="L").save(out / name / f"{i:04d}.png")
+        texts[name] = [f"a handwritten digit {NUMBER_WORDS_EN[digit]}"]
+    return texts
+
+
+TEXTURE_CLASSES = [  # (photograph, quadrant row, quadrant column, description)
+    ("china", 0, 0, "sky above the roof of a chinese temple"),
+    ("china", 0, 1, "curved temple roof with red beams"),
+    ("china", 1, 0, "green trees and stone in front of a temple"),
+    ("china", 1, 1, "columns and shadows under a temple roof"),
+    ("flower", 0, 0, "dark green leaves around a flower"),
+    ("flower", 0, 1, "pink petals of a dahlia"),
+    ("flower", 1, 0, "yellow and orange centre of a flower"),
+    ("flower", 1, 1, "petals and leaves blurred in the background"),
+]
+TEXTURE_COUNTS = geometric_counts(120, 15, len(TEXTURE_CLASSES))
+TEXTURE_CROP = 48
+
+
+def build_textures(out: Path) -> dict[str, list[str]]:
+    """The textures set (see the module docstring) under ``out``; returns the class texts."""
+    from sklearn.datasets import load_sample_images
+
+    sample = load_sample_images()
+    photos = {Path(f).stem: image for f, image in zip(sample.filenames, sample.images)}
+    rng = np.random.default_rng(DATA_SEED)
+    texts = {}
+    for number, ((photo, row, col, text), count) in enumerate(zip(TEXTURE_CLASSES, TEXTURE_COUNTS)):
+        image = photos[photo]
+        half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
+        region = image[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
+        name = f"{number}_{photo}_{row}{col}"
+        (out / name).mkdir(parents=True)
+        for i in range(count):
+            # Crops of 48..96 px resized to 48: one class is a texture at several scales.
+            side = int(rng.integers(TEXTURE_CROP, 2 * TEXTURE_CROP + 1))
+            top = int(rng.integers(0, region.shape[0] - side + 1))
+            left = int(rng.integers(0, region.shape[1] - side + 1))
+            crop = Image.fromarray(region[top:top + side, left:left + side]).resize(
+                (TEXTURE_CROP, TEXTURE_CROP), Image.BILINEAR)
+            (crop.convert("L") if i % 3 == 0 else crop).save(out / name / f"{i:04d}.png")
+        texts[name] = [f"a photo of {text}"]
+    return texts
+
+
+DATA_SETS: Mapping[str, Callable[[Path], dict[str, list[str]]]] = {
+    "digits_imbalanced": build_digits_imbalanced,
+    "textures": build_textures,
+}
+
+
+def build_data(name: str, work: Path) -> tuple[Path, Path]:
+    """One data set as a folder per class and its class-texts file; returns both paths."""
+    images = work / name / "images"
+    texts = DATA_SETS[name](images)
+    texts_file = work / name / "class_texts.json"
+    write_json(texts_file, texts)
+    return images, texts_file
+
+
+def short_commit(code_dir: Path) -> str:
+    """The commit checked out in ``code_dir``, with '+dirty' when tracked files differ from it."""
+    commit = subprocess.run(["git", "-C", str(code_dir), "rev-parse", "--short=7", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(code_dir), "status", "--porcelain", "--untracked-files=no"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_cv(code_dir: Path, images: Path, texts: Path, seed: int, out: Path, recipe: Recipe,
+           threads: int) -> list[dict[str, Any]]:
+    """One ``train_clip.py --use-cv`` run of ``code_dir``; per fold its balanced accuracy and sizes."""
+    command = [sys.executable, str(code_dir / "train_clip.py"), "--data-dir", str(images),
+               "--class-texts-file", str(texts), *recipe.flags(), "--use-cv", "--n-splits", str(N_SPLITS),
+               "--seed", str(seed), "--random-state", str(seed), "--output-dir", str(out), "--overwrite"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    finished = subprocess.run(command, cwd=code_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"train_clip.py failed ({finished.returncode}): {finished.stderr[-3000:]}")
+    summary = json.loads((out / "cv_summary.json").read_text(encoding="utf-8"))
+    folds = {f["fold"]: f for f in json.loads((out / "folds.json").read_text(encoding="utf-8"))["folds"]}
+    return [{"fold": f["fold"], METRIC: f["metrics"][METRIC], "n_train": len(folds[f["fold"]]["train"]),
+             "n_val": len(folds[f["fold"]]["val"])} for f in sorted(summary["folds"], key=lambda f: f["fold"])]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One data set, this run against the baseline, over the (seed, fold) pairs both have."""
+
+    pairs: int
+    mean_difference: float  # this - baseline
+    t: float
+    p_value: float
+    verdict: str  # "worse", "same" or "better"
+
+
+def compare(current: Mapping[tuple[int, int], float], baseline: Mapping[tuple[int, int], float],
+            n_train: float, n_val: float, alpha: float = ALPHA) -> Comparison:
+    """The paired verdict of one data set from its scores keyed by (seed, fold).
+
+    Why this test: the pairs are not independent. Within a seed the 5 folds share 3/4 of their
+    training images, and each seed re-splits the same images, so a plain paired t-test (or a
+    Wilcoxon signed-rank test, which also assumes independent pairs) over the 15 differences
+    calls noise a change far more often than ``alpha``. The corrected resampled t-test of Nadeau &
+    Bengio (2003), in the form for r repetitions of K-fold CV (Bouckaert & Frank 2004: variance
+    times ``1/(rK) + n_val/n_train``, rK - 1 degrees of freedom), is built for exactly these
+    differences, and the repository already has it (:mod:`reporting.fold_comparison`).
+    """
+    keys = sorted(set(current) & set(baseline))
+    if len(keys) < 2:
+        raise ValueError(f"need at least two (seed, fold) pairs in both runs, got {len(keys)}")
+    test = corrected_resampled_t_test([current[k] - baseline[k] for k in keys], n_train, n_val)
+    if test.p_value < alpha:
+        verdict = "better" if test.mean_difference > 0 else "worse"
+    else:
+        verdict = "same"
+    return Comparison(len(keys), test.mean_difference, test.t, test.p_value, verdict)
+
+
+def scores_by_pair(result: Mapping[str, Any], data_set: str) -> dict[tuple[int, int], float]:
+    """(seed, fold) -> balanced accuracy of one data set in a result document of this script."""
+    return {(run["seed"], fold["fold"]): fold[METRIC]
+            for run in result["runs"] if run["data_set"] == data_set for fold in run["folds"]}
+
+
+def mean_std(values: Sequence[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--code-dir", type=Path, default=ROOT,
+                        help="Checkout whose train_clip.py is measured (default: this repository).")
+    parser.add_argument("--baseline", type=Path, help="An earlier result of this script to compare with.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--data-sets", nargs="+", choices=sorted(DATA_SETS), default=sorted(DATA_SETS))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="Torch threads of each training (default 1: a commit and its baseline can run "
+                             "side by side on two cores).")
+    parser.add_argument("--out", type=Path, help="Result file (default: benchmarks/results/quality_<commit>.json).")
+    parser.add_argument("--workdir", type=Path, help="Keep data and runs here (default: a temporary folder).")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    code_dir = args.code_dir.resolve()
+    commit = short_commit(code_dir)
+    baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
+    if baseline and baseline["recipe"] != asdict(RECIPE):
+        parser.error(f"{args.baseline} was measured with another recipe: {baseline['recipe']}")
+    runs = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+        work = args.workdir or Path(tmp)
+        for data_set in args.data_sets:
+            shutil.rmtree(work / data_set, ignore_errors=True)
+            images, texts = build_data(data_set, work)
+            for seed in args.seeds:
+                log.info("%s: %s, seed %d ...", commit, data_set, seed)
+                run_started = time.perf_counter()
+                folds = run_cv(code_dir, images, texts, seed, work / data_set / f"run_seed{seed}", RECIPE,
+                               args.threads)
+                runs.append({"data_set": data_set, "seed": seed, "folds": folds,
+                             "seconds": round(time.perf_counter() - run_started, 1)})
+    result = {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
+              "n_splits": N_SPLITS, "seeds": args.seeds, "data_sets": args.data_sets,
+              "threads": args.threads,
+              "seconds": round(time.perf_counter() - started, 1), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0], "runs": runs}
+    header = f"{'data set':<20}{commit:>16}"
+    if baseline:
+        header += f"{baseline['commit']:>16}{'Δ (paired)':>12}{'p':>8}  verdict"
+    print("\n" + header)
+    comparisons = {}
+    for data_set in args.data_sets:
+        ours = scores_by_pair(result, data_set)
+        line = f"{data_set:<20}{mean_std(list(ours.values())):>16}"
+        theirs = scores_by_pair(baseline, data_set) if baseline else {}
+        if theirs:
+            folds = [f for run in runs if run["data_set"] == data_set for f in run["folds"]]
+            comparison = compare(ours, theirs, statistics.fmean(f["n_train"] for f in folds),
+                                 statistics.fmean(f["n_val"] for f in folds))
+            comparisons[data_set] = asdict(comparison)
+            line += (f"{mean_std(list(theirs.values())):>16}{comparison.mean_difference:>+12.3f}"
+                     f"{comparison.p_value:>8.3f}  {comparison.verdict}")
+        print(line)
+    print(f"\nmean ± std of {METRIC} over {len(args.seeds)} seeds x {N_SPLITS} folds; "
+          f"{result['seconds'] / 60:.1f} min on {os.cpu_count()} CPUs")
+    if baseline:
+        result["baseline"] = {"file": str(args.baseline), "commit": baseline["commit"], "alpha": ALPHA,
+                              "test": "corrected repeated k-fold t-test (Nadeau & Bengio 2003; "
+                                      "Bouckaert & Frank 2004) of the per-(seed, fold) differences",
+                              "comparisons": comparisons}
+    safe_commit = commit.replace("+", "_")
+    write_result(args.out or ROOT / "benchmarks" / "results" / f"quality_{safe_commit}.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
