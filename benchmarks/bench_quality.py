@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -205,6 +206,9 @@ class Comparison:
     mean_difference: float  # this - baseline
     t: float
     p_value: float
+    # The smallest mean difference this test would have called at this spread of the differences:
+    # "same" means "no change of this size or more", not "no change".
+    detectable: float
     verdict: str  # "worse", "same" or "better"
 
 
@@ -220,15 +224,20 @@ def compare(current: Mapping[tuple[int, int], float], baseline: Mapping[tuple[in
     times ``1/(rK) + n_val/n_train``, rK - 1 degrees of freedom), is built for exactly these
     differences, and the repository already has it (:mod:`reporting.fold_comparison`).
     """
+    from scipy import stats
+
     keys = sorted(set(current) & set(baseline))
     if len(keys) < 2:
         raise ValueError(f"need at least two (seed, fold) pairs in both runs, got {len(keys)}")
-    test = corrected_resampled_t_test([current[k] - baseline[k] for k in keys], n_train, n_val)
+    differences = [current[k] - baseline[k] for k in keys]
+    test = corrected_resampled_t_test(differences, n_train, n_val)
+    detectable = float(stats.t.ppf(1 - alpha / 2, test.dof)) * math.sqrt(
+        (1 / len(keys) + n_val / n_train) * statistics.variance(differences))
     if test.p_value < alpha:
         verdict = "better" if test.mean_difference > 0 else "worse"
     else:
         verdict = "same"
-    return Comparison(len(keys), test.mean_difference, test.t, test.p_value, verdict)
+    return Comparison(len(keys), test.mean_difference, test.t, test.p_value, detectable, verdict)
 
 
 def scores_by_pair(result: Mapping[str, Any], data_set: str) -> dict[tuple[int, int], float]:
@@ -241,11 +250,67 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else "-"
 
 
+def measure(code_dir: Path, data_sets: Sequence[str], seeds: Sequence[int], threads: int,
+            workdir: Path | None) -> dict[str, Any]:
+    """Train every (data set, seed) with the code of ``code_dir``; the result document."""
+    commit = short_commit(code_dir)
+    runs = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+        work = workdir or Path(tmp)
+        for data_set in data_sets:
+            shutil.rmtree(work / data_set, ignore_errors=True)
+            images, texts = build_data(data_set, work)
+            for seed in seeds:
+                log.info("%s: %s, seed %d ...", commit, data_set, seed)
+                run_started = time.perf_counter()
+                folds = run_cv(code_dir, images, texts, seed, work / data_set / f"run_seed{seed}", RECIPE, threads)
+                runs.append({"data_set": data_set, "seed": seed, "folds": folds,
+                             "seconds": round(time.perf_counter() - run_started, 1)})
+    return {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
+            "n_splits": N_SPLITS, "seeds": list(seeds), "data_sets": list(data_sets), "threads": threads,
+            "seconds": round(time.perf_counter() - started, 1), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0], "runs": runs}
+
+
+def comparisons(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Comparison]:
+    """Per data set of ``result`` that the baseline also has: the paired verdict."""
+    found = {}
+    for data_set in result["data_sets"]:
+        theirs = scores_by_pair(baseline, data_set)
+        if theirs:
+            folds = [f for run in result["runs"] if run["data_set"] == data_set for f in run["folds"]]
+            found[data_set] = compare(scores_by_pair(result, data_set), theirs,
+                                      statistics.fmean(f["n_train"] for f in folds),
+                                      statistics.fmean(f["n_val"] for f in folds))
+    return found
+
+
+def print_table(result: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                verdicts: Mapping[str, Comparison]) -> None:
+    header = f"{'data set':<20}{result['commit']:>16}"
+    if baseline:
+        header += f"{baseline['commit']:>16}{'Δ (paired)':>12}{'p':>8}{'detectable':>12}  verdict"
+    print("\n" + header)
+    for data_set in result["data_sets"]:
+        line = f"{data_set:<20}{mean_std(list(scores_by_pair(result, data_set).values())):>16}"
+        if data_set in verdicts:
+            c = verdicts[data_set]
+            line += (f"{mean_std(list(scores_by_pair(baseline, data_set).values())):>16}"
+                     f"{c.mean_difference:>+12.3f}{c.p_value:>8.3f}{c.detectable:>12.3f}  {c.verdict}")
+        print(line)
+    print(f"\nmean ± std of {METRIC} over {len(result['seeds'])} seeds x {result['n_splits']} folds; Δ: mean of "
+          f"the paired differences; training took {result['seconds'] / 60:.1f} min on {result['cpus']} CPUs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--code-dir", type=Path, default=ROOT,
                         help="Checkout whose train_clip.py is measured (default: this repository).")
     parser.add_argument("--baseline", type=Path, help="An earlier result of this script to compare with.")
+    parser.add_argument("--result", type=Path,
+                        help="Compare this earlier result with --baseline instead of training (and rewrite it "
+                             "with the comparison).")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--data-sets", nargs="+", choices=sorted(DATA_SETS), default=sorted(DATA_SETS))
     parser.add_argument("--threads", type=int, default=1,
@@ -255,56 +320,24 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="Keep data and runs here (default: a temporary folder).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    code_dir = args.code_dir.resolve()
-    commit = short_commit(code_dir)
+    if args.result and not args.baseline:
+        parser.error("--result needs --baseline")
     baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
     if baseline and baseline["recipe"] != asdict(RECIPE):
         parser.error(f"{args.baseline} was measured with another recipe: {baseline['recipe']}")
-    runs = []
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        work = args.workdir or Path(tmp)
-        for data_set in args.data_sets:
-            shutil.rmtree(work / data_set, ignore_errors=True)
-            images, texts = build_data(data_set, work)
-            for seed in args.seeds:
-                log.info("%s: %s, seed %d ...", commit, data_set, seed)
-                run_started = time.perf_counter()
-                folds = run_cv(code_dir, images, texts, seed, work / data_set / f"run_seed{seed}", RECIPE,
-                               args.threads)
-                runs.append({"data_set": data_set, "seed": seed, "folds": folds,
-                             "seconds": round(time.perf_counter() - run_started, 1)})
-    result = {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
-              "n_splits": N_SPLITS, "seeds": args.seeds, "data_sets": args.data_sets,
-              "threads": args.threads,
-              "seconds": round(time.perf_counter() - started, 1), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0], "runs": runs}
-    header = f"{'data set':<20}{commit:>16}"
-    if baseline:
-        header += f"{baseline['commit']:>16}{'Δ (paired)':>12}{'p':>8}  verdict"
-    print("\n" + header)
-    comparisons = {}
-    for data_set in args.data_sets:
-        ours = scores_by_pair(result, data_set)
-        line = f"{data_set:<20}{mean_std(list(ours.values())):>16}"
-        theirs = scores_by_pair(baseline, data_set) if baseline else {}
-        if theirs:
-            folds = [f for run in runs if run["data_set"] == data_set for f in run["folds"]]
-            comparison = compare(ours, theirs, statistics.fmean(f["n_train"] for f in folds),
-                                 statistics.fmean(f["n_val"] for f in folds))
-            comparisons[data_set] = asdict(comparison)
-            line += (f"{mean_std(list(theirs.values())):>16}{comparison.mean_difference:>+12.3f}"
-                     f"{comparison.p_value:>8.3f}  {comparison.verdict}")
-        print(line)
-    print(f"\nmean ± std of {METRIC} over {len(args.seeds)} seeds x {N_SPLITS} folds; "
-          f"{result['seconds'] / 60:.1f} min on {os.cpu_count()} CPUs")
+    if args.result:
+        result = json.loads(args.result.read_text(encoding="utf-8"))
+    else:
+        result = measure(args.code_dir.resolve(), args.data_sets, args.seeds, args.threads, args.workdir)
+    verdicts = comparisons(result, baseline) if baseline else {}
+    print_table(result, baseline, verdicts)
     if baseline:
         result["baseline"] = {"file": str(args.baseline), "commit": baseline["commit"], "alpha": ALPHA,
                               "test": "corrected repeated k-fold t-test (Nadeau & Bengio 2003; "
                                       "Bouckaert & Frank 2004) of the per-(seed, fold) differences",
-                              "comparisons": comparisons}
-    safe_commit = commit.replace("+", "_")
-    write_result(args.out or ROOT / "benchmarks" / "results" / f"quality_{safe_commit}.json", result)
+                              "comparisons": {name: asdict(c) for name, c in verdicts.items()}}
+    default_out = ROOT / "benchmarks" / "results" / f"quality_{result['commit'].replace('+', '_')}.json"
+    write_result(args.out or args.result or default_out, result)
     return 0
 
 

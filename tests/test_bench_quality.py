@@ -16,7 +16,8 @@ def baseline_scores(rng: np.random.Generator) -> dict[tuple[int, int], float]:
             for seed in DEFAULT_SEEDS for fold in range(1, N_SPLITS + 1)}
 
 
-def shifted(scores: dict[tuple[int, int], float], shift: float, rng: np.random.Generator) -> dict[tuple[int, int], float]:
+def shifted(scores: dict[tuple[int, int], float], shift: float,
+            rng: np.random.Generator) -> dict[tuple[int, int], float]:
     """Every pair moved by ``shift`` plus its own noise: a second run on the same folds differs by ~0.015."""
     return {key: value + shift + float(rng.normal(0, 0.015)) for key, value in scores.items()}
 
@@ -42,6 +43,19 @@ def test_noise_alone_is_the_same() -> None:
     rng = np.random.default_rng(28)
     baseline = baseline_scores(rng)
     assert compare(shifted(baseline, 0.0, rng), baseline, N_TRAIN, N_VAL).verdict == "same"
+
+
+def test_the_detectable_difference_is_the_size_the_test_calls() -> None:
+    """A shift just above the reported detectable size is called, one just below is not."""
+    rng = np.random.default_rng(28)
+    baseline = baseline_scores(rng)
+    noise = shifted(baseline, 0.0, rng)
+    noise_only = compare(noise, baseline, N_TRAIN, N_VAL)
+    for factor, verdict in [(1.05, "worse"), (0.95, "same")]:
+        # The same spread of differences, their mean moved to -factor x the detectable size.
+        current = {key: value - noise_only.mean_difference - factor * noise_only.detectable
+                   for key, value in noise.items()}
+        assert compare(current, baseline, N_TRAIN, N_VAL).verdict == verdict
 
 
 def test_only_shared_pairs_count() -> None:
