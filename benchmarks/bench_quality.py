@@ -12,7 +12,7 @@ textures the issue suggested, is not in the virtualenv), and are written here, d
 
 The recipe is the one a user reported a drop with (see ``RECIPE``): a resnet18 from scratch, a
 trainable pretrained MiniLM text tower, weighted sampling, batch 64, the default augmentation,
-10 epochs, shrunk to 32 px so that one commit takes minutes on two CPU cores.
+shrunk to 32 px and 6 epochs so that one commit takes minutes on two CPU cores.
 
 Each (data set, seed) is one ``train_clip.py --use-cv`` process of the code in ``--code-dir``
 (default: this repository), so an older commit is measured by pointing ``--code-dir`` at a worktree
@@ -73,7 +73,7 @@ class Recipe:
     image_encoder: str = "resnet18"  # no ':pretrained': random weights
     text_encoder: str = "all-MiniLM-L6-v2"  # pretrained, in the HuggingFace cache, trained
     img_size: int = 32
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 64
     learning_rate: float = 1e-3  # the image tower starts from scratch; the default 1e-4 suits pretrained ones
     text_lr_mult: float = 0.1  # the pretrained text tower: 1e-4, the trainer's default rate
@@ -251,11 +251,23 @@ def mean_std(values: Sequence[float]) -> str:
 
 
 def measure(code_dir: Path, data_sets: Sequence[str], seeds: Sequence[int], threads: int,
-            workdir: Path | None) -> dict[str, Any]:
-    """Train every (data set, seed) with the code of ``code_dir``; the result document."""
+            workdir: Path | None, partial_out: Path) -> dict[str, Any]:
+    """Train every (data set, seed) with the code of ``code_dir``; the result document.
+
+    The document so far is written to ``partial_out`` after every run ("finished": false), so that
+    an interrupted benchmark of an hour on a busy machine keeps the runs it finished.
+    """
     commit = short_commit(code_dir)
-    runs = []
+    runs: list[dict[str, Any]] = []
     started = time.perf_counter()
+
+    def document(finished: bool) -> dict[str, Any]:
+        return {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
+                "n_splits": N_SPLITS, "seeds": list(seeds), "data_sets": list(data_sets), "threads": threads,
+                "finished": finished, "seconds": round(time.perf_counter() - started, 1),
+                "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0],
+                "runs": runs}
+
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         work = workdir or Path(tmp)
         for data_set in data_sets:
@@ -267,10 +279,8 @@ def measure(code_dir: Path, data_sets: Sequence[str], seeds: Sequence[int], thre
                 folds = run_cv(code_dir, images, texts, seed, work / data_set / f"run_seed{seed}", RECIPE, threads)
                 runs.append({"data_set": data_set, "seed": seed, "folds": folds,
                              "seconds": round(time.perf_counter() - run_started, 1)})
-    return {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
-            "n_splits": N_SPLITS, "seeds": list(seeds), "data_sets": list(data_sets), "threads": threads,
-            "seconds": round(time.perf_counter() - started, 1), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0], "runs": runs}
+                write_result(partial_out, document(finished=False))
+    return document(finished=True)
 
 
 def comparisons(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Comparison]:
@@ -325,10 +335,13 @@ def main() -> int:
     baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
     if baseline and baseline["recipe"] != asdict(RECIPE):
         parser.error(f"{args.baseline} was measured with another recipe: {baseline['recipe']}")
+    code_dir = args.code_dir.resolve()
+    out = args.out or args.result or (
+        ROOT / "benchmarks" / "results" / f"quality_{short_commit(code_dir).replace('+', '_')}.json")
     if args.result:
         result = json.loads(args.result.read_text(encoding="utf-8"))
     else:
-        result = measure(args.code_dir.resolve(), args.data_sets, args.seeds, args.threads, args.workdir)
+        result = measure(code_dir, args.data_sets, args.seeds, args.threads, args.workdir, out)
     verdicts = comparisons(result, baseline) if baseline else {}
     print_table(result, baseline, verdicts)
     if baseline:
@@ -336,8 +349,7 @@ def main() -> int:
                               "test": "corrected repeated k-fold t-test (Nadeau & Bengio 2003; "
                                       "Bouckaert & Frank 2004) of the per-(seed, fold) differences",
                               "comparisons": {name: asdict(c) for name, c in verdicts.items()}}
-    default_out = ROOT / "benchmarks" / "results" / f"quality_{result['commit'].replace('+', '_')}.json"
-    write_result(args.out or args.result or default_out, result)
+    write_result(out, result)
     return 0
 
 
