@@ -23,7 +23,8 @@ of its best epoch (as ``cv_summary.json`` of either commit records it).
 
 With ``--baseline FILE`` (an earlier result of this script) the verdict per data set is worse /
 same / better from a paired test over the (seed, fold) pairs; see :func:`compare`. Prints a table
-and writes ``benchmarks/results/quality_<short commit of --code-dir>.json``::
+and writes ``benchmarks/results/quality_<commit>.json`` (the last commit of ``--code-dir`` that changed
+the trainer, see :func:`short_commit`)::
 
     .venv/bin/python benchmarks/bench_quality.py [--code-dir DIR] [--baseline benchmarks/results/quality_4492ffd.json]
 """
@@ -172,12 +173,19 @@ def build_data(name: str, work: Path) -> tuple[Path, Path]:
     return images, texts_file
 
 
+# What a commit's accuracy depends on: everything but the benchmarks, tests and documentation.
+# A branch that only adds a benchmark (like the one that added this file) measures its base's code.
+TRAINER_FILES = [".", ":(exclude)benchmarks", ":(exclude)tests", ":(exclude)docs", ":(exclude)*.md"]
+
+
 def short_commit(code_dir: Path) -> str:
-    """The commit checked out in ``code_dir``, with '+dirty' when tracked files differ from it."""
-    commit = subprocess.run(["git", "-C", str(code_dir), "rev-parse", "--short=7", "HEAD"], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(code_dir), "status", "--porcelain", "--untracked-files=no"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    """The last commit of ``code_dir`` that changed :data:`TRAINER_FILES`, '+dirty' when they differ from it."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(code_dir), *command], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("log", "-1", "--format=%h", "--abbrev=7", "HEAD", "--", *TRAINER_FILES)
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *TRAINER_FILES)
     return commit + ("+dirty" if dirty else "")
 
 
