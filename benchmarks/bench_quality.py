@@ -12,7 +12,7 @@ textures the issue suggested, is not in the virtualenv), and are written here, d
 
 The recipe is the one a user reported a drop with (see ``RECIPE``): a resnet18 from scratch, a
 trainable pretrained MiniLM text tower, weighted sampling, batch 64, the default augmentation,
-shrunk to 32 px and 6 epochs so that one commit takes minutes on two CPU cores.
+shrunk to 32 px and 6 epochs: one commit took 41-50 min on a shared 2-core machine (load ~5).
 
 Each (data set, seed) is one ``train_clip.py --use-cv`` process of the code in ``--code-dir``
 (default: this repository), so an older commit is measured by pointing ``--code-dir`` at a worktree
