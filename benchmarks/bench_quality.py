@@ -31,6 +31,7 @@ the trainer, see :func:`short_commit`)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from benchmarks.output import write_result  # noqa: E402
 from reporting.fold_comparison import corrected_resampled_t_test  # noqa: E402
@@ -206,6 +208,12 @@ def run_cv(code_dir: Path, images: Path, texts: Path, seed: int, out: Path, reci
              "n_val": len(folds[f["fold"]]["val"])} for f in sorted(summary["folds"], key=lambda f: f["fold"])]
 
 
+def folds_fingerprint(folds_json: Mapping[str, Any]) -> str:
+    """SHA-256 of which files each fold validates on: two runs' folds pair only when these match."""
+    assignment = sorted((f["fold"], sorted(f["val"])) for f in folds_json["folds"])
+    return hashlib.sha256(json.dumps(assignment).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One data set, this run against the baseline, over the (seed, fold) pairs both have."""
@@ -232,8 +240,6 @@ def compare(current: Mapping[tuple[int, int], float], baseline: Mapping[tuple[in
     times ``1/(rK) + n_val/n_train``, rK - 1 degrees of freedom), is built for exactly these
     differences, and the repository already has it (:mod:`reporting.fold_comparison`).
     """
-    from scipy import stats
-
     keys = sorted(set(current) & set(baseline))
     if len(keys) < 2:
         raise ValueError(f"need at least two (seed, fold) pairs in both runs, got {len(keys)}")
@@ -284,15 +290,25 @@ def measure(code_dir: Path, data_sets: Sequence[str], seeds: Sequence[int], thre
             for seed in seeds:
                 log.info("%s: %s, seed %d ...", commit, data_set, seed)
                 run_started = time.perf_counter()
-                folds = run_cv(code_dir, images, texts, seed, work / data_set / f"run_seed{seed}", RECIPE, threads)
-                runs.append({"data_set": data_set, "seed": seed, "folds": folds,
+                run_dir = work / data_set / f"run_seed{seed}"
+                folds = run_cv(code_dir, images, texts, seed, run_dir, RECIPE, threads)
+                fingerprint = folds_fingerprint(json.loads((run_dir / "folds.json").read_text(encoding="utf-8")))
+                runs.append({"data_set": data_set, "seed": seed, "folds": folds, "folds_sha256": fingerprint,
                              "seconds": round(time.perf_counter() - run_started, 1)})
                 write_result(partial_out, document(finished=False))
     return document(finished=True)
 
 
 def comparisons(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Comparison]:
-    """Per data set of ``result`` that the baseline also has: the paired verdict."""
+    """Per data set of ``result`` that the baseline also has: the paired verdict.
+
+    Refused when a (set, seed) was split into other folds by the two commits (a changed fold
+    assignment or data builder): its pairs would then compare different validation images.
+    """
+    theirs_folds = {(run["data_set"], run["seed"]): run["folds_sha256"] for run in baseline["runs"]}
+    for run in result["runs"]:
+        if theirs_folds.get((run["data_set"], run["seed"]), run["folds_sha256"]) != run["folds_sha256"]:
+            raise ValueError(f"{run['data_set']}, seed {run['seed']}: the baseline was trained on other folds")
     found = {}
     for data_set in result["data_sets"]:
         theirs = scores_by_pair(baseline, data_set)
@@ -350,7 +366,10 @@ def main() -> int:
         result = json.loads(args.result.read_text(encoding="utf-8"))
     else:
         result = measure(code_dir, args.data_sets, args.seeds, args.threads, args.workdir, out)
-    verdicts = comparisons(result, baseline) if baseline else {}
+    try:
+        verdicts = comparisons(result, baseline) if baseline else {}
+    except ValueError as error:
+        parser.error(str(error))
     print_table(result, baseline, verdicts)
     if baseline:
         result["baseline"] = {"file": str(args.baseline), "commit": baseline["commit"], "alpha": ALPHA,

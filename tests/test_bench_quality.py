@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.bench_quality import DEFAULT_SEEDS, N_SPLITS, compare
+from benchmarks.bench_quality import DEFAULT_SEEDS, N_SPLITS, compare, comparisons
 
 # Fold sizes of the textures set (423 images, 5 folds).
 N_TRAIN, N_VAL = 338.4, 84.6
@@ -70,3 +70,20 @@ def test_only_shared_pairs_count() -> None:
 def test_fewer_than_two_pairs_is_refused() -> None:
     with pytest.raises(ValueError, match="two"):
         compare({(1, 1): 0.9}, {(1, 1): 0.8}, N_TRAIN, N_VAL)
+
+
+def result_document(scores: dict[tuple[int, int], float], fingerprint: str) -> dict:
+    """A result of the benchmark, one data set, as measure() writes it."""
+    return {"data_sets": ["textures"], "runs": [
+        {"data_set": "textures", "seed": seed, "folds_sha256": fingerprint,
+         "folds": [{"fold": fold, "balanced_accuracy": scores[seed, fold], "n_train": 338, "n_val": 85}
+                   for fold in range(1, N_SPLITS + 1)]} for seed in DEFAULT_SEEDS]}
+
+
+def test_results_on_other_folds_are_not_paired() -> None:
+    rng = np.random.default_rng(28)
+    baseline = baseline_scores(rng)
+    current = shifted(baseline, -0.05, rng)
+    assert comparisons(result_document(current, "a"), result_document(baseline, "a"))["textures"].verdict == "worse"
+    with pytest.raises(ValueError, match="other folds"):
+        comparisons(result_document(current, "a"), result_document(baseline, "b"))
