@@ -16,7 +16,8 @@ shrunk to 32 px and 6 epochs: one commit took 41-50 min on a shared 2-core machi
 
 Each (data set, seed) is one ``train_clip.py --use-cv`` process of the code in ``--code-dir``
 (default: this repository), so an older commit is measured by pointing ``--code-dir`` at a worktree
-of it; only flags that wave-1 code (4492ffd) already had are passed. The seed sets both the model
+of it; only flags that wave-1 code (4492ffd) already had are passed, and ``--select-on fold``
+where the trainer has it (see :func:`selection_flags`). The seed sets both the model
 seed and the fold assignment (``--random-state``): every seed is one repetition of 5-fold CV, and
 two commits see the same images in the same folds. The score of a fold is the balanced accuracy
 of its best epoch (as ``cv_summary.json`` of either commit records it).
@@ -191,12 +192,24 @@ def short_commit(code_dir: Path) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def selection_flags(code_dir: Path) -> list[str]:
+    """``--select-on fold`` where ``code_dir``'s trainer has the flag: its default since issue 21 picks
+    the epoch on an inner split of the training fold (fewer training images, an honest choice),
+    which would move every score by design. Every stored result picks the best epoch on the fold
+    itself, so a comparison of two commits measures their training and not the protocol (the
+    optimism of that choice is the same on both sides of each pair)."""
+    shown = subprocess.run([sys.executable, str(code_dir / "train_clip.py"), "--help"], cwd=code_dir,
+                           capture_output=True, text=True, check=True).stdout
+    return ["--select-on", "fold"] if "--select-on" in shown else []
+
+
 def run_cv(code_dir: Path, images: Path, texts: Path, seed: int, out: Path, recipe: Recipe,
            threads: int) -> list[dict[str, Any]]:
     """One ``train_clip.py --use-cv`` run of ``code_dir``; per fold its balanced accuracy and sizes."""
     command = [sys.executable, str(code_dir / "train_clip.py"), "--data-dir", str(images),
-               "--class-texts-file", str(texts), *recipe.flags(), "--use-cv", "--n-splits", str(N_SPLITS),
-               "--seed", str(seed), "--random-state", str(seed), "--output-dir", str(out), "--overwrite"]
+               "--class-texts-file", str(texts), *recipe.flags(), *selection_flags(code_dir), "--use-cv",
+               "--n-splits", str(N_SPLITS), "--seed", str(seed), "--random-state", str(seed), "--output-dir",
+               str(out), "--overwrite"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     finished = subprocess.run(command, cwd=code_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
