@@ -73,12 +73,15 @@ def test_test_metrics_are_the_mean_of_the_fold_models(run_with_test_set):
     assert classification_metrics(y_true, probs)["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
     summary = read(out / "cv_summary.json")
     assert summary["test"]["accuracy"] == report["metrics"]["accuracy"]
-    # Each fold's best checkpoint is the epoch the summary names, chosen on --monitor.
+    # Each fold's best checkpoint is the epoch the summary names, chosen on --monitor of the inner
+    # validation split (the first of equals), and the fold's numbers are that epoch's.
     for fold in summary["folds"]:
         best = load_checkpoint(out / f"fold_{fold['fold']}" / "checkpoint_best.pth")
         assert best["epoch"] == fold["best_epoch"]
         history = read(out / f"fold_{fold['fold']}" / "history.json")
-        assert max(row["macro_f1"] for row in history) == fold["metrics"]["macro_f1"]
+        inner = [row["inner_macro_f1"] for row in history]
+        assert fold["best_epoch"] == history[inner.index(max(inner))]["epoch"]
+        assert history[fold["best_epoch"]]["macro_f1"] == fold["metrics"]["macro_f1"]
 
 
 def test_pooled_and_test_metrics_have_seeded_confidence_intervals(run_with_test_set):
@@ -100,7 +103,7 @@ def test_report_ends_with_the_methods_of_this_run(run_with_test_set):
     assert "30 images in 3 classes: a (10), b (10), c (10)" in methods
     assert "30% of the images (9) was held out" in methods and "stratified 3-fold" in methods
     assert "image encoder starnet_s050 (randomly initialised)" in methods and "32×32 pixels" in methods
-    assert "best validation macro_f1" in methods and "for up to 2 epochs" in methods
+    assert "best inner-validation macro_f1" in methods and "for up to 2 epochs" in methods
     environment = read(out / "cv_summary.json")["environment"]
     assert f"torch {environment['versions']['torch']}" in methods and "trained on cpu" in methods
 

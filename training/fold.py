@@ -212,7 +212,7 @@ def load_fold_result(run: Run, fold: Fold) -> FoldResult:
     return FoldResult(fold.number, saved["best_epoch"], saved["metrics"], list(fold.val_idx),
                       np.asarray(saved["val_probs"], dtype=np.float64), list(fold.inner_val_idx),
                       np.asarray(saved.get("inner_val_probs", []), dtype=np.float64).reshape(
-                          len(fold.inner_val_idx), -1),
+                          len(fold.inner_val_idx), len(run.images.class_names)),
                       saved.get("temperature", 1.0),
                       None if uncalibrated is None else np.asarray(uncalibrated, dtype=np.float64))
 
@@ -221,7 +221,8 @@ def finish_fold(run: Run, fold: Fold, state: FoldState, checkpoints: FoldCheckpo
     """The chosen epoch's numbers, calibrated with --calibrate temperature on the images that chose it."""
     cfg = run.cfg
     val_probs = np.asarray(state.best_probs, dtype=np.float64)
-    inner_probs = np.asarray(state.best_inner_probs, dtype=np.float64).reshape(len(fold.inner_val_idx), -1)
+    inner_probs = np.asarray(state.best_inner_probs, dtype=np.float64).reshape(len(fold.inner_val_idx),
+                                                                               len(run.images.class_names))
     result = FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx), val_probs,
                         list(fold.inner_val_idx), inner_probs)
     if cfg.calibrate == "none":
