@@ -128,9 +128,10 @@ def test_tensorboard_logs_every_epoch_of_every_fold(tmp_path, tiny_text_encoder)
     out = tmp_path / "out"
     assert train_clip.main(["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(tmp_path / "l.log"),
                             "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32", "--epochs", "2",
-                            "--batch-size", "4", "--num-workers", "0", "--use-cv", "--n-splits", "2",
+                            "--batch-size", "2", "--num-workers", "0", "--use-cv", "--n-splits", "2",
                             "--tensorboard"]) == 0
     for fold in (1, 2):
         events = EventAccumulator(str(out / "tensorboard" / f"fold_{fold}")).Reload()
         assert [e.step for e in events.Scalars("balanced_accuracy")] == [0, 1, 2]
         assert [e.step for e in events.Scalars("train_loss")] == [1, 2]
+        assert [e.step for e in events.Scalars("inner_balanced_accuracy")] == [0, 1, 2]
