@@ -126,7 +126,15 @@ def with_inner_split(fold: Fold, labels: Sequence[int], class_names: Sequence[st
     resumption computes the same split. A small fold holds out at least one image per class, more than
     ``fraction`` if need be: an inner split without a class could not choose on it."""
     train = fold.train_idx
-    fraction = max(fraction, len(class_names) / len(train))
+    n_val = max(int(np.ceil(fraction * len(train))), len(class_names))
+    if len(train) - n_val < len(class_names):
+        raise DataError(f"--inner-val-fraction {fraction}: fold {fold.number}'s {len(train)} training images cannot "
+                        f"give every one of the {len(class_names)} classes an image on both sides of its inner "
+                        "split; add images, lower --n-splits or choose --select-on last")
+    if n_val > np.ceil(fraction * len(train)):
+        # One image per class is more than ``fraction``: ask for n_val images (half an image less, so that
+        # make_holdout_split's ceil cannot round n_val / len up by float error).
+        fraction = (n_val - 0.5) / len(train)
     inner = make_holdout_split([labels[i] for i in train], class_names, fraction, random_state + fold.number,
                                None if groups is None else [groups[i] for i in train], "--inner-val-fraction")[0]
     return replace(fold, inner_val_idx=sorted(train[i] for i in inner.val_idx))

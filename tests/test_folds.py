@@ -111,5 +111,5 @@ def test_a_small_training_fold_holds_out_one_image_per_class_and_too_small_a_fol
     fold = Fold(1, list(range(12)), [])
     inner = with_inner_split(fold, labels, ["a", "b", "c"], 0.15, 0)
     assert sorted(labels[i] for i in inner.inner_val_idx) == [0, 1, 2]  # 15% of 12 would be 2 images
-    with pytest.raises(DataError, match="--inner-val-fraction"):
+    with pytest.raises(DataError, match=r"--inner-val-fraction 0\.15: fold 1's 3 training images"):
         with_inner_split(Fold(1, [0, 1, 2], []), labels, ["a", "b", "c"], 0.15, 0)
