@@ -34,7 +34,8 @@ from models.image_encoders import resolve_image_encoder
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
 from reporting.methods import run_environment
-from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.calibration import apply_temperature
+from reporting.metrics import classification_metrics, expected_calibration_error, mean_and_std, scalar_metrics
 from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
@@ -163,10 +164,19 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
                + [f"{p:.6f}" for p in oof_probs[j]] for j in order])
     mean, std = mean_and_std([scalar_metrics(r.metrics) for r in results])
     oof_labels = np.asarray(run.labels)[oof_idx]
+    cfg = run.cfg
+    inner_idx = [i for r in results for i in r.inner_idx]
+    # Under inner selection the two-class threshold is chosen on the images that chose the epochs.
+    chooser = ((np.asarray(run.labels)[inner_idx], np.concatenate([r.inner_probs for r in results]))
+               if inner_idx else None)
     summary = {
-        "mode": "cv" if run.cfg.use_cv else "holdout",
+        "mode": "cv" if cfg.use_cv else "holdout",
         "n_splits": len(results),
-        "monitor": run.cfg.monitor,
+        "monitor": cfg.monitor,
+        # What chose each fold's model; the leaderboard and the report read it.
+        "selection": {"on": cfg.select_on,
+                      "inner_val_fraction": cfg.inner_val_fraction if cfg.select_on == "inner" else None,
+                      "optimistic": cfg.select_on == "fold"},
         "image_encoder": run.cfg.image_encoder,
         "text_encoder": run.cfg.text_encoder,
         "class_names": names,
@@ -175,10 +185,12 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         "std": std,
         "oof": classification_metrics(oof_labels, oof_probs),
         # Patients, when folds are grouped, are resampled whole: their images are not independent.
-        **pooled_statistics(oof_labels, oof_probs, names, run.cfg.bootstrap_resamples, run.cfg.seed,
-                            run.images.groups_of(oof_idx)),
+        **pooled_statistics(oof_labels, oof_probs, names, cfg.bootstrap_resamples, cfg.seed,
+                            run.images.groups_of(oof_idx), chooser),
         "environment": run_environment(run.device, run.amp_dtype),  # for the methods paragraph
     }
+    if cfg.calibrate != "none":
+        summary["calibration"] = calibration_summary(cfg, oof_labels, results)
     if run.images.groups is not None:
         summary["n_groups"] = len(set(run.images.groups))
         summary["oof_patient"] = patient_metrics([run.labels[i] for i in oof_idx], oof_probs,
@@ -193,8 +205,20 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
     return summary
 
 
+def calibration_summary(cfg: TrainConfig, oof_labels: np.ndarray, results: Sequence[FoldResult]) -> dict[str, Any]:
+    """The fitted temperatures and the pooled out-of-fold ECE before and after them."""
+    before = np.concatenate([r.uncalibrated_val_probs for r in results])
+    after = np.concatenate([r.val_probs for r in results])
+    return {"method": cfg.calibrate,
+            "fitted_on": "inner validation split" if cfg.select_on == "inner" else "the scored validation images",
+            "temperatures": [r.temperature for r in results],
+            "oof_ece_before": expected_calibration_error(oof_labels, before),
+            "oof_ece_after": expected_calibration_error(oof_labels, after)}
+
+
 def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict[str, Any]) -> dict[str, Any]:
-    """Mean probabilities of the best model of every fold on the held-out test set (test_metrics.json).
+    """Mean probabilities of the chosen model of every fold, each calibrated with its temperature, on the
+    held-out test set (test_metrics.json).
 
     ``pooled`` is the summary so far: its out-of-fold operating point is applied to the test set.
     """
@@ -207,7 +231,7 @@ def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict
         run.model.load_state_dict(load_best_model_state(run.run_dir, result.number, files))
         run.model.reset_text_cache()
         probs, labels, indices, _ = evaluate(run.model, loader, run.device, run.amp_dtype)
-        per_fold.append(probs)
+        per_fold.append(apply_temperature(probs, result.temperature))
     probs = np.mean(per_fold, axis=0)
     names = run.images.class_names
     write_csv(run.run_dir.test_predictions, ["path", "true_class", "predicted_class"] + [f"prob_{n}" for n in names],

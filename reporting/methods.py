@@ -173,9 +173,40 @@ def _training(config: Mapping[str, Any]) -> list[str]:
         f"followed by cosine decay, for up to {config['epochs']} epochs per fold"
         + (f", stopping a fold early after {config['patience']} epochs without improvement" if config.get("patience")
            else "") + ".")
-    sentences.append(f"The model kept from each fold is the epoch with the best validation {config['monitor']}; "
-                     "epoch 0, the model before any training (zero-shot), competed as well.")
+    sentences.append(_selection(config))
+    if config.get("calibrate") == "temperature":
+        sentences.append("Each fold model's probabilities were calibrated by temperature scaling (one temperature "
+                         "fitted by minimising the negative log-likelihood, Guo et al. 2017) on "
+                         + ("its inner validation split" if _selected_on(config) == "inner"
+                            else "its own validation images") + "; predictions were unchanged.")
     return sentences
+
+
+def _selected_on(config: Mapping[str, Any]) -> str:
+    """--select-on; a config from before it existed chose on the validation fold."""
+    return config.get("select_on", "fold")
+
+
+def _selection(config: Mapping[str, Any]) -> str:
+    """What chose each fold's model, and what that means for the reported numbers."""
+    on = _selected_on(config)
+    if on == "inner":
+        return (f"Each training fold was split once more, stratified"
+                + (" and by patient" if config.get("groups_file") or config.get("group_regex")
+                   or config.get("group_by", "none") != "none" else "")
+                + f", into an inner training part and an inner validation part (at least "
+                f"{_percent(config['inner_val_fraction'])}, at least one image per class); the model trained on the "
+                f"inner training part, and the epoch with the best inner-validation {config['monitor']} was kept "
+                "(epoch 0, the untrained zero-shot model, competed as well)"
+                + (", which also decided early stopping" if config.get("patience") else "")
+                + ". The validation images of the fold were never used to choose anything, so the fold and pooled "
+                "estimates are not biased by model selection.")
+    if on == "last":
+        return ("The model kept from each fold is the one after the last epoch: no epoch was chosen, so the "
+                "validation images played no part in choosing the model.")
+    return (f"The model kept from each fold is the epoch with the best validation {config['monitor']}, chosen on "
+            "the same images that are scored (epoch 0, the model before any training, competed as well); the "
+            "reported numbers are therefore optimistic.")
 
 
 def _statistics(summary: Mapping[str, Any]) -> list[str]:
@@ -188,9 +219,12 @@ def _statistics(summary: Mapping[str, Any]) -> list[str]:
                          f"({settings['n_resamples']} resamples of {settings['resampled_unit']}s, seed "
                          f"{settings['seed']}) of the pooled out-of-fold"
                          + (" and test-set" if summary.get("test_ci") else "") + " predictions.")
-    if summary.get("operating_point"):
-        sentences.append(f"The decision threshold for {summary['operating_point']['positive_class']} was chosen "
-                         "on the pooled out-of-fold predictions by Youden's J.")
+    point = summary.get("operating_point")
+    if point:
+        where = ("inner validation predictions and then applied to the out-of-fold" if "inner_sensitivity" in point
+                 else "out-of-fold")
+        sentences.append(f"The decision threshold for {point['positive_class']} was chosen on the pooled {where} "
+                         "predictions by Youden's J.")
     return sentences
 
 
@@ -244,5 +278,13 @@ def chinese_summary(config: Mapping[str, Any], folds: Mapping[str, Any], summary
             f"{text.base}（{'随机初始化' if text.pretrained is False else '预训练权重'}），输入尺寸 "
             f"{config['img_size']} 像素，{sampling}。优化器 AdamW（学习率 {config['learning_rate']:g}，权重衰减 "
             f"{config['weight_decay']:g}），线性预热 {config['warmup_epochs']:g} 个 epoch 后余弦衰减，每折最多 "
-            f"{config['epochs']} 个 epoch；每折按验证集 {config['monitor']} 选择最佳 epoch（第 0 个 epoch 即未训练的"
-            "零样本模型也参与选择）。")
+            f"{config['epochs']} 个 epoch；{CHINESE_SELECTION[_selected_on(config)].format(monitor=config['monitor'])}")
+
+
+CHINESE_SELECTION = {
+    "inner": "每折的训练集再分层划分出内部验证集，按内部验证集的 {monitor} 选择最佳 epoch（第 0 个 epoch 即未训练的"
+             "零样本模型也参与选择）；该折的验证集只用于评分，不参与任何选择，因此估计没有选择偏差。",
+    "last": "每折保留最后一个 epoch 的模型，不做选择，验证集不参与模型选择。",
+    "fold": "每折按验证集 {monitor} 选择最佳 epoch（第 0 个 epoch 即未训练的零样本模型也参与选择）；选择与评分用的是"
+            "同一批图像，因此结果偏乐观。",
+}

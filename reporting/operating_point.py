@@ -14,10 +14,12 @@ from sklearn.metrics import roc_curve
 
 POSITIVE = 1  # the second class (sorted folder names) is the positive one
 RULE = "maximum of Youden's J (sensitivity + specificity - 1) on the pooled out-of-fold predictions"
+INNER_RULE = ("maximum of Youden's J (sensitivity + specificity - 1) on the pooled inner validation "
+              "predictions (the images that chose each fold's epoch)")
 
 
 def youden_operating_point(y_true: Sequence[int] | np.ndarray, probs: np.ndarray,
-                           class_names: Sequence[str]) -> dict[str, Any] | None:
+                           class_names: Sequence[str], rule: str = RULE) -> dict[str, Any] | None:
     """Threshold, sensitivity and specificity at the best Youden's J; None unless two classes are both present."""
     y_true = np.asarray(y_true)
     if len(class_names) != 2 or len(np.unique(y_true)) < 2:
@@ -25,7 +27,7 @@ def youden_operating_point(y_true: Sequence[int] | np.ndarray, probs: np.ndarray
     fpr, tpr, thresholds = roc_curve(y_true == POSITIVE, np.asarray(probs)[:, POSITIVE])
     youden = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)  # roc_curve's first threshold is +inf
     best = int(np.argmax(youden))
-    return {"positive_class": class_names[POSITIVE], "rule": RULE, "threshold": float(thresholds[best]),
+    return {"positive_class": class_names[POSITIVE], "rule": rule, "threshold": float(thresholds[best]),
             "sensitivity": float(tpr[best]), "specificity": float(1 - fpr[best]), "youden_j": float(youden[best])}
 
 

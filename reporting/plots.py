@@ -157,32 +157,46 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
 
 
 def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], monitor: str,
-                         out_path: str | os.PathLike) -> Path:
+                         out_path: str | os.PathLike, selection: str = "fold") -> Path:
     """Per fold: training and validation loss (left) and the monitored metric (right) by epoch.
 
     ``histories`` maps a fold number to its ``history.json`` rows. Keys missing from a row, or
     NaN, are left out of that curve, so an epoch-0 (zero-shot) row shows on the validation
-    curves only. The star marks the best epoch in the monitored metric's direction.
+    curves only. The star marks the epoch ``selection`` (--select-on) chose: the best of the inner
+    validation curve (dotted; the validation curve is then only scored, not used for choosing), the
+    last epoch, or the best of the validation curve itself.
     """
     watched = metric(monitor, "monitored metric")
     with _picture([]):
         figure = _new_figure(11, 4.2)
         loss_ax, metric_ax = figure.subplots(1, 2)
         colors = matplotlib.colormaps["tab10"]
+        scored = " (not used for choosing)" if selection != "fold" else ""
         for i, (fold, history) in enumerate(sorted(histories.items())):
             color = colors(i % 10)
-            for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
+            for key, style, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation"),
+                                      ("inner_val_loss", ":", "inner validation")):
                 epochs, values = _series(history, key)
                 if epochs:
                     loss_ax.plot(epochs, values, style, color=color, marker=".",
                                  label=f"fold {fold} {label}")
             epochs, values = _series(history, monitor)
+            inner_epochs, inner_values = _series(history, f"inner_{monitor}")
+            if inner_epochs:
+                metric_ax.plot(inner_epochs, inner_values, ":", color=color, marker=".",
+                               label=f"fold {fold} inner validation (chooses)")
             if epochs:
-                metric_ax.plot(epochs, values, "-", color=color, marker=".", label=f"fold {fold}")
-                best = watched.best_of(values)
-                metric_ax.plot(epochs[best], values[best], "*", color=color, markersize=12)
+                metric_ax.plot(epochs, values, "-", color=color, marker=".", label=f"fold {fold}{scored}")
+                if selection == "inner" and inner_epochs:
+                    chosen = inner_epochs[watched.best_of(inner_values)]
+                elif selection == "last":
+                    chosen = epochs[-1]
+                else:
+                    chosen = epochs[watched.best_of(values)]
+                if chosen in epochs:
+                    metric_ax.plot(chosen, values[epochs.index(chosen)], "*", color=color, markersize=12)
         loss_ax.set(title="Loss", xlabel="epoch", ylabel="loss")
-        metric_ax.set(title=f"Validation {watched.label} (★ best)", xlabel="epoch", ylabel=watched.label)
+        metric_ax.set(title=f"Validation {watched.label} (★ chosen epoch)", xlabel="epoch", ylabel=watched.label)
         for ax in (loss_ax, metric_ax):
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)

@@ -23,8 +23,9 @@ from reporting.methods import methods_section
 from reporting.patients import patient_table
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
                              plot_roc_curves)
-from reporting.summary import (interval_note, is_cross_validation, operating_point_note, per_class_table,
-                               pooled_name, summary_table, test_metrics_of)
+from reporting.summary import (OPTIMISTIC_LABEL, interval_note, is_cross_validation, operating_point_note,
+                               per_class_table, pooled_name, selection_note, selection_of, summary_table,
+                               test_metrics_of)
 from reporting.tables import render_markdown
 from utils.errors import UserError, exit_status
 from utils.io import atomic_write, read_json
@@ -69,7 +70,7 @@ def write_plots(run_dir: str | os.PathLike, summary: Mapping[str, Any],
         return plots_dir / f"{name}.png"
 
     if histories:
-        plot_learning_curves(histories, summary["monitor"], target("learning_curves"))
+        plot_learning_curves(histories, summary["monitor"], target("learning_curves"), selection_of(summary)["on"])
     plot_confusion_matrix(summary["oof"]["confusion_matrix"], names, target("confusion_matrix"),
                           title=f"Confusion matrix ({pooled})")
     plot_roc_curves(oof_y_true, oof_probs, names, target("roc_curves"),
@@ -97,26 +98,32 @@ def _introduction(summary: Mapping[str, Any]) -> list[str]:
     names = list(summary["class_names"])
     design = (f"{summary['n_splits']}-fold cross-validation" if is_cross_validation(summary)
               else "one train/validation split")
+    on = selection_of(summary)["on"]
+    chosen = ("each fold's model is its last epoch's" if on == "last"
+              else f"the best epoch of each fold is chosen on **{summary['monitor']}** of "
+                   + ("an inner validation split of its training images" if on == "inner"
+                      else "its own validation images (optimistic)"))
     return [f"# Results: {summary.get('image_encoder', '?')} + {summary.get('text_encoder', '?')}", "",
-            f"{design}, {len(names)} classes ({', '.join(names)}); the best epoch of each fold is chosen "
-            f"on **{summary['monitor']}**; wall time {summary.get('wall_time_s', math.nan):.0f} s.", ""]
+            f"{design}, {len(names)} classes ({', '.join(names)}); {chosen}; wall time "
+            f"{summary.get('wall_time_s', math.nan):.0f} s.", ""]
 
 
 def _summary_section(summary: Mapping[str, Any]) -> list[str]:
     folds = summary["folds"]
-    note = ("Fold scores are measured at the epoch chosen on those same validation images, so they "
-            "lean optimistic.")
+    note = selection_note(summary)
     if test_metrics_of(summary) is not None:
         note += (" The held-out test column is the ensemble of the fold models (mean probabilities) on "
                  "images no fold saw in training or model selection: it is the unbiased estimate.")
     else:
-        note += " Hold out a test set (--test-fraction) for an unbiased estimate."
+        note += (" Holding out a test set (--test-fraction) adds an estimate, for the ensemble of the fold models, "
+                 "on images no fold saw at all.")
     untrained = [str(f["fold"]) for f in folds if f["best_epoch"] == 0]
     if untrained:
         note += (f" **Fold(s) {', '.join(untrained)}: the best epoch is 0, the untrained model** — training "
                  "never improved on it, so those numbers are the zero-shot model's.")
     statistics = [line for line in (interval_note(summary), operating_point_note(summary)) if line]
-    return ["## Summary", "", render_markdown(summary_table(summary)), "",
+    label = [f"*All numbers below: {OPTIMISTIC_LABEL}.*", ""] if selection_of(summary)["optimistic"] else []
+    return ["## Summary", "", *label, render_markdown(summary_table(summary)), "",
             "Best epochs: " + ", ".join(f"fold {f['fold']}: {f['best_epoch']}" for f in folds) + ".", "",
             note, ""] + [line for text in statistics for line in (text, "")]
 

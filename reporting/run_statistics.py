@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from reporting.confidence import bootstrap_intervals
-from reporting.operating_point import at_threshold, youden_operating_point
+from reporting.operating_point import INNER_RULE, at_threshold, youden_operating_point
 
 
 def interval_keys(prefix: str, y_true: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int,
@@ -23,10 +23,23 @@ def interval_keys(prefix: str, y_true: np.ndarray, probs: np.ndarray, n_resample
 
 
 def pooled_statistics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], n_resamples: int,
-                      seed: int, groups: Sequence[Any] | None = None) -> dict[str, Any]:
-    """CIs of the pooled out-of-fold metrics and, for two classes, the Youden operating point."""
+                      seed: int, groups: Sequence[Any] | None = None,
+                      chooser: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """CIs of the pooled out-of-fold metrics and, for two classes, the Youden operating point.
+
+    ``chooser``: labels and probabilities of other images (the folds' inner validation splits) on which
+    the threshold is chosen; the out-of-fold numbers are then read at it. Without it the threshold is
+    chosen on the out-of-fold predictions themselves.
+    """
     found = interval_keys("oof_", y_true, probs, n_resamples, seed, groups)
-    point = youden_operating_point(y_true, probs, class_names)
+    if chooser is None:
+        point = youden_operating_point(y_true, probs, class_names)
+    else:
+        point = youden_operating_point(*chooser, class_names, INNER_RULE)
+        if point is not None:
+            point = {**point, **{f"inner_{key}": point[key] for key in ("sensitivity", "specificity", "youden_j")},
+                     **at_threshold(y_true, probs, point["threshold"])}
+            del point["youden_j"]  # the out-of-fold J at a threshold chosen elsewhere is not a maximum
     if point is not None:
         found["operating_point"] = point
     return found

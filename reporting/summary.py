@@ -26,6 +26,34 @@ def pooled_name(summary: Mapping[str, Any]) -> str:
     return POOLED_CV if is_cross_validation(summary) else POOLED_HOLDOUT
 
 
+# A summary without "selection" comes from a run made before issue 21: it chose on the scored fold.
+SELECTION_SETS = {"inner": "inner validation splits", "fold": "scored validation images"}
+FOLD_SELECTION = {"on": "fold", "inner_val_fraction": None, "optimistic": True}
+OPTIMISTIC_LABEL = "selected on the scored fold — optimistic"
+
+
+def selection_of(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What chose each fold's model: ``on`` (inner, last or fold), ``inner_val_fraction``, ``optimistic``."""
+    return dict(summary.get("selection") or FOLD_SELECTION)
+
+
+def selection_note(summary: Mapping[str, Any]) -> str:
+    """One sentence on what the fold scores mean, given what chose each fold's model."""
+    selection = selection_of(summary)
+    pooled = pooled_name(summary)
+    if selection["on"] == "inner":
+        return (f"Each fold's epoch (and anything else chosen: early stopping, temperature, threshold) was chosen "
+                f"on an inner validation split of its training images (at least "
+                f"{100 * selection['inner_val_fraction']:g}%); the validation images were only scored, so the fold "
+                f"and {pooled} scores carry no selection bias.")
+    if selection["on"] == "last":
+        return ("No epoch was chosen: each fold's model is the one after the last epoch, so the validation images "
+                "played no part in choosing it.")
+    return (f"**{OPTIMISTIC_LABEL.capitalize()}:** fold scores are measured at the epoch chosen on those same "
+            "validation images, so they, and every number made from them, lean optimistic; --select-on inner "
+            "(the default) chooses on images that are not scored.")
+
+
 def test_metrics_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     """The held-out test metrics of ``summary['test']`` (flat, or nested under ``metrics``), if any."""
     test = summary.get("test")
@@ -109,6 +137,10 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     """The summary table as plain columns for the console and the log, with the best epochs."""
     folds = summary["folds"]
     notes = [note for note in (interval_note(summary), operating_point_note(summary)) if note]
+    selection = selection_of(summary)
+    chosen = (f"chosen on {summary['monitor']} of the {SELECTION_SETS[selection['on']]}" if selection["on"] != "last"
+              else "the last epochs: nothing chosen")
     return "\n".join([render_text(summary_table(summary)), *notes,
+                      *([OPTIMISTIC_LABEL.capitalize() + "."] if selection["optimistic"] else []),
                       f"best epochs: {', '.join(str(f['best_epoch']) for f in folds)}  "
-                      f"(chosen on {summary['monitor']}); wall time {summary['wall_time_s']:.0f}s"])
+                      f"({chosen}); wall time {summary['wall_time_s']:.0f}s"])

@@ -18,7 +18,7 @@ from utils.io import CheckpointError, load_checkpoint, save_checkpoint
 
 def run_args(data: Path, text_encoder: Path, out: Path, log: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "starnet_s050",
-            "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--use-cv",
+            "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--use-cv",
             "--n-splits", "2", "--output-dir", str(out), "--log-file", str(log), *extra]
 
 
@@ -136,7 +136,7 @@ def test_batch_size_larger_than_a_training_fold(tmp_path, tiny_text_encoder, pre
     args = run_args(tmp_path / "data", tiny_text_encoder, out, tmp_path / "l.log")
     args[args.index("--batch-size") + 1] = "64"
     line = fails_cleanly(args, previous_run, capsys)
-    assert "--batch-size 64" in line and "smallest training fold (4 images)" in line
+    assert "--batch-size 64" in line and "smallest training fold (2 images after its inner validation split)" in line
 
 
 def test_checkpoint_with_unexpected_content_is_refused(tmp_path):

@@ -282,6 +282,11 @@ def test_missing_config_file(tmp_path):
     (["--data-csv", "labels.csv"], "--data-dir and --data-csv exclude each other"),
     (["--group-regex", "(P\\d+)", "--group-by", "dicom"], "--groups-file, --group-regex and --group-by exclude each other"),
     (["--group-by", "patient"], "--group-by: invalid choice 'patient'"),
+    (["--select-on", "test"], "--select-on: invalid choice 'test'"),
+    (["--inner-val-fraction", "0"], "--inner-val-fraction must be between 0 and 1"),
+    (["--select-on", "last", "--patience", "3"], "--patience needs a choice of epoch"),
+    (["--select-on", "last", "--calibrate", "temperature"], "--calibrate temperature needs images to fit it on"),
+    (["--calibrate", "platt"], "--calibrate: invalid choice 'platt'"),
 ])
 def test_value_checks_name_the_flag(argv, message):
     if argv:

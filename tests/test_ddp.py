@@ -239,7 +239,7 @@ def test_each_process_loads_a_disjoint_share_of_the_same_weighted_epoch():
     def batches(processes: Distributed) -> tuple[list, list]:
         run = fake_run(labels, cfg)
         run.processes = processes
-        train_loader, val_loader, sampler = make_loaders(run, fold, torch.Generator().manual_seed(7))
+        train_loader, val_loader, _, sampler = make_loaders(run, fold, torch.Generator().manual_seed(7))
         sampler.set_epoch(3)
         train = [(indices.tolist(), images) for images, _, indices in train_loader]
         return train, [i for _, _, batch in val_loader for i in batch.tolist()]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data.folder import DataError
-from data.folds import check_class_sizes, make_folds, make_holdout_split
+from data.folds import Fold, check_class_sizes, make_folds, make_holdout_split, with_inner_split
 
 # Imbalanced on purpose: 23 / 11 / 6 images, so stratification is visible in every fold.
 LABELS = [0] * 23 + [1] * 11 + [2] * 6
@@ -87,3 +87,29 @@ def test_check_class_sizes_names_only_the_small_class():
 def test_check_class_sizes_counts_a_class_without_images():
     with pytest.raises(DataError, match=r"cat_b \(0\)"):
         check_class_sizes(np.array([0] * 5 + [2] * 5), CLASS_NAMES, 2)
+
+
+def test_the_inner_split_is_stratified_within_the_training_fold_and_keeps_patients_whole():
+    groups = [f"P{p:02d}" for p in range(30) for _ in range(3)]
+    labels = [int(p % 3 == 0) for p in range(30) for _ in range(3)]  # a patient's images share its class
+    fold = make_folds(labels, 5, 42, groups)[0]
+    inner = with_inner_split(fold, labels, ["a", "b"], 0.15, 42, groups)
+    assert inner.train_idx == fold.train_idx and inner.val_idx == fold.val_idx
+    assert set(inner.inner_val_idx) <= set(fold.train_idx)
+    assert sorted(inner.fit_idx + inner.inner_val_idx) == fold.train_idx
+    assert not {groups[i] for i in inner.fit_idx} & {groups[i] for i in inner.inner_val_idx}
+    assert {labels[i] for i in inner.inner_val_idx} == {0, 1}
+    assert 0.05 <= len(inner.inner_val_idx) / len(fold.train_idx) <= 0.3
+    # Deterministic: every torchrun process and every --resume computes the same split.
+    assert with_inner_split(fold, labels, ["a", "b"], 0.15, 42, groups) == inner
+    assert with_inner_split(make_folds(labels, 5, 42, groups)[1], labels, ["a", "b"], 0.15, 42,
+                            groups).inner_val_idx != inner.inner_val_idx
+
+
+def test_a_small_training_fold_holds_out_one_image_per_class_and_too_small_a_fold_names_the_flag():
+    labels = [0, 1, 2] * 4
+    fold = Fold(1, list(range(12)), [])
+    inner = with_inner_split(fold, labels, ["a", "b", "c"], 0.15, 0)
+    assert sorted(labels[i] for i in inner.inner_val_idx) == [0, 1, 2]  # 15% of 12 would be 2 images
+    with pytest.raises(DataError, match=r"--inner-val-fraction 0\.15: fold 1's 3 training images"):
+        with_inner_split(Fold(1, [0, 1, 2], []), labels, ["a", "b", "c"], 0.15, 0)

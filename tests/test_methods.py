@@ -82,9 +82,21 @@ def test_sampling_optimiser_schedule_and_selection_follow_the_config():
                                      monitor="roc_auc", augmentation="minimal"), folds(5), summary())
     assert "learning rate 3e-05, multiplied for the image backbone ×0.1" in tuned
     assert "warm-up over 2 epoch(s) followed by cosine decay, for up to 40 epochs" in tuned
-    assert "after 6 epochs without improvement" in tuned and "best validation roc_auc" in tuned
-    assert "epoch 0, the model before any training (zero-shot), competed" in tuned
+    assert "after 6 epochs without improvement" in tuned and "best inner-validation roc_auc" in tuned
+    assert "epoch 0, the untrained zero-shot model, competed" in tuned and "which also decided early" in tuned
     assert "small random affine jitter" in tuned and "horizontal flips" not in tuned
+
+
+def test_the_selection_protocol_is_stated_for_each_select_on():
+    inner = methods_paragraph(config(inner_val_fraction=0.2), folds(5), summary())
+    assert "inner validation part (at least 20%" in inner and "never used to choose anything" in inner
+    assert "optimistic" not in inner
+    last = methods_paragraph(config(select_on="last"), folds(5), summary())
+    assert "the one after the last epoch" in last and "inner" not in last
+    fold = methods_paragraph(config(select_on="fold", monitor="roc_auc"), folds(5), summary())
+    assert "best validation roc_auc, chosen on the same images that are scored" in fold and "optimistic" in fold
+    calibrated = methods_paragraph(config(calibrate="temperature"), folds(5), summary())
+    assert "temperature scaling" in calibrated and "on its inner validation split" in calibrated
 
 
 def test_software_and_intervals_are_stated_when_recorded():

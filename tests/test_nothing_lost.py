@@ -37,7 +37,7 @@ def checksums(root: Path) -> dict[str, str]:
 def train_args(data: Path, out: Path, log: Path, text_encoder: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(log),
             "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{text_encoder}", "--img-size", "16",
-            "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--use-cv", "--n-splits", "2", *extra]
+            "--epochs", "1", "--batch-size", "2", "--num-workers", "0", "--use-cv", "--n-splits", "2", *extra]
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

@@ -248,3 +248,40 @@ def test_reliability_diagram_shows_the_bins_the_ece_averages(tmp_path: Path) -> 
     assert gaps.sum() == pytest.approx(classification_metrics(y, probs)["ece"])
     assert ((bins.left <= bins.confidence) & (bins.confidence <= bins.left + 1 / 15)).all()
     assert_png(plots.plot_reliability_diagram(y, probs, tmp_path / "reliability.png"))
+
+
+def test_the_report_and_console_say_what_chose_each_fold_model(tmp_path: Path) -> None:
+    y, probs = fake_predictions()
+    summary = fake_summary(y, probs) | {"wall_time_s": 1.0}
+    texts = {}
+    for on in ("inner", "last", "fold"):
+        summary["selection"] = {"on": on, "inner_val_fraction": 0.15 if on == "inner" else None,
+                                "optimistic": on == "fold"}
+        texts[on] = (write_report(tmp_path, summary, {}).read_text(encoding="utf-8"), format_summary_table(summary))
+    label = "selected on the scored fold — optimistic"
+    assert "inner validation split of its training images (at least 15%)" in texts["inner"][0]
+    assert "last epoch" in texts["last"][0] and "nothing chosen" in texts["last"][1]
+    for on in ("inner", "last"):
+        assert "optimistic" not in texts[on][0] and label not in texts[on][1].lower()
+    report, console = texts["fold"]
+    assert f"*All numbers below: {label}.*" in report and "lean optimistic" in report
+    assert label in console.lower()
+    # A summary from before --select-on chose on the scored fold: it is labelled so too.
+    del summary["selection"]
+    assert label in write_report(tmp_path, summary, {}).read_text(encoding="utf-8")
+
+
+def test_under_inner_selection_the_threshold_is_chosen_on_the_inner_predictions_and_read_on_the_pooled() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    probs = np.column_stack([1 - scores, scores])
+    # The inner predictions separate perfectly at 0.35; the pooled ones are read there, not at their own best.
+    inner_y = np.array([0, 0, 1, 1])
+    inner_scores = np.array([0.2, 0.3, 0.35, 0.5])
+    pooled = pooled_statistics(y, probs, ["absent", "present"], n_resamples=0, seed=0,
+                               chooser=(inner_y, np.column_stack([1 - inner_scores, inner_scores])))
+    point = pooled["operating_point"]
+    assert point["threshold"] == pytest.approx(0.35) and "inner validation" in point["rule"]
+    assert (point["inner_sensitivity"], point["inner_specificity"]) == (1.0, 1.0)
+    # At 0.35 the pooled predictions call 0.4, 0.6, 0.7, 0.8, 0.9 positive: 4/4 sensitivity, 3/4 specificity.
+    assert (point["sensitivity"], point["specificity"]) == (1.0, 0.75)

@@ -74,12 +74,15 @@ def test_test_metrics_are_the_mean_of_the_fold_models(run_with_test_set):
     assert classification_metrics(y_true, probs)["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
     summary = read(out / "cv_summary.json")
     assert summary["test"]["accuracy"] == report["metrics"]["accuracy"]
-    # Each fold's best checkpoint is the epoch the summary names, chosen on --monitor.
+    # Each fold's best checkpoint is the epoch the summary names, chosen on --monitor of the inner
+    # validation split (the first of equals), and the fold's numbers are that epoch's.
     for fold in summary["folds"]:
         best = load_checkpoint(out / f"fold_{fold['fold']}" / "checkpoint_best.pth")
         assert best["epoch"] == fold["best_epoch"]
         history = read(out / f"fold_{fold['fold']}" / "history.json")
-        assert max(row["macro_f1"] for row in history) == fold["metrics"]["macro_f1"]
+        inner = [row["inner_macro_f1"] for row in history]
+        assert fold["best_epoch"] == history[inner.index(max(inner))]["epoch"]
+        assert history[fold["best_epoch"]]["macro_f1"] == fold["metrics"]["macro_f1"]
 
 
 def test_pooled_and_test_metrics_have_seeded_confidence_intervals(run_with_test_set):
@@ -101,7 +104,7 @@ def test_report_ends_with_the_methods_of_this_run(run_with_test_set):
     assert "30 images in 3 classes: a (10), b (10), c (10)" in methods
     assert "30% of the images (9) was held out" in methods and "stratified 3-fold" in methods
     assert "image encoder starnet_s050 (randomly initialised)" in methods and "32×32 pixels" in methods
-    assert "best validation macro_f1" in methods and "for up to 2 epochs" in methods
+    assert "best inner-validation macro_f1" in methods and "for up to 2 epochs" in methods
     environment = read(out / "cv_summary.json")["environment"]
     assert f"torch {environment['versions']['torch']}" in methods and "trained on cpu" in methods
 
@@ -126,9 +129,10 @@ def test_tensorboard_logs_every_epoch_of_every_fold(tmp_path, tiny_text_encoder)
     out = tmp_path / "out"
     assert train_clip.main(["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(tmp_path / "l.log"),
                             "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32", "--epochs", "2",
-                            "--batch-size", "4", "--num-workers", "0", "--use-cv", "--n-splits", "2",
+                            "--batch-size", "2", "--num-workers", "0", "--use-cv", "--n-splits", "2",
                             "--tensorboard"]) == 0
     for fold in (1, 2):
         events = EventAccumulator(str(out / "tensorboard" / f"fold_{fold}")).Reload()
         assert [e.step for e in events.Scalars("balanced_accuracy")] == [0, 1, 2]
         assert [e.step for e in events.Scalars("train_loss")] == [1, 2]
+        assert [e.step for e in events.Scalars("inner_balanced_accuracy")] == [0, 1, 2]

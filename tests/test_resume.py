@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def base_args(data: Path, text_encoder: Path, epochs: int = 3) -> list[str]:
     return ["--data-dir", str(data), "--text-encoder", f"hf:{text_encoder}", "--image-encoder", "starnet_s050",
-            "--img-size", "32", "--epochs", str(epochs), "--batch-size", "4", "--num-workers", "0",
+            "--img-size", "32", "--epochs", str(epochs), "--batch-size", "2", "--num-workers", "0",
             "--use-cv", "--n-splits", "2", "--learning-rate", "1e-3", "--augmentation", "standard",
             "--use-weighted-sampling"]
 
@@ -289,7 +289,7 @@ def test_out_of_memory_in_a_fold_names_the_batch_size_that_fits(tmp_path, tiny_t
 
     monkeypatch.setattr(training.fold, "train_one_epoch", out_of_memory)
     args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(tmp_path / "run"),
-                                                            "--log-file", str(tmp_path / "l.log")]
+                                                            "--log-file", str(tmp_path / "l.log"), "--batch-size", "4"]
     assert train_clip.main(args) == 2
     err = capsys.readouterr().err
     # The probe runs real forward/backward passes at half the batch size, which fit on the CPU.

@@ -101,8 +101,9 @@ def test_make_loaders_weights_the_training_fold_only():
     fold = Fold(1, train_idx=list(range(8)) + [10, 11], val_idx=[8, 9] + list(range(12, 20)))
     cfg = TrainConfig(data_dir="unused", use_weighted_sampling=True, weight_method="inverse_freq",
                       batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    train_loader, val_loader, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold,
-                                                               torch.Generator().manual_seed(0))
+    train_loader, val_loader, inner_loader, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold,
+                                                                             torch.Generator().manual_seed(0))
+    assert inner_loader is None  # no inner split in this fold
     assert train_loader.sampler is seeded  # yields (position, augmentation seed) keys
     sampler = seeded.base
     assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
@@ -118,5 +119,17 @@ def test_make_loaders_without_weighted_sampling_shuffles_uniformly():
     labels = [0] * 10 + [1] * 10
     fold = Fold(1, train_idx=list(range(0, 20, 2)), val_idx=list(range(1, 20, 2)))
     cfg = TrainConfig(data_dir="unused", batch_size=4, num_workers=0, img_size=16, augmentation="none")
-    _, _, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
+    _, _, _, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold, torch.Generator().manual_seed(0))
     assert isinstance(seeded.base, torch.utils.data.RandomSampler)
+
+
+def test_the_model_trains_on_the_training_fold_less_its_inner_split_which_is_scored_in_order():
+    labels = [0] * 10 + [1] * 10
+    fold = Fold(1, train_idx=list(range(0, 20, 2)), val_idx=list(range(1, 20, 2)), inner_val_idx=[4, 14])
+    cfg = TrainConfig(data_dir="unused", batch_size=4, num_workers=0, img_size=16, augmentation="none")
+    train_loader, _, inner_loader, seeded = training.fold.make_loaders(fake_run(labels, cfg), fold,
+                                                                       torch.Generator().manual_seed(0))
+    assert len(seeded.base) == len(fold.train_idx) - 2
+    seen = {int(index) for _, _, indices in train_loader for index in indices}
+    assert seen <= set(fold.train_idx) - {4, 14}
+    assert [int(i) for _, _, batch in inner_loader for i in batch] == [4, 14]

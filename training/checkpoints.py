@@ -243,6 +243,12 @@ class FoldCheckpoints:
             **self._state(model, epoch, metrics, final=False), **training, "fold_state": fold_state,
             "rng": capture_rng(sampler_generator)})
 
+    def set_temperature(self, temperature: float) -> None:
+        """Store the fold's fitted temperature (--calibrate) in ``checkpoint_best.pth``, which predict.py
+        and the test ensemble divide the model's logits by."""
+        path = self.run_dir.best_checkpoint(self.fold)
+        save_checkpoint(path, {**load_checkpoint(path), "temperature": temperature})
+
     def has_latest(self) -> bool:
         return self.run_dir.latest_checkpoint(self.fold).is_file()
 

@@ -101,7 +101,8 @@ class TrainConfig:
     warmup_epochs: float = _opt(1.0, "Linear learning-rate warm-up before the cosine decay, in epochs.",
                                 "training")
     seed: int = _opt(42, "Seed of model initialisation, sampling and augmentation.", "training")
-    monitor: str = _opt("balanced_accuracy", "Validation metric that picks checkpoint_best.pth.",
+    monitor: str = _opt("balanced_accuracy", "Metric that picks checkpoint_best.pth (on the images of "
+                        "--select-on).",
                         "training", choices=MONITOR_METRICS)
     save_best: bool = _opt(True, "Do not write checkpoint_best.pth.", "training", flag="--no-save-best",
                            negate=True)
@@ -111,6 +112,17 @@ class TrainConfig:
                                  choices=("float32", "bfloat16", "float16"))
     patience: int = _opt(0, "Stop a fold after this many epochs without improvement of --monitor "
                          "(0: never stop early).", "training")
+    select_on: str = _opt("inner", "What chooses each fold's epoch (and early stopping, the fitted temperature, "
+                          "the two-class threshold): inner, a split of the training fold (--inner-val-fraction) "
+                          "the scored images never join; last, no choice (the last epoch); fold, the scored "
+                          "validation images themselves (optimistic, for comparison only).", "training",
+                          choices=("inner", "last", "fold"))
+    inner_val_fraction: float = _opt(0.15, "With --select-on inner: the fraction of each training fold held out "
+                                     "to choose on (stratified, whole patients when grouped; at least one image per class).", "training")
+    calibrate: str = _opt("none", "temperature: fit one softmax temperature per fold on the images that chose "
+                          "the model (the inner split; the fold itself with --select-on fold) and apply it to "
+                          "its probabilities; predictions (argmax) are unchanged.", "training",
+                          choices=("none", "temperature"))
     deterministic: bool = _opt(False, "Use deterministic algorithms only (slower on GPU): two runs with "
                                "the same seed give the same numbers.", "training")
     # cross-validation
@@ -421,6 +433,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.bootstrap_resamples >= 0,
            f"--bootstrap-resamples must be non-negative, got {cfg.bootstrap_resamples}")
     _check(cfg.patience >= 0, f"--patience must be non-negative, got {cfg.patience}")
+    _check(0 < cfg.inner_val_fraction < 1,
+           f"--inner-val-fraction must be between 0 and 1, got {cfg.inner_val_fraction}")
+    _check(cfg.select_on != "last" or cfg.patience == 0,
+           "--patience needs a choice of epoch: --select-on inner or fold (last trains every --epochs)")
+    _check(cfg.select_on != "last" or cfg.calibrate == "none",
+           "--calibrate temperature needs images to fit it on: --select-on inner (or fold)")
     _check(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other")
     _check(cfg.save_best or cfg.test_fraction == 0,
            "--test-fraction needs the best checkpoints: drop --no-save-best")

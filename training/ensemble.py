@@ -17,6 +17,7 @@ import torch
 
 from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
+from reporting.calibration import apply_temperature
 from training.checkpoints import SharedFiles, full_model_state
 from utils.device import autocast, to_device
 from utils.io import CheckpointError, load_checkpoint
@@ -32,12 +33,13 @@ class FoldModel:
     model: CLIPClassifier
     class_emb: torch.Tensor
     scale: torch.Tensor
+    temperature: float = 1.0  # --calibrate temperature: fitted after training, stored in the checkpoint
 
     @classmethod
     @torch.no_grad()
-    def prepare(cls, model: CLIPClassifier, fold: int = 0) -> FoldModel:
+    def prepare(cls, model: CLIPClassifier, fold: int = 0, temperature: float = 1.0) -> FoldModel:
         model.eval()
-        return cls(fold, model, model.encode_classes(), model.scale())
+        return cls(fold, model, model.encode_classes(), model.scale(), temperature)
 
 
 @torch.no_grad()
@@ -52,9 +54,10 @@ def image_logits(fold_model: FoldModel, images: torch.Tensor, device: torch.devi
 @torch.no_grad()
 def ensemble_probs(models: Sequence[FoldModel], images: torch.Tensor, device: torch.device,
                    amp_dtype: torch.dtype | None) -> np.ndarray:
-    """Mean over ``models`` of each one's class probabilities for a batch."""
-    total = sum(image_logits(m, images, device, amp_dtype).softmax(dim=1) for m in models)
-    return (total / len(models)).cpu().numpy()
+    """Mean over ``models`` of each one's class probabilities (calibrated with its temperature) for a batch."""
+    # apply_temperature is the trainer's own calibration, so a test set scores the same here and there.
+    return np.mean([apply_temperature(image_logits(m, images, device, amp_dtype).softmax(dim=1).cpu().numpy(),
+                                      m.temperature) for m in models], axis=0)
 
 
 def load_fold_model(fold: int, path: Path, device: torch.device, class_texts: list[list[str]] | None = None,
@@ -86,7 +89,8 @@ def load_fold_model(fold: int, path: Path, device: torch.device, class_texts: li
     model.to(device).eval()
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
-    fold_model = FoldModel.prepare(model, fold)
+    temperature = float(state.get("temperature", 1.0))
+    fold_model = FoldModel.prepare(model, fold, temperature)
     meta = {"class_names": list(state["class_names"]), "img_size": img_size,
-            "config": config, "epoch": state.get("epoch"), "file": path.name}
+            "config": config, "epoch": state.get("epoch"), "file": path.name, "temperature": temperature}
     return fold_model, meta

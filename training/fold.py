@@ -1,4 +1,10 @@
-"""One fold: loaders, the zero-shot epoch 0, the epoch loop, best/latest checkpoints, resumption."""
+"""One fold: loaders, the zero-shot epoch 0, the epoch loop, best/latest checkpoints, resumption.
+
+What chooses the fold's model is ``--select-on``: with ``inner`` (the default) the inner validation
+split of the training fold picks the epoch, stops early and fits the temperature, and the fold's
+validation images are only scored; ``last`` keeps the last epoch; ``fold`` chooses on the scored
+images themselves, which makes every number optimistic (kept for comparison).
+"""
 from __future__ import annotations
 
 import logging
@@ -15,7 +21,8 @@ from data.folds import Fold
 from data.images import CachedImageDataset
 from data.sampling import SeededSampler, weighted_sampler
 from data.transforms import ToModelInput, build_augmentation
-from reporting.metrics import classification_metrics, scalar_metrics
+from reporting.calibration import apply_temperature, fit_temperature
+from reporting.metrics import classification_metrics, expected_calibration_error, scalar_metrics
 from training.checkpoints import FoldCheckpoints, restore_rng
 from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
@@ -25,6 +32,8 @@ from utils.seeding import seed_everything, seed_worker
 
 log = logging.getLogger("train_clip")
 
+SELECTION_SETS = {"inner": "the inner validation split", "last": "none: the last epoch",
+                  "fold": "the validation images it is scored on"}
 UNTRAINED_BEST_WARNING = ("Fold %d: the best epoch is 0, the untrained model: training never improved on it "
                           "(try another --learning-rate or more --epochs); its checkpoint_best.pth is that model")
 
@@ -34,32 +43,51 @@ class FoldState:
     """What evolves during a fold; saved in ``checkpoint_latest.pth`` so a fold can resume."""
 
     epoch: int = -1  # last finished epoch; 0 is the zero-shot evaluation before training
-    best_value: float = math.nan
-    best_epoch: int = -1
-    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_value: float = math.nan  # --monitor on the images that choose (see --select-on)
+    best_epoch: int = -1  # the chosen epoch
+    best_metrics: dict[str, Any] = field(default_factory=dict)  # the fold's validation images, chosen epoch
     best_probs: list[list[float]] = field(default_factory=list)  # validation probabilities, fold order
+    best_inner_probs: list[list[float]] = field(default_factory=list)  # inner validation, fold.inner_val_idx order
     epochs_since_best: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class FoldResult:
+    """The chosen model's numbers; ``val_probs`` and ``inner_probs`` are calibrated with ``temperature``
+    (1: not calibrated), ``uncalibrated_val_probs`` are the model's own."""
+
     number: int
     best_epoch: int
     metrics: dict[str, Any]
     val_idx: list[int]
     val_probs: np.ndarray
+    inner_idx: list[int] = field(default_factory=list)
+    inner_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    temperature: float = 1.0
+    uncalibrated_val_probs: np.ndarray | None = None
+
+    def document(self) -> dict[str, Any]:
+        """``result.json``."""
+        document = {"fold": self.number, "best_epoch": self.best_epoch, "metrics": self.metrics,
+                    "val_probs": self.val_probs.tolist(), "inner_val_probs": self.inner_probs.tolist(),
+                    "temperature": self.temperature}
+        if self.uncalibrated_val_probs is not None:
+            document["uncalibrated_val_probs"] = self.uncalibrated_val_probs.tolist()
+        return document
 
 
-def make_loaders(run: Run, fold: Fold, generator: torch.Generator) -> tuple[DataLoader, DataLoader, SeededSampler]:
-    """Training loader (shuffled or class-weighted, seeded augmentation) and validation loader."""
+def make_loaders(run: Run, fold: Fold,
+                 generator: torch.Generator) -> tuple[DataLoader, DataLoader, DataLoader | None, SeededSampler]:
+    """Training loader (shuffled or class-weighted, seeded augmentation) over the images the model
+    fits, the validation loader and the inner validation loader (None without an inner split)."""
     cfg = run.cfg
     to_input = ToModelInput()
-    train_set = CachedImageDataset(run.cache, fold.train_idx, run.labels,
+    fit_idx = fold.fit_idx
+    train_set = CachedImageDataset(run.cache, fit_idx, run.labels,
                                    build_augmentation(cfg.augmentation, cfg.img_size), to_input)
-    val_set = CachedImageDataset(run.cache, fold.val_idx, run.labels, None, to_input)
     if cfg.use_weighted_sampling:
-        base = weighted_sampler([run.labels[i] for i in fold.train_idx], len(run.images.class_names),
+        base = weighted_sampler([run.labels[i] for i in fit_idx], len(run.images.class_names),
                                 cfg.weight_method, cfg.weight_smooth_factor, generator)
     else:
         base = RandomSampler(train_set, generator=generator)
@@ -74,16 +102,24 @@ def make_loaders(run: Run, fold: Fold, generator: torch.Generator) -> tuple[Data
     if not processes.enabled:
         train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
                                   generator=loader_generator, **common)
-        val_loader = DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, **common)
-        return train_loader, val_loader, sampler
-    # --batch-size is the global batch: each process trains on its share of every step's batch,
-    # and validates a disjoint share of the validation images (gathered in evaluate_fold).
-    shares = ShardedBatchSampler(sampler, cfg.batch_size, drop_last, processes.rank, processes.world_size)
-    train_loader = DataLoader(train_set, batch_sampler=shares, generator=loader_generator, **common)
-    val_share = shard(range(len(val_set)), processes.rank, processes.world_size)
-    val_loader = DataLoader(val_set, batch_size=max(1, cfg.batch_size * 2 // processes.world_size),
-                            sampler=val_share, **common)
-    return train_loader, val_loader, sampler
+    else:
+        # --batch-size is the global batch: each process trains on its share of every step's batch.
+        shares = ShardedBatchSampler(sampler, cfg.batch_size, drop_last, processes.rank, processes.world_size)
+        train_loader = DataLoader(train_set, batch_sampler=shares, generator=loader_generator, **common)
+    inner_loader = scoring_loader(run, fold.inner_val_idx, common) if fold.inner_val_idx else None
+    return train_loader, scoring_loader(run, fold.val_idx, common), inner_loader, sampler
+
+
+def scoring_loader(run: Run, indices: list[int], common: dict[str, Any]) -> DataLoader:
+    """Un-augmented images in order; under torchrun each process scores a disjoint share (gathered in
+    evaluate_fold)."""
+    dataset = CachedImageDataset(run.cache, indices, run.labels, None, ToModelInput())
+    processes = run.processes
+    if not processes.enabled:
+        return DataLoader(dataset, batch_size=run.cfg.batch_size * 2, shuffle=False, **common)
+    share = shard(range(len(dataset)), processes.rank, processes.world_size)
+    return DataLoader(dataset, batch_size=max(1, run.cfg.batch_size * 2 // processes.world_size), sampler=share,
+                      **common)
 
 
 def evaluate_fold(run: Run, val_loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -100,24 +136,41 @@ def is_better(value: float, best: float) -> bool:
     return not math.isnan(value) and (math.isnan(best) or value > best)
 
 
+@dataclass
+class Loaders:
+    """What one epoch scores: the fold's validation images and, with an inner split, the images that choose."""
+
+    val: DataLoader
+    inner: DataLoader | None = None
+
+
 def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict[str, float],
-                 val_loader: DataLoader, started: float, checkpoints: FoldCheckpoints, training: dict[str, Any],
+                 loaders: Loaders, started: float, checkpoints: FoldCheckpoints, training: dict[str, Any],
                  writer: Any = None) -> None:
-    """Validate, update history and best-so-far, write history and checkpoints, log one line."""
+    """Validate, update history and the chosen epoch, write history and checkpoints, log one line."""
     cfg = run.cfg
-    probs, labels, indices, val_loss = evaluate_fold(run, val_loader)
+    probs, labels, indices, val_loss = evaluate_fold(run, loaders.val)
     metrics = classification_metrics(labels, probs)
     row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3), "val_loss": val_loss,
            **scalar_metrics(metrics),
            # Text-tower runs since the fold (or its resumption) began: stays 1 with --freeze-text.
            "text_encoder_calls": run.model.text_encoder_calls}
+    chooser = metrics  # --select-on fold: the scored images themselves
+    if loaders.inner is not None:
+        inner_probs, inner_labels, inner_indices, inner_loss = evaluate_fold(run, loaders.inner)
+        chooser = classification_metrics(inner_labels, inner_probs)
+        row.update({"inner_val_loss": inner_loss, **{f"inner_{k}": v for k, v in scalar_metrics(chooser).items()}})
     state.history.append(row)
     state.epoch = epoch
-    # The first evaluation is the best so far even when the metric is undefined (NaN) there.
-    improved = state.best_epoch < 0 or is_better(metrics[cfg.monitor], state.best_value)
+    # The first evaluation is the best so far even when the metric is undefined (NaN) there; with
+    # --select-on last every epoch replaces the one before.
+    improved = (cfg.select_on == "last" or state.best_epoch < 0
+                or is_better(chooser[cfg.monitor], state.best_value))
     if improved:
-        state.best_value, state.best_epoch, state.best_metrics = metrics[cfg.monitor], epoch, metrics
+        state.best_value, state.best_epoch, state.best_metrics = chooser[cfg.monitor], epoch, metrics
         state.best_probs = probs[np.argsort(indices)].tolist()  # fold.val_idx is sorted too
+        if loaders.inner is not None:
+            state.best_inner_probs = inner_probs[np.argsort(inner_indices)].tolist()
         state.epochs_since_best = 0
     else:
         state.epochs_since_best += 1
@@ -132,14 +185,16 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
             if key != "epoch":
                 writer.add_scalar(key, value, epoch)
         writer.flush()
-    if improved and cfg.save_best:
+    # --select-on last: only the last epoch's model is kept, so it alone is written as the best.
+    if improved and cfg.save_best and (cfg.select_on != "last" or epoch == cfg.epochs):
         checkpoints.save_best(run.model, epoch, scalar_metrics(metrics))
     checkpoints.save_latest(run.model, epoch, scalar_metrics(metrics), training, vars(state), generator)
     run.record_time()
-    log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f  %.1fs%s",
+    inner = "" if loaders.inner is None else f"  inner {cfg.monitor} {chooser[cfg.monitor]:.4f}"
+    log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f%s  %.1fs%s",
              fold.number, epoch, cfg.epochs, f"{stats['train_loss']:.4f}" if stats else "   -  ",
              f"{stats['lr']:.2e}" if stats else "   -   ", metrics["accuracy"], metrics["balanced_accuracy"],
-             metrics["macro_f1"], row["seconds"], "  *best*" if improved else "")
+             metrics["macro_f1"], inner, row["seconds"], "  *best*" if improved else "")
 
 
 def tensorboard_writer(run: Run, fold: Fold) -> Any:
@@ -153,8 +208,38 @@ def tensorboard_writer(run: Run, fold: Fold) -> Any:
 
 def load_fold_result(run: Run, fold: Fold) -> FoldResult:
     saved = read_json(run.run_dir.fold_result(fold.number), "fold result")
+    uncalibrated = saved.get("uncalibrated_val_probs")
     return FoldResult(fold.number, saved["best_epoch"], saved["metrics"], list(fold.val_idx),
-                      np.asarray(saved["val_probs"], dtype=np.float64))
+                      np.asarray(saved["val_probs"], dtype=np.float64), list(fold.inner_val_idx),
+                      np.asarray(saved.get("inner_val_probs", []), dtype=np.float64).reshape(
+                          len(fold.inner_val_idx), len(run.images.class_names)),
+                      saved.get("temperature", 1.0),
+                      None if uncalibrated is None else np.asarray(uncalibrated, dtype=np.float64))
+
+
+def finish_fold(run: Run, fold: Fold, state: FoldState, checkpoints: FoldCheckpoints) -> FoldResult:
+    """The chosen epoch's numbers, calibrated with --calibrate temperature on the images that chose it."""
+    cfg = run.cfg
+    val_probs = np.asarray(state.best_probs, dtype=np.float64)
+    inner_probs = np.asarray(state.best_inner_probs, dtype=np.float64).reshape(len(fold.inner_val_idx),
+                                                                               len(run.images.class_names))
+    result = FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx), val_probs,
+                        list(fold.inner_val_idx), inner_probs)
+    if cfg.calibrate == "none":
+        return result
+    on_inner = bool(fold.inner_val_idx)
+    chose_idx, chose_probs = (fold.inner_val_idx, inner_probs) if on_inner else (fold.val_idx, val_probs)
+    temperature = fit_temperature(np.asarray(run.labels)[chose_idx], chose_probs)
+    calibrated = apply_temperature(val_probs, temperature)
+    labels = np.asarray(run.labels)[fold.val_idx]
+    metrics = classification_metrics(labels, calibrated)
+    log.info("Fold %d: temperature %.4f (fitted on the %s); ECE of the validation images %.4f -> %.4f",
+             fold.number, temperature, "inner validation split" if on_inner else "validation images themselves",
+             expected_calibration_error(labels, val_probs), metrics["ece"])
+    if run.processes.is_main and cfg.save_best:
+        checkpoints.set_temperature(temperature)
+    return FoldResult(fold.number, state.best_epoch, metrics, list(fold.val_idx), calibrated,
+                      list(fold.inner_val_idx), apply_temperature(inner_probs, temperature), temperature, val_probs)
 
 
 def run_fold(run: Run, fold: Fold) -> FoldResult:
@@ -173,7 +258,8 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     model.load_state_dict(run.initial_state)
     model.reset_text_cache()
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
-    train_loader, val_loader, sampler = make_loaders(run, fold, generator)
+    train_loader, val_loader, inner_loader, sampler = make_loaders(run, fold, generator)
+    loaders = Loaders(val_loader, inner_loader)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -196,16 +282,18 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         restore_rng(saved["rng"], generator)
         log.info("Fold %d: resuming after epoch %d", fold.number, state.epoch)
     else:
-        log.info("Fold %d/%d: %d training, %d validation images, %d steps per epoch; epoch 0 is the "
-                 "zero-shot baseline (no training)", fold.number, len(run.folds), len(fold.train_idx),
+        inner = (f" (of them {len(fold.inner_val_idx)} held out as the inner validation split that chooses the "
+                 "epoch)" if fold.inner_val_idx else "")
+        log.info("Fold %d/%d: %d training%s, %d validation images, %d steps per epoch; epoch 0 is the "
+                 "zero-shot baseline (no training)", fold.number, len(run.folds), len(fold.train_idx), inner,
                  len(fold.val_idx), steps_per_epoch)
-        record_epoch(run, fold, state, 0, {}, val_loader, time.perf_counter(), checkpoints, training_state(),
+        record_epoch(run, fold, state, 0, {}, loaders, time.perf_counter(), checkpoints, training_state(),
                      writer)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.patience and state.epochs_since_best >= cfg.patience:
-            log.info("Fold %d: early stop, no improvement of %s for %d epochs", fold.number, cfg.monitor,
-                     cfg.patience)
+            log.info("Fold %d: early stop, no improvement of %s%s for %d epochs", fold.number,
+                     "inner " if inner_loader is not None else "", cfg.monitor, cfg.patience)
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -213,17 +301,17 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
                                 cfg.loss == "symmetric", epoch,
                                 description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes)
         processes.broadcast_buffers(model)  # the model every process evaluates is the one rank 0 saves
-        record_epoch(run, fold, state, epoch, stats, val_loader, started, checkpoints, training_state(), writer)
+        record_epoch(run, fold, state, epoch, stats, loaders, started, checkpoints, training_state(), writer)
     if writer is not None:
         writer.close()
+    result = finish_fold(run, fold, state, checkpoints)
     if processes.is_main:
-        write_json(run.run_dir.fold_result(fold.number), {"fold": fold.number, "best_epoch": state.best_epoch,
-                                                 "metrics": state.best_metrics, "val_probs": state.best_probs})
+        write_json(run.run_dir.fold_result(fold.number), result.document())
         # Only after result.json: until it exists, --resume needs the training state.
         checkpoints.drop_training_state()
-    log.info("Fold %d done: best epoch %d, %s %.4f", fold.number, state.best_epoch, cfg.monitor, state.best_value)
+    log.info("Fold %d done: best epoch %d (chosen on %s), %s %.4f there", fold.number, state.best_epoch,
+             SELECTION_SETS[cfg.select_on], cfg.monitor, state.best_value)
     if state.best_epoch == 0 and processes.is_main:
         log.warning(UNTRAINED_BEST_WARNING, fold.number)
-    return FoldResult(fold.number, state.best_epoch, state.best_metrics, list(fold.val_idx),
-                      np.asarray(state.best_probs, dtype=np.float64))
+    return result
 

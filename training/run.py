@@ -13,7 +13,8 @@ from sklearn.model_selection import train_test_split
 
 from data.dicom import DicomOptions
 from data.folder import DataError, ImageFolder, display_path
-from data.folds import Fold, check_class_sizes, check_group_sizes, grouped_holdout, make_folds, make_holdout_split
+from data.folds import (Fold, check_class_sizes, check_group_sizes, grouped_holdout, make_folds, make_holdout_split,
+                        with_inner_split)
 from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
 from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
@@ -162,10 +163,14 @@ def plan_folds(cfg: TrainConfig, images: ImageFolder, dev_idx: list[int]) -> lis
     else:
         local = make_holdout_split(dev_labels, images.class_names, cfg.val_fraction, cfg.random_state, dev_groups)
     folds = [Fold(f.number, [dev_idx[i] for i in f.train_idx], [dev_idx[i] for i in f.val_idx]) for f in local]
-    smallest = min(len(f.train_idx) for f in folds)
+    if cfg.select_on == "inner":
+        folds = [with_inner_split(f, images.labels, images.class_names, cfg.inner_val_fraction, cfg.random_state,
+                                  images.groups) for f in folds]
+    smallest = min(len(f.fit_idx) for f in folds)
     if cfg.batch_size > smallest:
         raise DataError(f"--batch-size {cfg.batch_size} is larger than the smallest training fold "
-                        f"({smallest} images); lower --batch-size")
+                        f"({smallest} images{' after its inner validation split' if cfg.select_on == 'inner' else ''}); "
+                        "lower --batch-size")
     return folds
 
 
@@ -175,7 +180,9 @@ def folds_document(cfg: TrainConfig, images: ImageFolder, folds: list[Fold], tes
 
     document = {"mode": "cv" if cfg.use_cv else "holdout", "random_state": cfg.random_state,
                 "class_names": images.class_names, "test": paths(test_idx),
-                "folds": [{"fold": f.number, "train": paths(f.train_idx), "val": paths(f.val_idx)} for f in folds]}
+                "folds": [{"fold": f.number, "train": paths(f.train_idx), "val": paths(f.val_idx),
+                           # The part of "train" that chose the epoch (--select-on inner) and was not trained on.
+                           **({"inner_val": paths(f.inner_val_idx)} if f.inner_val_idx else {})} for f in folds]}
     if images.groups is not None:
         document["groups"] = dict(zip(paths(range(len(images.paths))), images.groups))
     return document
