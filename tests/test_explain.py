@@ -27,7 +27,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Pa
     out = root / "run"
     code = train_clip.main([
         "--data-dir", str(data), "--text-encoder", f"hf:{tiny_text_encoder}", "--image-encoder", "starnet_s050",
-        "--img-size", "32", "--epochs", "1", "--batch-size", "6", "--warmup-epochs", "0",
+        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--warmup-epochs", "0",
         "--augmentation", "none", "--num-workers", "0", "--use-cv", "--n-splits", "2",
         "--explain-method", "gradcam++", "--output-dir", str(out), "--log-file", str(root / "train.log")])
     assert code == 0

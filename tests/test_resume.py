@@ -117,6 +117,30 @@ def test_resume_refuses_changed_settings_and_names_them(tmp_path, tiny_text_enco
     assert (out / "cv_summary.json").read_bytes() == before
 
 
+def test_a_run_begun_before_inner_selection_resumes_with_select_on_fold_and_says_so(tmp_path, tiny_text_encoder,
+                                                                                    capsys):
+    """Its config.json has no select_on and its folds.json no inner split: resuming under the new
+    default is refused with the way out, and --select-on fold resumes it as it was made."""
+    data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out = tmp_path / "run"
+    args = base_args(data, tiny_text_encoder, epochs=1) + ["--output-dir", str(out), "--select-on", "fold"]
+    assert train_clip.main(args + ["--log-file", str(tmp_path / "1.log")]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["select_on"], config["inner_val_fraction"]  # as a run of the version before wrote it
+    write_json(out / "config.json", config)
+    summary = json.loads((out / "cv_summary.json").read_text())
+    (out / "cv_summary.json").unlink()  # stopped before its last write: there is something to resume
+    folds = (out / "folds.json").read_bytes()
+    capsys.readouterr()
+    assert train_clip.main(["--resume", "--output-dir", str(out), "--log-file", str(tmp_path / "2.log")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "has no inner selection split" in errors[0] and "--select-on fold" in errors[0]
+    assert not (out / "cv_summary.json").exists() and (out / "folds.json").read_bytes() == folds
+    assert train_clip.main(["--resume", "--output-dir", str(out), "--select-on", "fold",
+                            "--log-file", str(tmp_path / "3.log")]) == 0
+    assert comparable(json.loads((out / "cv_summary.json").read_text())) == comparable(summary)
+
+
 def test_new_run_into_a_folder_of_someone_else_is_refused_even_with_overwrite(tmp_path, tiny_text_encoder,
                                                                               capsys):
     data = make_image_tree(tmp_path / "data", {"a": 4, "b": 4})

@@ -75,7 +75,7 @@ def study_env(cwd: Path, **settings: str) -> dict[str, str]:
     env.update(PYTHON=sys.executable, PYTHONPATH=str(ROOT), DRIVER_FORCE_CPU="1", DRIVER_POLL_SECONDS="0.2",
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", DATA_DIR="data", OUTPUT_ROOT="runs",
                IMAGE_ENCODERS="starnet_s050", TEXT_ENCODERS="hf:tiny_a hf:tiny_b hf:tiny_c", EPOCHS="1",
-               N_SPLITS="2", IMG_SIZE="16", BATCH_SIZE="4", NUM_WORKERS="0",
+               N_SPLITS="2", IMG_SIZE="16", BATCH_SIZE="2", NUM_WORKERS="0",
                PATH=f"{cwd / 'bin'}{os.pathsep}{os.environ['PATH']}", FAKE_SBATCH_RECORD=str(cwd / "sbatch.record"))
     env.update(settings)
     return env

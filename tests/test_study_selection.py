@@ -62,6 +62,7 @@ def write_noise_run(root: Path, name: str, data: Path, rng: np.random.Generator,
     """A finished run folder of random predictions; returns the test set's labels and probabilities."""
     cfg = config_from_args(["--data-dir", str(data), "--use-cv", "--n-splits", str(n_splits), "--test-fraction", "0.2",
                             "--group-regex", PATIENT, "--bootstrap-resamples", "0", "--batch-size", "8",
+                            "--select-on", "last",  # random predictions: nothing is chosen, no inner split
                             "--image-encoder", "resnet18", "--text-encoder", "clip:ViT-B/32",
                             "--output-dir", str(root / name)])
     images = assign_groups(scan_image_folder(data), cfg.groups_file, cfg.group_regex, cfg.group_by)
@@ -83,7 +84,9 @@ def write_noise_run(root: Path, name: str, data: Path, rng: np.random.Generator,
                                           "class_names": images.class_names,
                                           "metrics": classification_metrics(test_labels, test_probs)})
     summary["test"] = classification_metrics(test_labels, test_probs)
-    if selection is not None:
+    if selection is None:
+        summary.pop("selection", None)  # as a run from before --select-on wrote it
+    else:
         summary["selection"] = selection
     summary["wall_time_s"] = 1.0
     write_json(run.run_dir.summary, summary)

@@ -192,9 +192,19 @@ def check_resumable(run: Run) -> None:
     """A resumed run must see the same images in the same folds."""
     saved = read_json(run.run_dir.folds, "folds file of the run")
     if saved != folds_document(run.cfg, run.images, run.folds, run.test_idx):
+        if run.cfg.select_on == "inner" and not has_inner_split(saved):
+            # A run begun before --select-on existed chose its epochs on the fold: it resumes that way.
+            raise ConfigError(f"--resume refused: the run in {run.run_dir.path} has no inner selection split "
+                              "(it was started before --select-on and chooses epochs on each fold); resume it "
+                              "with --select-on fold, or start it again with --overwrite")
         raise ConfigError(f"--resume refused: the images of {data_source(run.cfg)} changed since the run in "
                           f"{run.run_dir.path} started (its folds.json no longer matches)")
 
+
+
+def has_inner_split(folds_json: Any) -> bool:
+    folds = folds_json.get("folds") if isinstance(folds_json, dict) else None
+    return isinstance(folds, list) and any(isinstance(f, dict) and "inner_val" in f for f in folds)
 
 
 def data_source(cfg: TrainConfig) -> str:
