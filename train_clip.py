@@ -18,47 +18,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from data.dicom import check_window
 from data.folder import ImageFolder, scan_image_folder, undecodable_names
 from data.groups import assign_groups
 from data.manifest import scan_manifest
-from data.images import CachedImageDataset
 from data.texts import load_class_texts
-from data.transforms import ToModelInput
 from models.clip_model import build_clip_model
 from models.image_encoders import resolve_image_encoder
 from models.registry_table import format_encoder_table
 from models.text_encoders import resolve_text_encoder
-from reporting.methods import run_environment
-from reporting.calibration import apply_temperature
-from reporting.metrics import classification_metrics, expected_calibration_error, mean_and_std, scalar_metrics
-from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
-from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.summary import format_summary_table
-from training.checkpoints import SharedFiles, load_best_model_state, store_frozen_towers
+from training.checkpoints import store_frozen_towers
 from training.config import ConfigError, TrainConfig, config_from_args
 from training.distributed import Distributed
-from training.engine import configure_determinism, evaluate, out_of_memory_error
-from training.fold import FoldResult, run_fold
+from training.engine import configure_determinism, out_of_memory_error
+from training.fold import run_fold
 from training.gallery import write_gallery
+from training.results import TEST_SUMMARY_KEYS, evaluate_test_ensemble, summarise
 from training.run import (Run, check_output_contents, check_output_location, check_resumable, decode_images,
                           folds_document, own_log_file, plan_folds, split_off_test, warn_leakage,
                           warn_model_choices)
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
-from utils.io import write_csv, write_json
+from utils.io import write_json
 from utils.logging_setup import setup_logging
 from utils.run_dir import RunDir, default_log_file
 from utils.seeding import seed_everything
 
 log = logging.getLogger("train_clip")
-# What cv_summary.json repeats of test_metrics.json, as test_<key>.
-TEST_SUMMARY_KEYS = ("ci", "per_class_ci", "operating_point")
 
 
 def check_inputs(cfg: TrainConfig, run_dir: RunDir) -> tuple[ImageFolder, list[list[str]]]:
@@ -148,105 +138,6 @@ def write_run_files(run: Run) -> None:
     if not (run.cfg.resume and run.run_dir.folds.is_file()):
         write_json(run.run_dir.folds, folds_document(run.cfg, run.images, run.folds, run.test_idx))
     run.shared_weights = store_frozen_towers(run.run_dir, run.model, run.initial_state)
-
-
-def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
-    """Per-fold, mean ± std and pooled out-of-fold metrics; writes oof_predictions.csv."""
-    names = run.images.class_names
-    oof_idx = np.concatenate([r.val_idx for r in results])
-    oof_probs = np.concatenate([r.val_probs for r in results])
-    fold_of = np.concatenate([[r.number] * len(r.val_idx) for r in results])
-    order = np.argsort(oof_idx)
-    write_csv(run.run_dir.oof_predictions,
-              ["path", "fold", "true_class", "predicted_class"] + [f"prob_{n}" for n in names],
-              [[run.display_path(oof_idx[j]), int(fold_of[j]),
-                names[run.labels[oof_idx[j]]], names[int(oof_probs[j].argmax())]]
-               + [f"{p:.6f}" for p in oof_probs[j]] for j in order])
-    mean, std = mean_and_std([scalar_metrics(r.metrics) for r in results])
-    oof_labels = np.asarray(run.labels)[oof_idx]
-    cfg = run.cfg
-    inner_idx = [i for r in results for i in r.inner_idx]
-    # Under inner selection the two-class threshold is chosen on the images that chose the epochs.
-    chooser = ((np.asarray(run.labels)[inner_idx], np.concatenate([r.inner_probs for r in results]))
-               if inner_idx else None)
-    summary = {
-        "mode": "cv" if cfg.use_cv else "holdout",
-        "n_splits": len(results),
-        "monitor": cfg.monitor,
-        # What chose each fold's model; the leaderboard and the report read it.
-        "selection": {"on": cfg.select_on,
-                      "inner_val_fraction": cfg.inner_val_fraction if cfg.select_on == "inner" else None,
-                      "optimistic": cfg.select_on == "fold"},
-        "image_encoder": run.cfg.image_encoder,
-        "text_encoder": run.cfg.text_encoder,
-        "class_names": names,
-        "folds": [{"fold": r.number, "best_epoch": r.best_epoch, "metrics": r.metrics} for r in results],
-        "mean": mean,
-        "std": std,
-        "oof": classification_metrics(oof_labels, oof_probs),
-        # Patients, when folds are grouped, are resampled whole: their images are not independent.
-        **pooled_statistics(oof_labels, oof_probs, names, cfg.bootstrap_resamples, cfg.seed,
-                            run.images.groups_of(oof_idx), chooser),
-        "environment": run_environment(run.device, run.amp_dtype),  # for the methods paragraph
-    }
-    if cfg.calibrate != "none":
-        summary["calibration"] = calibration_summary(cfg, oof_labels, results)
-    if run.images.groups is not None:
-        summary["n_groups"] = len(set(run.images.groups))
-        summary["oof_patient"] = patient_metrics([run.labels[i] for i in oof_idx], oof_probs,
-                                                 run.images.groups_of(oof_idx))
-        log.info("Per patient (pooled out-of-fold, %d patients): accuracy %.4f, balanced accuracy %.4f",
-                 summary["oof_patient"]["n_groups"], summary["oof_patient"]["accuracy"],
-                 summary["oof_patient"]["balanced_accuracy"])
-    untrained = [r.number for r in results if r.best_epoch == 0]
-    if untrained:
-        log.warning("Fold(s) %s: the best epoch is 0, the untrained model; their numbers are the zero-shot "
-                    "model's, not a trained one's", ", ".join(map(str, untrained)))
-    return summary
-
-
-def calibration_summary(cfg: TrainConfig, oof_labels: np.ndarray, results: Sequence[FoldResult]) -> dict[str, Any]:
-    """The fitted temperatures and the pooled out-of-fold ECE before and after them."""
-    before = np.concatenate([r.uncalibrated_val_probs for r in results])
-    after = np.concatenate([r.val_probs for r in results])
-    return {"method": cfg.calibrate,
-            "fitted_on": "inner validation split" if cfg.select_on == "inner" else "the scored validation images",
-            "temperatures": [r.temperature for r in results],
-            "oof_ece_before": expected_calibration_error(oof_labels, before),
-            "oof_ece_after": expected_calibration_error(oof_labels, after)}
-
-
-def evaluate_test_ensemble(run: Run, results: Sequence[FoldResult], pooled: dict[str, Any]) -> dict[str, Any]:
-    """Mean probabilities of the chosen model of every fold, each calibrated with its temperature, on the
-    held-out test set (test_metrics.json).
-
-    ``pooled`` is the summary so far: its out-of-fold operating point is applied to the test set.
-    """
-    cfg = run.cfg
-    loader = DataLoader(CachedImageDataset(run.cache, run.test_idx, run.labels, None, ToModelInput()),
-                        batch_size=cfg.batch_size * 2, num_workers=cfg.num_workers)
-    per_fold = []
-    files = SharedFiles()  # the run's frozen_towers.pth, read once for every fold
-    for result in results:
-        run.model.load_state_dict(load_best_model_state(run.run_dir, result.number, files))
-        run.model.reset_text_cache()
-        probs, labels, indices, _ = evaluate(run.model, loader, run.device, run.amp_dtype)
-        per_fold.append(apply_temperature(probs, result.temperature))
-    probs = np.mean(per_fold, axis=0)
-    names = run.images.class_names
-    write_csv(run.run_dir.test_predictions, ["path", "true_class", "predicted_class"] + [f"prob_{n}" for n in names],
-              [[run.display_path(i), names[run.labels[i]], names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
-               for i, p in zip(indices, probs)])
-    metrics = classification_metrics(labels, probs)
-    document = {"n_images": len(run.test_idx), "ensemble_of_folds": [r.number for r in results],
-                "class_names": names, "metrics": metrics,
-                **held_out_statistics(labels, probs, cfg.bootstrap_resamples, cfg.seed, pooled,
-                                      run.images.groups_of(indices))}
-    write_json(run.run_dir.test_metrics, document)
-    log.info("Held-out test set (%d images, ensemble of %d fold models): accuracy %.4f, balanced accuracy "
-             "%.4f, macro-F1 %.4f", len(run.test_idx), len(results), metrics["accuracy"],
-             metrics["balanced_accuracy"], metrics["macro_f1"])
-    return document
 
 
 def run_training(run: Run) -> dict[str, Any] | None:

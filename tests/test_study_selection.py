@@ -1,7 +1,7 @@
 """The study's winner, honestly: BBC-CV and the held-out test score on the leaderboard of a study.
 
 The run folders are written by the trainer's own code (folds from ``training.run``, the summary and
-``oof_predictions.csv`` by ``train_clip.summarise``) from probabilities drawn at random instead of
+``oof_predictions.csv`` by ``training.results.summarise``) from probabilities drawn at random instead of
 trained models: every run knows nothing, so any score above chance is the study's luck. Only
 ``test_metrics.json`` is written here, as ``evaluate_test_ensemble`` writes it (that needs models).
 """
@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import train_clip
 from data.folder import ImageFolder, scan_image_folder
 from data.groups import assign_groups
 from reporting import leaderboard, study_winner
@@ -23,6 +22,7 @@ from reporting.metrics import classification_metrics
 from tests.helpers import make_image_tree
 from training.config import TrainConfig, config_from_args
 from training.fold import FoldResult
+from training.results import summarise
 from training.run import Run, folds_document, plan_folds, split_off_test
 from utils.io import write_json
 from utils.run_dir import RunDir
@@ -34,7 +34,7 @@ PATIENT = r"^(\w+/img_\d\d)"  # 10 images per patient: a/img_000 .. a/img_009 ar
 
 @dataclass
 class NoiseRun:
-    """What ``train_clip.summarise`` reads of a :class:`training.run.Run`, without a model."""
+    """What ``training.results.summarise`` reads of a :class:`training.run.Run`, without a model."""
 
     cfg: TrainConfig
     run_dir: RunDir
@@ -78,7 +78,7 @@ def write_noise_run(root: Path, name: str, data: Path, rng: np.random.Generator,
         metrics = classification_metrics(np.asarray(images.labels)[fold.val_idx], probs)
         results.append(FoldResult(fold.number, 1, metrics, fold.val_idx, probs))
         write_json(run.run_dir.fold_result(fold.number), {"fold": fold.number, "best_epoch": 1, "metrics": metrics})
-    summary = train_clip.summarise(run, results)
+    summary = summarise(run, results)
     test_labels, test_probs = np.asarray(images.labels)[test_idx], noise(rng, len(test_idx))
     write_json(run.run_dir.test_metrics, {"n_images": len(test_idx), "ensemble_of_folds": [f.number for f in folds],
                                           "class_names": images.class_names,
