@@ -2,7 +2,7 @@
 
 :func:`write_plots` draws the pictures into ``OUTPUT_DIR/plots/``; :func:`write_report` writes
 the Markdown page that shows them. Both take the ``cv_summary.json`` dictionary that
-``train_clip.summarise`` returns. ``python -m reporting.report OUTPUT_DIR`` rebuilds both from the
+``training.results.summarise`` returns. ``python -m reporting.report OUTPUT_DIR`` rebuilds both from the
 files of a finished run (for runs made before reports existed, or after deleting ``plots/``).
 """
 from __future__ import annotations

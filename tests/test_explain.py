@@ -14,6 +14,7 @@ import predict
 import train_clip
 from reporting.gallery import CORRECT, WRONG, Gallery, GalleryCase, choose_cases, gallery_section
 from tests.helpers import make_image_tree
+from training import results
 from utils.run_dir import RunDir
 
 CLASSES = {"cat_a": 6, "股骨柄A": 6}
@@ -82,10 +83,10 @@ def test_a_gallery_failure_leaves_the_run_and_its_report(finished_run, tmp_path:
     def broken(*args, **kwargs):
         raise AttributeError("no target layer")
 
-    monkeypatch.setattr(train_clip, "write_gallery", broken)
+    monkeypatch.setattr(results, "write_gallery", broken)
     fake_run = SimpleNamespace(run_dir=RunDir(run), device=torch.device("cpu"),
                                cfg=SimpleNamespace(explain_method="gradcam"))
-    train_clip.write_report_files(fake_run)
+    results.write_reports(fake_run)
     assert "Could not draw the saliency gallery" in caplog.text and "no target layer" in caplog.text
     assert (run / "report.md").is_file()
 

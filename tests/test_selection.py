@@ -74,7 +74,7 @@ def random_label_runs(tmp_path_factory, monkeypatch_module):
     (root / "text").mkdir()
     tiny_text_encoder = make_tiny_text_encoder(root / "text")
     # The report's pictures and gallery are not what is tested here, and cost more than the training.
-    monkeypatch_module.setattr(train_clip, "write_report_files", lambda run: None)
+    monkeypatch_module.setattr(train_clip, "write_reports", lambda run: None)
     return root, {"inner": train(root, tiny_text_encoder, "inner"),
                   "fold": train(root, tiny_text_encoder, "fold", "--select-on", "fold"),
                   # Deliberately over-confident: the logit scale starts at its maximum and barely moves
