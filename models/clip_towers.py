@@ -36,7 +36,7 @@ log = get_logger(__name__)
 IMAGE_FLAG, IMAGE_WEIGHTS_FLAG = "--image-encoder", "--image-weights"
 TEXT_FLAG, TEXT_WEIGHTS_FLAG = "--text-encoder", "--text-weights"
 # The statistics data/transforms.py normalises every model input with (models may not import data;
-# tests/test_clip_towers.py checks that the two agree).
+# tests/models/test_clip_towers.py checks that the two agree).
 INPUT_MEAN = (0.485, 0.456, 0.406)
 INPUT_STD = (0.229, 0.224, 0.225)
 FAMILIES = {"clip": "OpenCLIP", "cn-clip": "Chinese-CLIP"}

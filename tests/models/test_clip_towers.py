@@ -229,7 +229,7 @@ def test_paired_embeddings_are_the_library_features_of_clip_normalised_pixels(fa
     clip_input = ((pixels.double() / 255 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
                   / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1))
     # The trainer's input, ToModelInput's ImageNet normalisation, computed in float64 (its own float32
-    # rounding would reach the embeddings; ToModelInput is tested in tests/test_data.py).
+    # rounding would reach the embeddings; ToModelInput is tested in tests/data/test_transforms.py).
     trainer_input = ((pixels.double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1))
                      / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1))
     torch.testing.assert_close(trainer_input.float(), torch.stack([ToModelInput()(p) for p in pixels]))

@@ -13,11 +13,11 @@ import pytest
 
 import predict
 import train_clip
+from tests.conftest import ROOT
 from tests.equivalence import PROBABILITY_TOLERANCE, assert_csv_probabilities_sum_to_one
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import training.checkpoints
 import training.engine
 import training.fold
 from reporting.metrics import mean_and_std
+from tests.conftest import ROOT
 from tests.helpers import make_image_tree
 from utils.io import load_checkpoint, save_checkpoint, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_args(data: Path, text_encoder: Path, epochs: int = 3) -> list[str]:

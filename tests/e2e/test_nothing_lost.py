@@ -22,10 +22,10 @@ import torch
 import predict
 import train_clip
 import training.fold
+from tests.conftest import ROOT
 from tests.helpers import make_image_tree
 from utils.run_dir import LOCK_FILE, RunDir
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def checksums(root: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ descriptions fit CLIP's context."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +12,12 @@ import torch.nn.functional as F
 from models.clip_model import CLIPClassifier
 from models.image_encoders import build_image_encoder
 from models.text_encoders import build_text_encoder
+from tests.conftest import ROOT
 from tests.equivalence import assert_same_float64
-from tests.test_study_plan import arguments, settings_of
+from tests.study.test_plan import arguments, settings_of
 from training.config import ConfigError, config_from_args
 from utils.io import write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 XRAY, PHOTO = "an X-ray of {class_name}", "这是一张{class_name}的X光片"
 
 

@@ -1,9 +1,9 @@
 """The README is the user's manual: it must name every flag and the commands it promises."""
-from pathlib import Path
 
 from training.config import _flag, config_fields
+from tests.conftest import ROOT
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_readme_documents_every_flag():
@@ -17,5 +17,5 @@ def test_readme_names_the_two_commands_and_a_chinese_quick_start():
 
 
 def test_makefile_targets_exist_for_the_readme_commands():
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
     assert "\ndemo:" in makefile and "\ntest:" in makefile

@@ -16,6 +16,7 @@ from reporting.run_entries import parse_summary
 from reporting.tables import display_width
 from utils.io import write_json
 from utils.run_dir import RunDir
+from tests.conftest import ROOT
 
 
 def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds: int | None = None,
@@ -159,5 +160,5 @@ def test_the_leaderboard_and_the_config_load_neither_numpy_nor_torch() -> None:
     probe = ("import sys, reporting.leaderboard, training.config; "
              "print(sorted({'numpy', 'torch', 'sklearn'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=ROOT)
     assert result.stdout.strip() == "[]"

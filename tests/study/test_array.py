@@ -26,11 +26,11 @@ from study.devices import find_devices, job_command, task_devices
 from study.plan import plan_jobs
 from study.scheduler import Scheduler, Slot, Task
 from study.settings import read_settings
+from tests.conftest import ROOT
 from tests.helpers import make_image_tree
-from tests.test_run_lock import start_holder, wait_until_held
+from tests.utils.test_run_lock import start_holder, wait_until_held
 from utils.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train_clip.sh"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 RUNS = ["starnet_s050_hf_tiny_a", "starnet_s050_hf_tiny_b", "starnet_s050_hf_tiny_c"]

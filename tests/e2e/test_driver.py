@@ -2,7 +2,7 @@
 
 One study runs once for the module (three combinations on two GPU slots, one of them made to
 fail); the tests read what it left. Checks and plans are run with --dry-run, which trains nothing.
-The runner's parts are unit-tested in test_study_plan.py and test_study_scheduler.py.
+The runner's parts are unit-tested in tests/study/test_plan.py and tests/study/test_scheduler.py.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.helpers import make_image_tree
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train_clip.sh"
 OUTPUT_ROOT = "runs 结果"
 GOOD = ["starnet_s050_hf_tiny_bert", "starnet_s050_scratch_hf_tiny_bert"]
@@ -144,7 +144,7 @@ def test_second_run_skips_finished_jobs(study) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Checks and plans through the script (--dry-run: nothing is trained); the details of planning
-# are unit-tested in test_study_plan.py
+# are unit-tested in tests/study/test_plan.py
 # ---------------------------------------------------------------------------------------------
 def assert_nothing_ran(cwd: Path) -> None:
     assert not (cwd / OUTPUT_ROOT).exists() and not (cwd / "logs").exists()

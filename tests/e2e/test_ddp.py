@@ -33,11 +33,11 @@ import pytest
 import torch
 
 import train_clip
+from tests.conftest import ROOT
 from tests.helpers import make_image_tree
 from training.distributed import Distributed, ShardedBatchSampler, merge_evaluations, shard
 from utils.io import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-2  # see the module's docstring
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,7 +227,7 @@ def test_batch_size_must_divide_among_the_processes(tmp_path, tiny_text_encoder,
 
 def test_each_process_loads_a_disjoint_share_of_the_same_weighted_epoch():
     from data.folds import Fold
-    from tests.test_sampling import fake_run
+    from tests.data.test_sampling import fake_run
     from training.config import TrainConfig
     from training.fold import make_loaders
 

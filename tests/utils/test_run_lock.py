@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from utils import run_lock
 from utils.run_dir import LOCK_FILE, RunDir, RunLockedError
 
-ROOT = Path(__file__).resolve().parents[1]
 
 HOLDER = r'''
 import sys, time
