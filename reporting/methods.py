@@ -73,47 +73,35 @@ def class_counts(summary: Mapping[str, Any]) -> list[int]:
     return counts
 
 
-def split_suffix(name: str) -> Any:
-    """The encoder registries' own parse of ``NAME:pretrained`` / ``NAME:scratch``.
+def weights_start(name: str, tower: str, weights_file: str | None) -> Any:
+    """The encoder family's words for how the tower began (models/families.py).
 
     Imported here, not at the top: ``models`` loads torch, and ``python -m reporting.compare`` reads
     prediction files through this package without ever writing a methods paragraph.
     """
-    from models.names import split_suffix as parse
+    from models.families import weights_start as start
 
-    return parse(name)
+    return start(name, tower, Path(weights_file).name if weights_file else None)
 
 
-def pretrained_source(name: str) -> str | None:
-    """The image encoder registry's answer: whose weights ``name`` starts from (imported here, as above)."""
-    from models.image_encoders import pretrained_source as source
+def base_name(name: str) -> str:
+    from models.names import split_suffix
 
-    return source(name)
+    return split_suffix(name).base
 
 
 def _image_encoder(config: Mapping[str, Any]) -> str:
     name = config["image_encoder"]
-    if config.get("image_weights"):
-        start = f"initialised from the weights file {Path(config['image_weights']).name}"
-    else:
-        source = pretrained_source(name)
-        start = f"initialised with pretrained {source} weights" if source else "randomly initialised"
+    start = weights_start(name, "image", config.get("image_weights")).english
     frozen = ", kept frozen (only its projection was trained)" if config.get("freeze_image") else ""
-    return f"the image encoder {split_suffix(name).base} ({start}{frozen})"
+    return f"the image encoder {base_name(name)} ({start}{frozen})"
 
 
 def _text_encoder(config: Mapping[str, Any]) -> str:
     name = config["text_encoder"]
-    if config.get("text_weights"):
-        start = f"initialised from {Path(config['text_weights']).name}"
-    elif split_suffix(name).pretrained is False:
-        start = "randomly initialised"
-    elif split_suffix(name).base.startswith("hf:"):
-        start = "with the weights stored there"
-    else:
-        start = "with its pretrained weights"
+    start = weights_start(name, "text", config.get("text_weights")).english
     frozen = ", kept frozen" if config.get("freeze_text") else ""
-    return f"the text encoder {split_suffix(name).base} ({start}{frozen})"
+    return f"the text encoder {base_name(name)} ({start}{frozen})"
 
 
 def _percent(fraction: float) -> str:
@@ -191,7 +179,7 @@ def _selection(config: Mapping[str, Any]) -> str:
     """What chose each fold's model, and what that means for the reported numbers."""
     on = _selected_on(config)
     if on == "inner":
-        return (f"Each training fold was split once more, stratified"
+        return ("Each training fold was split once more, stratified"
                 + (" and by patient" if config.get("groups_file") or config.get("group_regex")
                    or config.get("group_by", "none") != "none" else "")
                 + f", into an inner training part and an inner validation part (at least "
@@ -269,13 +257,13 @@ def chinese_summary(config: Mapping[str, Any], folds: Mapping[str, Any], summary
     split = (f"分层 {len(folds['folds'])} 折交叉验证（随机种子 {config['random_state']}）" if config.get("use_cv")
              else f"一次分层训练/验证划分（验证集 {_percent(config['val_fraction'])}）")
     test = f"；另按分层抽样留出 {len(folds['test'])} 张图像作为独立测试集" if folds.get("test") else ""
-    image, image_source = split_suffix(config["image_encoder"]), pretrained_source(config["image_encoder"])
-    text = split_suffix(config["text_encoder"])
+    image, text = config["image_encoder"], config["text_encoder"]
+    image_start = weights_start(image, "image", config.get("image_weights")).chinese
+    text_start = weights_start(text, "text", config.get("text_weights")).chinese
     sampling = (f"按类别加权采样（{config['weight_method']}）" if config.get("use_weighted_sampling")
                 else "均匀随机采样（无类别加权）")
     return (f"方法（中文）：数据共 {sum(counts)} 张图像、{len(counts)} 个类别：{listed}。采用{split}{test}。"
-            f"图像编码器 {image.base}（{f'{image_source} 预训练权重' if image_source else '随机初始化'}），文本编码器 "
-            f"{text.base}（{'随机初始化' if text.pretrained is False else '预训练权重'}），输入尺寸 "
+            f"图像编码器 {base_name(image)}（{image_start}），文本编码器 {base_name(text)}（{text_start}），输入尺寸 "
             f"{config['img_size']} 像素，{sampling}。优化器 AdamW（学习率 {config['learning_rate']:g}，权重衰减 "
             f"{config['weight_decay']:g}），线性预热 {config['warmup_epochs']:g} 个 epoch 后余弦衰减，每折最多 "
             f"{config['epochs']} 个 epoch；{CHINESE_SELECTION[_selected_on(config)].format(monitor=config['monitor'])}")

@@ -271,11 +271,11 @@ def test_chinese_clip_text_tower_reports_tokens_and_unknown_characters(tiny_cn_c
 
 
 def test_list_encoders_shows_clip_image_towers_and_pairs(capsys, monkeypatch):
-    from models import registry_table, text_encoders
+    from models import open_clip_towers, registry_table
 
     # Two open_clip models keep the test fast (each is built on the meta device to count it).
     monkeypatch.setattr(registry_table, "CLIP_ALIASES",
-                        {a: text_encoders.CLIP_ALIASES[a] for a in ("ViT-B/32", "RN50")})
+                        {a: open_clip_towers.CLIP_ALIASES[a] for a in ("ViT-B/32", "RN50")})
     monkeypatch.setattr(registry_table, "IMAGE_ENCODERS", {})
     assert train_clip.main(["--list-encoders"]) == 0
     out = capsys.readouterr().out

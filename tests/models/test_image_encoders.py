@@ -12,12 +12,8 @@ from models.image_encoders import (
     build_image_encoder,
     resolve_image_encoder,
 )
-from models.names import UnknownEncoderError, WeightsNotFoundError
-from models.text_encoders import (
-    TextEncoderSource,
-    build_text_encoder,
-    resolve_text_encoder,
-)
+from models.names import EncoderSource, UnknownEncoderError, WeightsNotFoundError
+from models.text_encoders import build_text_encoder, resolve_text_encoder
 from training.config import ConfigError
 
 GUIDE_IMAGE_NAMES = (
@@ -149,13 +145,13 @@ def test_unknown_timm_and_text_names_suggest_the_closest():
 
 
 def test_text_encoder_names_resolve_to_their_sources():
-    assert resolve_text_encoder("clip:ViT-B/32") == TextEncoderSource("clip", "ViT-B-32-quickgelu", "openai", True)
-    assert resolve_text_encoder("clip:RN50") == TextEncoderSource("clip", "RN50-quickgelu", "openai", True)
+    assert resolve_text_encoder("clip:ViT-B/32") == EncoderSource("clip", "ViT-B-32-quickgelu", "openai", True)
+    assert resolve_text_encoder("clip:RN50") == EncoderSource("clip", "RN50-quickgelu", "openai", True)
     biomed = resolve_text_encoder("clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
     assert biomed.hub_repo == "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224" and biomed.pretrained
     assert resolve_text_encoder("bert-base-chinese").model == "google-bert/bert-base-chinese"
     assert resolve_text_encoder("clip:ViT-B/32:scratch").pretrained is False
-    assert resolve_text_encoder("hf:some/model:scratch") == TextEncoderSource("hf", "some/model", None, False)
+    assert resolve_text_encoder("hf:some/model:scratch") == EncoderSource("hf", "some/model", None, False)
 
 
 def test_clip_scratch_builds_the_text_tower_with_random_weights():

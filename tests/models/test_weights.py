@@ -14,11 +14,8 @@ import train_clip
 from models import download
 from models.image_encoders import build_image_encoder
 from models.names import WeightsNotFoundError
-from models.text_encoders import (
-    build_text_encoder,
-    clip_weights_location,
-    resolve_text_encoder,
-)
+from models.open_clip_towers import clip_weights_location
+from models.text_encoders import build_text_encoder, resolve_text_encoder
 from tests.equivalence import assert_same_float64
 from tests.weights_helpers import make_tiny_open_clip, point_caches_at, put_in_hf_cache
 

@@ -49,7 +49,31 @@ def test_encoders_and_their_initialisation():
     assert "text encoder bert-base-chinese (randomly initialised)" in text and "384×384 pixels" in text
     text = methods_paragraph(config(image_encoder="starnet_s050", text_encoder="clip:ViT-B/32"), folds(5), summary())
     assert "image encoder starnet_s050 (randomly initialised)" in text
-    assert "text encoder clip:ViT-B/32 (with its pretrained weights)" in text
+    assert "text encoder clip:ViT-B/32 (initialised with pretrained OpenCLIP weights)" in text
+
+
+@pytest.mark.parametrize("text_encoder, start, chinese", [
+    ("clip:ViT-B/32", "initialised with pretrained OpenCLIP weights", "OpenCLIP 预训练权重"),
+    ("clip:ViT-B/32:scratch", "randomly initialised", "随机初始化"),
+    ("cn-clip:ViT-B/16", "initialised with pretrained Chinese-CLIP weights", "Chinese-CLIP 预训练权重"),
+    ("bert-base-chinese", "with its pretrained weights", "预训练权重"),
+    ("bert-base-chinese:scratch", "randomly initialised", "随机初始化"),
+    ("hf:org/some-bert", "with its pretrained weights", "预训练权重"),
+])
+def test_every_text_encoder_family_says_how_it_was_initialised(text_encoder, start, chinese):
+    """On the text side every family is pretrained unless :scratch."""
+    cfg = config(image_encoder="resnet18", text_encoder=text_encoder)
+    base = text_encoder.removesuffix(":scratch")
+    assert f"text encoder {base} ({start})" in methods_paragraph(cfg, folds(5), summary())
+    assert f"文本编码器 {base}（{chinese}）" in "\n".join(methods_section(cfg, folds(5), summary(["股骨柄A", "股骨柄B"])))
+
+
+def test_a_weights_file_is_named_as_the_start():
+    cfg = config(image_encoder="resnet18", image_weights="/data/weights/radimagenet_r18.pth",
+                 text_encoder="bert-base-chinese", text_weights="/models/my-bert")
+    text = methods_paragraph(cfg, folds(5), summary())
+    assert "image encoder resnet18 (initialised from the weights in radimagenet_r18.pth)" in text
+    assert "text encoder bert-base-chinese (initialised from the weights in my-bert)" in text
 
 
 @pytest.mark.parametrize("image_encoder, start, chinese", [
