@@ -240,3 +240,15 @@ def loop_through(graph: Mapping[str, set[str]], component: list[str]) -> list[st
                 paths[target] = paths[module] + [target]
                 queue.append(target)
     return component
+
+
+def untested_modules(root: Path) -> list[str]:
+    """Modules of the packages (``__init__`` and ``__main__`` aside) that no file under ``tests/``
+    imports, and scripts that no test names: code whose every line could break unnoticed."""
+    layout = discover(root)
+    modules = layout.modules
+    imported = {imp.module for path in layout.files if top_level(module_name(root, path)) == "tests"
+                for imp in imported_modules(path, module_name(root, path), modules)}
+    return sorted(module for module in modules
+                  if top_level(module) in layout.packages - {"tests"} and module not in layout.packages
+                  and not module.endswith(".__main__") and module not in imported)

@@ -115,3 +115,14 @@ def test_bert_features_padded_to_the_longest_equal_those_padded_to_the_maximum(t
         reference = encoder(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"])
     # The widest sum of the 32-wide tiny BERT: attention over the 128 padded positions.
     assert_same_float64(ours, reference, 128)
+
+
+def test_the_pooled_position_follows_the_towers_pool_type():
+    from types import SimpleNamespace
+
+    from models.causal_text import pooled_positions
+
+    tokens = torch.tensor([[49406, 320, 49407, 0, 0], [49406, 320, 1125, 539, 49407]])
+    assert pooled_positions(SimpleNamespace(pool_type="argmax"), tokens).tolist() == [2, 4]
+    assert pooled_positions(SimpleNamespace(pool_type="eos", eos_id=320), tokens).tolist() == [1, 1]
+    assert pooled_positions(SimpleNamespace(text_pool_type="first"), tokens).tolist() == [0, 0]

@@ -331,3 +331,18 @@ def test_restoring_from_a_run_config_needs_no_weights_file(tmp_path, monkeypatch
     model = build_clip_model(**model_kwargs_from_config(config), class_texts=[["a"], ["b"]], load_pretrained=False)
     assert model.image_encoder.backbone.pos_embed.shape[1] == 1 + 2 * 2  # built at the run's img_size
     assert model.text_encoder.feature_dim == 16
+
+
+def test_a_wrapped_data_parallel_state_dict_is_unwrapped_and_a_foreign_file_refused(tmp_path):
+    from models.weights import read_state_dict
+
+    weight = torch.arange(6.0).view(2, 3)
+    torch.save({"state_dict": {"module.fc.weight": weight}, "epoch": 3}, tmp_path / "wrapped.pth")
+    state = read_state_dict(tmp_path / "wrapped.pth", "--image-weights")
+    assert list(state) == ["fc.weight"] and torch.equal(state["fc.weight"], weight)
+    torch.save({"fc.weight": weight, "note": "not a tensor"}, tmp_path / "mixed.pth")
+    with pytest.raises(WeightsNotFoundError, match="expected a dict of tensors"):
+        read_state_dict(tmp_path / "mixed.pth", "--image-weights")
+    (tmp_path / "text.pth").write_text("not torch", encoding="utf-8")
+    with pytest.raises(WeightsNotFoundError, match=r"--image-weights .*text.pth: not a readable weights file"):
+        read_state_dict(tmp_path / "text.pth", "--image-weights")
