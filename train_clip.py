@@ -21,7 +21,8 @@ import torch
 from data.folder import ImageFolder
 from models.clip_model import build_clip_model
 from models.registry_table import format_encoder_table
-from training.config import TrainConfig, config_from_args
+from training.arguments import config_from_args
+from training.config import TrainConfig
 from training.distributed import Distributed
 from training.engine import configure_determinism, out_of_memory_error
 from training.fold import run_fold

@@ -32,7 +32,8 @@ RULES: Mapping[str, frozenset[str]] = {
     "reporting": frozenset({"utils", "models"}),
     "training": frozenset({"utils", "data", "models", "reporting"}),
     "training.config": frozenset({"utils", "reporting"}),
-    "study": frozenset({"training.config", "reporting", "utils", "models"}),
+    "training.arguments": frozenset({"utils", "reporting", "training.config"}),
+    "study": frozenset({"training.config", "training.arguments", "reporting", "utils", "models"}),
     "tests": frozenset({ANY_PACKAGE}),
 }
 

@@ -17,7 +17,7 @@ from models.clip_model import build_clip_model, model_kwargs_from_config
 from reporting.metrics import classification_metrics
 from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import make_image_tree
-from training.config import config_from_args
+from training.arguments import config_from_args
 from utils.run_dir import RunDir
 
 CLASSES = {"cat_a": 8, "cat_b": 8, "股骨柄A": 8}

@@ -1,13 +1,13 @@
 """The README is the user's manual: it must name every flag and the commands it promises."""
 
-from training.config import _flag, config_fields
+from training.config import config_fields, flag_of
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_readme_documents_every_flag():
-    missing = [_flag(f) for f in config_fields() if f"| `{_flag(f)}" not in README]  # a row of the table
+    missing = [flag_of(f) for f in config_fields() if f"| `{flag_of(f)}" not in README]  # a row of the table
     assert not missing, f"flags missing from README.md: {missing}"
 
 

@@ -15,7 +15,8 @@ from models.text_encoders import build_text_encoder
 from tests.conftest import ROOT
 from tests.equivalence import assert_same_float64
 from tests.study.test_plan import arguments, settings_of
-from training.config import ConfigError, config_from_args
+from training.arguments import config_from_args
+from training.config import ConfigError
 from utils.io import write_json
 
 XRAY, PHOTO = "an X-ray of {class_name}", "这是一张{class_name}的X光片"

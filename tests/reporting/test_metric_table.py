@@ -17,7 +17,8 @@ from reporting.metric_table import (
 )
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from reporting.summary import summary_table
-from training.config import ConfigError, TrainConfig, config_from_args
+from training.arguments import config_from_args
+from training.config import ConfigError, TrainConfig
 from utils.errors import UserError
 
 MANY_CLASSES = 7  # more than 5: top-k accuracy is written too

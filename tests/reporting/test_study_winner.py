@@ -20,7 +20,8 @@ from data.groups import assign_groups
 from reporting import leaderboard, study_winner
 from reporting.metrics import classification_metrics
 from tests.helpers import make_image_tree
-from training.config import TrainConfig, config_from_args
+from training.arguments import config_from_args
+from training.config import TrainConfig
 from training.fold import FoldResult
 from training.results import summarise
 from training.run import Run, folds_document, plan_folds, split_off_test

@@ -11,7 +11,8 @@ import pytest
 from study.plan import NEW, OVERWRITE, RESUME, SKIP, plan_jobs, trainer_arguments
 from study.settings import read_settings
 from study.validate import validate_jobs
-from training.config import TrainConfig, _flag, _opposite_flag, build_parser, config_fields
+from training.arguments import build_parser
+from training.config import TrainConfig, config_fields, flag_of, opposite_flag_of
 from utils.run_dir import run_name
 from utils.errors import ConfigError, UserError
 from utils.run_dir import RunDir
@@ -70,7 +71,7 @@ def test_every_trainer_field_is_reachable_as_a_setting() -> None:
             continue
         value = {bool: "true", int: "3", float: "0.5"}.get(types[f.name], "x")
         command = arguments(settings_of(BLOCK, **{f.name.upper(): value}))
-        assert _flag(f) in command or _opposite_flag(f) in command, (f.name, command)
+        assert flag_of(f) in command or opposite_flag_of(f) in command, (f.name, command)
 
 
 def test_the_environment_wins_over_the_block_and_empty_means_not_set() -> None:
@@ -273,7 +274,7 @@ def test_a_bad_job_is_named_before_any_starts(data_dir: Path, block: dict, messa
 def test_every_job_holds_out_the_same_test_images(data_dir: Path) -> None:
     from data.folder import scan_image_folder
     from tests.helpers import make_image_tree
-    from training.config import config_from_args
+    from training.arguments import config_from_args
     from training.run import split_off_test
 
     make_image_tree(data_dir, {"a": 12, "b": 12})

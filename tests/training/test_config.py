@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from training.config import ConfigError, TrainConfig, build_parser, config_from_args
+from training.arguments import build_parser, config_from_args
+from training.config import ConfigError, TrainConfig
 from utils.io import write_json
 
 # The example entry of train_clip_config.json in the user's guide (user-guide-zh.md, 方法二), verbatim.

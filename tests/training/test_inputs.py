@@ -7,7 +7,7 @@ import pytest
 
 from data.folder import DataError
 from tests.helpers import make_image_tree
-from training.config import config_from_args
+from training.arguments import config_from_args
 from training.distributed import Distributed
 from training.inputs import check_inputs, checked_and_locked
 from utils.errors import UserError
