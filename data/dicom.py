@@ -43,8 +43,8 @@ class DicomOptions:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DicomOptions:
-        """The options a run was trained with, from its ``config.json`` (older runs: the defaults)."""
-        return cls(config.get("dicom_window", "auto"), config.get("dicom_first_frame", False))
+        """The options a run was trained with, from its ``config.json``."""
+        return cls(config["dicom_window"], config["dicom_first_frame"])
 
 
 def parse_window(text: str) -> tuple[float, float] | None:

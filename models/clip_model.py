@@ -184,8 +184,7 @@ def model_kwargs_from_config(config: dict[str, Any]) -> dict[str, Any]:
 
     ``img_size`` fixes the ViT position embeddings; ``text_weights`` may be the folder that holds
     the tokenizer and architecture of a HuggingFace text encoder; the two weights paths together
-    say whether CLIP towers were paired (absent from older configs: none given).
+    say whether CLIP towers were paired.
     """
-    kwargs = {key: config[key] for key in ("image_encoder", "text_encoder", "embed_dim", "temperature",
-                                           "freeze_image", "freeze_text", "img_size", "text_weights")}
-    return {**kwargs, "image_weights": config.get("image_weights")}
+    return {key: config[key] for key in ("image_encoder", "text_encoder", "embed_dim", "temperature",
+                                         "freeze_image", "freeze_text", "img_size", "image_weights", "text_weights")}

@@ -13,7 +13,7 @@ kernel's ticks (to tell a reused pid) and the lease in seconds. An empty or miss
 - **Stale.** A record nobody holds the OS lock on is stale when its holder ran on this host and its
   pid is gone (or belongs to a newer process), or ran on another host and its lease has expired.
   ``flock`` alone is not trusted across hosts: some mounts keep it local to each machine. A record
-  without a lease was written by an older version, which relied on the OS lock alone.
+  that cannot be read (a file some other program wrote) has no lease: the OS lock alone judges it.
 - **Taking over.** A stale lock is removed under a break lock (a second file made with ``O_EXCL``)
   after checking it is still the same file, so two contenders never remove each other's fresh claim;
   then the contender claims like anyone else.
@@ -177,7 +177,7 @@ def stale_reason(found: Found, now: float | None = None) -> str | None:
             return f"process {pid} has ended (its pid now belongs to another process)"
         return None
     lease = record.get("lease_s")
-    if not isinstance(lease, (int, float)):
+    if not isinstance(lease, (int, float)):  # an unreadable record (see _parse)
         return "nobody holds its OS lock"
     age = (time.time() if now is None else now) - found.stat.st_mtime
     return f"its lease of {lease:g} s expired {age - lease:.0f} s ago" if age > lease else None

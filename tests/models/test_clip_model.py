@@ -1,6 +1,6 @@
 """Several --text-template values (prompt ensembling): one rule for the flag, the JSON key and the study
-setting; configs of older runs with one template string still load and resume; and the shipped class
-descriptions fit CLIP's context."""
+setting (a JSON config may write one template as a string); and the shipped class descriptions fit
+CLIP's context."""
 from __future__ import annotations
 
 import json
@@ -49,18 +49,6 @@ def test_json_rejects_other_types_naming_the_key(tmp_path, value):
 def test_every_template_needs_the_class_name():
     with pytest.raises(ConfigError, match="--text-template must contain '{class_name}', got 'an X-ray'"):
         config_from_args(["--data-dir", "d", "--text-template", XRAY, "--text-template", "an X-ray"])
-
-
-def test_an_older_runs_single_template_resumes_and_is_compared_as_a_list(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    # config.json as runs wrote it when text_template was one string.
-    write_json(out / "config.json", {"data_dir": "d", "output_dir": str(out), "text_template": XRAY})
-    cfg = config_from_args(["--resume", "--output-dir", str(out), "--text-template", XRAY])
-    assert cfg.text_template == [XRAY]
-    with pytest.raises(ConfigError, match="text_template"):
-        config_from_args(["--resume", "--output-dir", str(out), "--text-template", XRAY, "--text-template", PHOTO])
-    assert json.loads(json.dumps(cfg.to_dict()))["text_template"] == [XRAY]  # what new runs write
 
 
 def test_study_setting_array_gives_the_flag_per_item_and_the_environment_one_template():
