@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from reporting.confidence import bootstrap_weighted, scalar_names, weighted_metrics
-from reporting.fold_comparison import TTest, paired_fold_test, per_fold
+from reporting.fold_comparison import TTest, paired_fold_test
 from reporting.metric_table import label_of
 from reporting.report import load_prediction_rows
+from reporting.run_summary import RunSummary, read_summary
 from reporting.tables import Table, format_interval, format_number, render_text
 from utils.errors import UserError, exit_status
 from utils.io import read_json
@@ -81,7 +82,7 @@ def paired_differences(y_true: np.ndarray, probs_a: np.ndarray, probs_b: np.ndar
 @dataclass(frozen=True)
 class RunFiles:
     name: str
-    summary: dict[str, Any]
+    summary: RunSummary
     folds: Any
     paths: list[str]
     y_true: np.ndarray
@@ -92,19 +93,17 @@ def read_run(path: Path) -> RunFiles:
     run = RunDir(path)
     if not run.summary.is_file():
         raise CompareError(f"{path} holds no cv_summary.json: not a finished train_clip run")
-    summary = read_json(run.summary, "run summary")
-    if not isinstance(summary, dict) or not isinstance(summary.get("class_names"), list):
-        raise CompareError(f"{run.summary} has no class_names: not a train_clip run summary")
+    summary = read_summary(run.summary)
     folds = read_json(run.folds, "folds file") if run.folds.is_file() else None
-    paths, y_true, probs = load_prediction_rows(run.oof_predictions, summary["class_names"])
+    paths, y_true, probs = load_prediction_rows(run.oof_predictions, summary.class_names)
     return RunFiles(path.name or str(path), summary, folds, paths, y_true, probs)
 
 
 def shared_predictions(a: RunFiles, b: RunFiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels and both runs' probabilities on the out-of-fold images both predicted, in A's order."""
-    if a.summary["class_names"] != b.summary["class_names"]:
+    if a.summary.class_names != b.summary.class_names:
         raise CompareError(f"{a.name} and {b.name} have different classes: "
-                           f"{a.summary['class_names']} vs {b.summary['class_names']}")
+                           f"{a.summary.class_names} vs {b.summary.class_names}")
     row_of_b = {path: i for i, path in enumerate(b.paths)}
     in_a = [i for i, path in enumerate(a.paths) if path in row_of_b]
     if not in_a:
@@ -121,7 +120,8 @@ def compare_runs(run_a: Path, run_b: Path, n_resamples: int = DEFAULT_RESAMPLES,
     y_true, probs_a, probs_b = shared_predictions(a, b)
     rows = []
     for d in paired_differences(y_true, probs_a, probs_b, n_resamples, seed):
-        test = paired_fold_test(per_fold(a.summary, d.metric), per_fold(b.summary, d.metric), a.folds, b.folds)
+        test = paired_fold_test(a.summary.metric_by_fold(d.metric), b.summary.metric_by_fold(d.metric), a.folds,
+                                b.folds)
         fold_cells = ([format_number(test.mean_difference), f"{test.t:.3f}", format_number(test.p_value)]
                       if isinstance(test, TTest) else ["n/a", "n/a", f"not done: {test}"])
         rows.append([label_of(d.metric), format_number(d.a), format_number(d.b), format_number(d.difference),

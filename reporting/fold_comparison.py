@@ -76,15 +76,6 @@ def fold_sizes(folds: Mapping[str, Any]) -> tuple[float, float]:
     return statistics.fmean(len(t) for t, _ in sets), statistics.fmean(len(v) for _, v in sets)
 
 
-def per_fold(summary: Mapping[str, Any], metric: str) -> list[float]:
-    """A metric at each fold's best epoch, in fold order (NaN where it is missing or null)."""
-    def value(fold: Mapping[str, Any]) -> float:
-        number = fold.get("metrics", {}).get(metric)
-        return float(number) if isinstance(number, (int, float)) and not isinstance(number, bool) else math.nan
-
-    return [value(f) for f in sorted(summary["folds"], key=lambda f: f["fold"])]
-
-
 def paired_fold_test(values_a: Sequence[float], values_b: Sequence[float], folds_a: Any, folds_b: Any) -> TTest | str:
     """The corrected t-test of the per-fold differences A - B, or why it is not done.
 

@@ -26,6 +26,7 @@ from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_r
 from reporting.summary import (OPTIMISTIC_LABEL, interval_note, is_cross_validation, operating_point_note,
                                per_class_table, pooled_name, selection_note, selection_of, summary_table,
                                test_metrics_of)
+from reporting.run_summary import read_summary
 from reporting.tables import render_markdown
 from utils.errors import UserError, exit_status
 from utils.io import atomic_write, read_json
@@ -216,7 +217,7 @@ def load_prediction_rows(path: str | os.PathLike,
 def report_from_run_dir(run_dir: str | os.PathLike) -> Path:
     """Redraw the plots and rewrite ``report.md`` from ``cv_summary.json`` and its companions."""
     run = RunDir(Path(run_dir))
-    summary = read_json(run.summary, "run summary")
+    summary = read_summary(run.summary).to_document()  # checked whole; the pages read its keys
     try:
         y_true, probs = load_oof_predictions(run.oof_predictions, summary["class_names"])
         plots = write_plots(run.path, summary, load_histories(run.path), y_true, probs)

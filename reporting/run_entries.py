@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reporting.fold_comparison import per_fold
 from reporting.metric_table import HEADLINE_METRICS
+from reporting.run_summary import RunSummary, SummaryError
 from utils.errors import UserError
 from utils.run_dir import RunDir
 
@@ -55,29 +55,20 @@ def metric_number(value: Any) -> float:
 def parse_summary(data: Any, run: str) -> Entry | None:
     """The leaderboard entry of a ``cv_summary.json`` document; None when it is not complete.
 
-    Complete means: every fold the run planned is there, and the mean and std of each
-    leaderboard metric are numbers (the trainer writes the file once, at the very end).
+    Complete means: a whole run summary (every planned fold is there, :class:`RunSummary`) whose
+    mean, std and wall time of each leaderboard metric are numbers (the trainer writes the file once,
+    at the very end).
     """
-    if not isinstance(data, dict):
-        return None
-    mean, std, folds = data.get("mean"), data.get("std"), data.get("folds")
-    if not (isinstance(mean, dict) and isinstance(std, dict) and isinstance(folds, list) and folds):
-        return None
-    n_splits = data.get("n_splits")
-    if not isinstance(n_splits, int) or n_splits != len(folds):
-        return None
     try:
-        means = {key: metric_number(mean[key]) for key in LEADERBOARD_METRICS}
-        stds = {key: metric_number(std[key]) for key in LEADERBOARD_METRICS}
-        wall_time = metric_number(data.get("wall_time_s"))
-        fold_values = {key: per_fold(data, key) for key in LEADERBOARD_METRICS}
-    except (KeyError, TypeError, AttributeError):
+        summary = RunSummary.from_document(data, run)
+        means = {key: metric_number(summary.mean[key]) for key in LEADERBOARD_METRICS}
+        stds = {key: metric_number(summary.std[key]) for key in LEADERBOARD_METRICS}
+        wall_time = metric_number(summary.wall_time_s)
+    except (SummaryError, KeyError, TypeError):
         return None
-    class_names = data.get("class_names")
-    return Entry(run, str(data.get("image_encoder", "")), str(data.get("text_encoder", "")), n_splits,
-                 means, stds, wall_time, fold_values,
-                 class_names=tuple(map(str, class_names)) if isinstance(class_names, list) else (),
-                 selection=data.get("selection"))
+    return Entry(run, summary.image_encoder, summary.text_encoder, summary.n_splits, means, stds, wall_time,
+                 {key: summary.metric_by_fold(key) for key in LEADERBOARD_METRICS},
+                 class_names=tuple(summary.class_names), selection=summary.selection or None)
 
 
 def read_entry(run_dir: Path) -> Entry | None:

@@ -26,6 +26,7 @@ from data.manifest import data_root
 from data.transforms import ToModelInput
 from reporting.gallery import Gallery, GalleryCase, choose_cases, read_oof_rows
 from reporting.report import report_from_run_dir
+from reporting.run_summary import read_summary
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, class_heatmaps, save_overlay,
                                 unique_file_names)
 from training.checkpoints import SharedFiles
@@ -74,8 +75,7 @@ def write_gallery(run: RunDir, device: torch.device, method: str) -> Gallery:
     """Choose the gallery's images from ``oof_predictions.csv``, draw them, and list them for report.md."""
     config = read_json(run.config, "run config")
     shutil.rmtree(run.gallery, ignore_errors=True)  # an earlier gallery's pictures
-    summary = read_json(run.summary, "run summary")
-    cases = choose_cases(read_oof_rows(run.oof_predictions), summary["class_names"])
+    cases = choose_cases(read_oof_rows(run.oof_predictions), read_summary(run.summary).class_names)
     names = unique_file_names([f"{case.true_class}_{case.kind}_{Path(case.path).with_suffix('')}" for case in cases])
     by_fold: dict[int, list[tuple[GalleryCase, str]]] = defaultdict(list)
     for case, name in zip(cases, names):

@@ -17,6 +17,7 @@ from reporting.metrics import classification_metrics, expected_calibration_error
 from reporting.patients import patient_metrics
 from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
+from reporting.run_summary import SUMMARY_VERSION, RunSummary
 from reporting.summary import format_summary_table
 from training.checkpoints import SharedFiles, load_best_model_state
 from training.config import TrainConfig
@@ -40,6 +41,8 @@ def write_summary(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
         summary.update({f"test_{key}": test[key] for key in TEST_SUMMARY_KEYS if key in test})
     run.record_time()
     summary["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
+    # Through the schema, so that what is written is what every reader accepts.
+    summary = RunSummary.from_document(summary, str(run.run_dir.summary)).to_document()
     write_json(run.run_dir.summary, summary)
     log.info("Cross-validation summary (%s):\n%s", run.run_dir.summary, format_summary_table(summary))
     return summary
@@ -80,6 +83,7 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
     chooser = ((np.asarray(run.labels)[inner_idx], np.concatenate([r.inner_probs for r in results]))
                if inner_idx else None)
     summary = {
+        "version": SUMMARY_VERSION,
         "mode": "cv" if cfg.use_cv else "holdout",
         "n_splits": len(results),
         "monitor": cfg.monitor,
