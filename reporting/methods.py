@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from reporting.plots import needs_cjk
+from reporting.fonts import needs_cjk
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "scikit-learn", "scipy")
