@@ -108,6 +108,9 @@ REPORT_PHRASES: dict[str, tuple[str, str]] = {
     "operating_point": ("Operating point for '{positive}' ({rule}): probability >= {threshold:.4f}, sensitivity "
                         "{sensitivity}, specificity {specificity}",
                         "“{positive}”的工作点（{rule}）：概率 >= {threshold:.4f}，敏感度 {sensitivity}，特异度 {specificity}"),
+    # the rule as the run recorded it (English), or what it says in Chinese
+    "op_rule_inner": ("{rule}", "Youden 指数（敏感度 + 特异度 - 1）最大，在汇总的内部验证预测上选择"),
+    "op_rule_oof": ("{rule}", "Youden 指数（敏感度 + 特异度 - 1）最大，在汇总的折外预测上选择"),
     "operating_point_test": ("; on the held-out test set at that threshold: sensitivity {sensitivity}, specificity "
                              "{specificity}", "；留出测试集在该阈值下：敏感度 {sensitivity}，特异度 {specificity}"),
     # per class, per patient, pictures

@@ -115,7 +115,8 @@ def operating_point_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> st
     point = summary.get("operating_point")
     if not point:
         return None
-    note = t("operating_point", positive=point["positive_class"], rule=point["rule"], threshold=point["threshold"],
+    rule = t("op_rule_inner" if "inner_sensitivity" in point else "op_rule_oof", rule=point["rule"])
+    note = t("operating_point", positive=point["positive_class"], rule=rule, threshold=point["threshold"],
              sensitivity=format_number(point["sensitivity"]), specificity=format_number(point["specificity"]))
     test = summary.get("test_operating_point")
     if test:
