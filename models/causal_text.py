@@ -3,7 +3,7 @@
 Class descriptions are ~10 tokens; CLIP's tokenizer pads them to 77 and open_clip's ``encode_text``
 runs all 77 positions. Under the causal mask a token never sees the padding after it, so the
 features pooled at the end-of-text token are the same on tokens cut after the longest description's
-end-of-text token (``tests/test_text_length.py`` proves it against ``encode_text``).
+end-of-text token (``tests/models/test_causal_text.py`` proves it against ``encode_text``).
 """
 from __future__ import annotations
 

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
+from models.families import CHINESE_CLIP
 from models.hf_files import context_length, files_as_tensors, tokenize, write_files
+from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
 from models.token_report import TokenReport, hf_token_report
 from models.weights import hf_from_pretrained, incompatible_weights
 
-PREFIX = "cn-clip:"
+PREFIX = CHINESE_CLIP.prefix
 ALIASES = {
     "ViT-B/16": "OFA-Sys/chinese-clip-vit-base-patch16",
     "ViT-L/14": "OFA-Sys/chinese-clip-vit-large-patch14",

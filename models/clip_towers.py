@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from models import chinese_clip
-from models.names import split_suffix
-from models.text_encoders import (CLIP_PREFIXES, OpenCLIPTextEncoder, TextEncoderSource, load_open_clip,
-                                  resolve_clip_source)
+from models.families import CHINESE_CLIP, IMAGE, OPEN_CLIP, family_of, is_clip_name
+from models.names import EncoderSource, split_suffix
+from models.open_clip_towers import OpenCLIPTextEncoder, load_open_clip, resolve_open_clip
 from utils.errors import ConfigError
 from utils.logging_setup import get_logger
 
@@ -36,24 +36,29 @@ log = get_logger(__name__)
 IMAGE_FLAG, IMAGE_WEIGHTS_FLAG = "--image-encoder", "--image-weights"
 TEXT_FLAG, TEXT_WEIGHTS_FLAG = "--text-encoder", "--text-weights"
 # The statistics data/transforms.py normalises every model input with (models may not import data;
-# tests/test_clip_towers.py checks that the two agree).
+# tests/models/test_clip_towers.py checks that the two agree).
 INPUT_MEAN = (0.485, 0.456, 0.406)
 INPUT_STD = (0.229, 0.224, 0.225)
-FAMILIES = {"clip": "OpenCLIP", "cn-clip": "Chinese-CLIP"}
 
 
-def is_clip_name(name: str) -> bool:
-    return split_suffix(name).base.startswith(CLIP_PREFIXES)
+def resolve_clip_source(base: str, pretrained: bool, flag: str = TEXT_FLAG,
+                        check_exists: bool = True) -> EncoderSource:
+    """``clip:<model>`` or ``cn-clip:<model>`` (no suffix) for either tower; ``flag`` is the one errors
+    name (``check_exists`` False: a restore, the model's folder may be gone)."""
+    family = family_of(base, IMAGE)
+    if family is CHINESE_CLIP:
+        return EncoderSource(family.key, chinese_clip.resolve(family.model(base), flag, check_exists), None, pretrained)
+    return resolve_open_clip(OPEN_CLIP.model(base), pretrained, flag)
 
 
-def resolve_clip_image(name: str, weights: str | None = None, check_exists: bool = True) -> TextEncoderSource:
+def resolve_clip_image(name: str, weights: str | None = None, check_exists: bool = True) -> EncoderSource:
     """Where the CLIP image tower ``name`` comes from (pretrained unless ``:scratch``; loads nothing)."""
     parsed = split_suffix(name)
     if weights is not None and parsed.pretrained is False:
         raise ConfigError(f"{IMAGE_FLAG} {name} asks for random weights but {IMAGE_WEIGHTS_FLAG} {weights} is "
                           f"given; drop one of them")
     source = resolve_clip_source(parsed.base, parsed.pretrained is not False, IMAGE_FLAG, check_exists)
-    if weights is not None and source.kind == "cn-clip" and Path(weights).is_file():
+    if weights is not None and source.kind == CHINESE_CLIP.key and Path(weights).is_file():
         raise ConfigError(f"{IMAGE_WEIGHTS_FLAG} {weights}: {parsed.base} needs a Chinese-CLIP model folder "
                           f"(config.json and weights, as save_pretrained writes), not a file")
     return source
@@ -108,7 +113,7 @@ class CLIPPair:
     logit_scale: float
 
 
-def _open_clip_statistics(source: TextEncoderSource, visual: nn.Module) -> tuple[tuple, tuple]:
+def _open_clip_statistics(source: EncoderSource, visual: nn.Module) -> tuple[tuple, tuple]:
     """The mean/std the weights were trained with: the pretrained tag's, else the model config's."""
     import open_clip
 
@@ -132,7 +137,7 @@ def _check_patch_multiple(name: str, tower: chinese_clip.ChineseCLIPImageTower, 
                           f"{tower.patch_size} (e.g. {img_size - img_size % tower.patch_size or tower.patch_size})")
 
 
-def _open_clip_image(source: TextEncoderSource, name: str, visual: nn.Module, embed_dim: int,
+def _open_clip_image(source: EncoderSource, name: str, visual: nn.Module, embed_dim: int,
                      img_size: int | None) -> CLIPImage:
     _check_open_clip_size(name, visual, img_size)
     mean, std = _open_clip_statistics(source, visual)
@@ -161,7 +166,7 @@ def build_clip_image(name: str, load_pretrained: bool = True, img_size: int | No
     """
     source = resolve_clip_image(name, weights, check_exists=load_pretrained)
     pretrained = source.pretrained and load_pretrained
-    if source.kind == "clip":
+    if source.kind == OPEN_CLIP.key:
         loaded = load_open_clip(source, name, pretrained, weights, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG)
         return _open_clip_image(source, name, loaded.model.visual, _open_clip_embed_dim(loaded.config_name),
                                 img_size)
@@ -176,7 +181,7 @@ def build_clip_image(name: str, load_pretrained: bool = True, img_size: int | No
 
 
 def paired_source(image_name: str, text_name: str, image_weights: str | None, text_weights: str | None,
-                  check_exists: bool = True) -> TextEncoderSource | None:
+                  check_exists: bool = True) -> EncoderSource | None:
     """The CLIP model both towers come from, or None when they are not one model with one set of weights."""
     if not (is_clip_name(image_name) and is_clip_name(text_name)):
         return None
@@ -193,7 +198,7 @@ def paired_source(image_name: str, text_name: str, image_weights: str | None, te
     return image
 
 
-def build_clip_pair(source: TextEncoderSource, name: str, load_pretrained: bool = True,
+def build_clip_pair(source: EncoderSource, name: str, load_pretrained: bool = True,
                     img_size: int | None = None, weights: str | None = None,
                     text_files: dict[str, torch.Tensor] | None = None) -> CLIPPair:
     """Both towers of one CLIP model, loaded once (one copy of the weights in memory).
@@ -202,7 +207,7 @@ def build_clip_pair(source: TextEncoderSource, name: str, load_pretrained: bool 
     checkpoint's ``text_encoder_files`` (a Chinese-CLIP tokenizer and config).
     """
     pretrained = source.pretrained and load_pretrained
-    if source.kind == "clip":
+    if source.kind == OPEN_CLIP.key:
         loaded = load_open_clip(source, name, pretrained, weights, TEXT_FLAG, TEXT_WEIGHTS_FLAG)
         scale = float(loaded.model.logit_scale.detach())
         embed_dim = _open_clip_embed_dim(loaded.config_name)

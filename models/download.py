@@ -17,16 +17,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, image_encoder_spec, image_weights_file
+from models.image_encoders import IMAGE_ENCODERS, image_encoder_spec, image_weights_file
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
-from models.text_encoders import CLIP_PREFIXES, build_text_encoder, resolve_text_encoder, text_weights_location, \
+from models.families import IMAGE, TIMM, family_of, is_clip_name
+from models.text_encoders import build_text_encoder, resolve_text_encoder, text_weights_location, \
     valid_text_encoder_names
 from models.weights import downloads_disabled, hf_hub_cache, torch_hub_dir
 from utils.errors import UserError
 
 
 def is_image_encoder(base: str) -> bool:
-    return base in IMAGE_ENCODERS or base.startswith(TIMM_PREFIX)
+    return base in IMAGE_ENCODERS or family_of(base, IMAGE) is TIMM
 
 
 def check_name(name: str) -> None:
@@ -40,7 +41,7 @@ def check_name(name: str) -> None:
     try:
         resolve_text_encoder(name)
     except UnknownEncoderError:
-        if base.startswith(CLIP_PREFIXES):
+        if is_clip_name(base):
             raise  # its own message says what is wrong with the CLIP name (e.g. cn-clip:RN50)
         raise unknown_encoder("image or text", "models.download", base,
                               list(IMAGE_ENCODERS) + valid_text_encoder_names()) from None

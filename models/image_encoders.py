@@ -16,7 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-from models.clip_towers import FAMILIES, build_clip_image, is_clip_name, resolve_clip_image
+from models.clip_towers import build_clip_image, resolve_clip_image
+from models.families import CLIP_FAMILIES, IMAGE, TIMM, family_of, is_clip_name
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
 from models.weights import (WeightsLocation, fetch_weights_file, incompatible_weights, read_state_dict)
 from utils.errors import ConfigError, closest
@@ -26,7 +27,7 @@ log = get_logger(__name__)
 
 FLAG = "--image-encoder"
 WEIGHTS_FLAG = "--image-weights"
-TIMM_PREFIX = "timm:"
+TIMM_PREFIX = TIMM.prefix
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ImageEncoderSpec:
 
     def weights_location(self) -> WeightsLocation | None:
         """Where the library keeps this encoder's pretrained weights (None: none exist)."""
-        if self.weights is None or self.library in FAMILIES:  # CLIP weights: see models.download
+        if self.weights is None or self.library in {family.key for family in CLIP_FAMILIES}:  # see models.download
             return None
         if self.library == "torchvision":
             return WeightsLocation(url=torchvision.models.get_weight(self.weights).url)
@@ -152,8 +153,8 @@ def image_encoder_spec(base: str) -> ImageEncoderSpec:
     if is_clip_name(base):
         # Describes only (saliency asks for a restored model's family): a cn-clip folder may be gone.
         source = resolve_clip_image(base, check_exists=False)
-        return ImageEncoderSpec(base, FAMILIES[source.kind], source.kind, source.model, None, source.tag)
-    if base.startswith(TIMM_PREFIX):
+        return ImageEncoderSpec(base, family_of(base, IMAGE).title, source.kind, source.model, None, source.tag)
+    if family_of(base, IMAGE) is TIMM:
         return _timm_spec(base[len(TIMM_PREFIX):])
     spec = IMAGE_ENCODERS.get(base)
     if spec is None:
@@ -182,16 +183,6 @@ def resolve_image_encoder(name: str, weights: str | None = None) -> tuple[ImageE
         raise WeightsNotFoundError(f"{FLAG} {name}: no pretrained weights exist for '{spec.name}'; use "
                                    f"'{spec.name}' (random init) or give your own with {WEIGHTS_FLAG} FILE")
     return spec, pretrained
-
-
-def pretrained_source(name: str) -> str | None:
-    """Whose pretrained weights image encoder ``name`` starts from without ``--image-weights``
-    ("ImageNet", "OpenCLIP", "Chinese-CLIP"), or None when it starts from random weights. A CLIP
-    tower is pretrained unless ``:scratch``; a registry backbone only with ``:pretrained``."""
-    parsed = split_suffix(name)
-    if is_clip_name(parsed.base):
-        return None if parsed.pretrained is False else FAMILIES[parsed.base.split(":", 1)[0]]
-    return "ImageNet" if parsed.pretrained else None
 
 
 def random_init_note(name: str, weights: str | None = None) -> str | None:

@@ -27,6 +27,25 @@ class EncoderName:
     pretrained: bool | None  # None: the registry's default for this family
 
 
+HF_HUB_PREFIX = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class EncoderSource:
+    """Where a text encoder or a CLIP tower comes from (loads nothing): ``kind`` is the family's key
+    (``clip``, ``cn-clip`` or ``hf``, models/families.py)."""
+
+    kind: str
+    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder (hf, cn-clip)
+    tag: str | None  # open_clip pretrained tag (None for hf-hub models: the repo holds the weights)
+    pretrained: bool
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The HuggingFace repo an open_clip ``hf-hub:`` model lives in."""
+        return self.model[len(HF_HUB_PREFIX):] if self.model.startswith(HF_HUB_PREFIX) else None
+
+
 def split_suffix(name: str) -> EncoderName:
     """Split a trailing ``:pretrained``/``:true`` or ``:scratch``/``:false`` off ``name``."""
     head, sep, tail = name.rpartition(":")

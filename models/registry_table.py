@@ -14,8 +14,10 @@ import torch
 
 from models import chinese_clip
 from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, build_image_encoder
-from models.text_encoders import (CLIP_ALIASES, HF_ALIASES, TextEncoderSource, resolve_text_encoder,
-                                  text_weights_location, without_random_init_warning)
+from models.families import IMAGE, OPEN_CLIP, family_of
+from models.names import EncoderSource
+from models.open_clip_towers import CLIP_ALIASES, without_random_init_warning
+from models.text_encoders import HF_ALIASES, resolve_text_encoder, text_weights_location
 from models.weights import WeightsLocation, hf_hub_cache
 
 YES, NO, NOT_CACHED = "yes", "no", "not cached"
@@ -59,7 +61,7 @@ class CLIPCounts:
     embed_dim: int | None
 
 
-def _open_clip_counts(source: TextEncoderSource) -> CLIPCounts:
+def _open_clip_counts(source: EncoderSource) -> CLIPCounts:
     import open_clip
 
     with torch.device("meta"), without_random_init_warning():
@@ -68,7 +70,7 @@ def _open_clip_counts(source: TextEncoderSource) -> CLIPCounts:
     return CLIPCounts(image, _count(model) - image, int(open_clip.get_model_config(source.model)["embed_dim"]))
 
 
-def _chinese_clip_counts(source: TextEncoderSource) -> CLIPCounts:
+def _chinese_clip_counts(source: EncoderSource) -> CLIPCounts:
     from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
     try:
@@ -81,25 +83,25 @@ def _chinese_clip_counts(source: TextEncoderSource) -> CLIPCounts:
                       _count(model.text_model) + _count(model.text_projection), int(config.projection_dim))
 
 
-def clip_counts() -> dict[str, tuple[TextEncoderSource, CLIPCounts]]:
+def clip_counts() -> dict[str, tuple[EncoderSource, CLIPCounts]]:
     """Every CLIP alias (``clip:``, ``cn-clip:``) → its source and tower sizes, counted once."""
     names = [f"clip:{alias}" for alias in CLIP_ALIASES] + [chinese_clip.PREFIX + a for a in chinese_clip.ALIASES]
     counted = {}
     for name in names:
         source = resolve_text_encoder(name)
-        counts = _open_clip_counts(source) if source.kind == "clip" else _chinese_clip_counts(source)
+        counts = _open_clip_counts(source) if source.kind == OPEN_CLIP.key else _chinese_clip_counts(source)
         counted[name] = (source, counts)
     return counted
 
 
-def clip_rows(counted: dict[str, tuple[TextEncoderSource, CLIPCounts]], tower: str) -> list[EncoderRow]:
+def clip_rows(counted: dict[str, tuple[EncoderSource, CLIPCounts]], tower: str) -> list[EncoderRow]:
     """One row per CLIP model: its ``tower`` ("image" or "text") as an encoder."""
-    return [EncoderRow(name, "OpenCLIP" if source.kind == "clip" else "Chinese-CLIP", getattr(counts, tower),
+    return [EncoderRow(name, family_of(name, IMAGE).title, getattr(counts, tower),
                        counts.embed_dim, weights_status(text_weights_location(source)))
             for name, (source, counts) in counted.items()]
 
 
-def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:
+def _hf_row(name: str, source: EncoderSource) -> EncoderRow:
     from transformers import AutoConfig, AutoModel
 
     location = text_weights_location(source)  # None: a local folder (the bundled MiniLM)
@@ -113,7 +115,7 @@ def _hf_row(name: str, source: TextEncoderSource) -> EncoderRow:
     return EncoderRow(name, "HuggingFace", _count(model), int(config.hidden_size), status)
 
 
-def text_rows(counted: dict[str, tuple[TextEncoderSource, CLIPCounts]]) -> list[EncoderRow]:
+def text_rows(counted: dict[str, tuple[EncoderSource, CLIPCounts]]) -> list[EncoderRow]:
     return clip_rows(counted, "text") + [_hf_row(alias, resolve_text_encoder(alias)) for alias in HF_ALIASES]
 
 

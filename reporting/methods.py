@@ -67,47 +67,36 @@ def class_counts(summary: Mapping[str, Any]) -> list[int]:
     return counts
 
 
-def split_suffix(name: str) -> Any:
-    """The encoder registries' own parse of ``NAME:pretrained`` / ``NAME:scratch``.
+def weights_start(name: str, tower: str, weights_file: str | None) -> Any:
+    """The encoder family's words for how the tower began, in English and Chinese (models/families.py).
 
     Imported here, not at the top: ``models`` loads torch, and ``python -m reporting.compare`` reads
     prediction files through this package without ever writing a methods paragraph.
     """
-    from models.names import split_suffix as parse
+    from models.families import weights_start as start
 
-    return parse(name)
+    return start(name, tower, Path(weights_file).name if weights_file else None)
 
 
-def pretrained_source(name: str) -> str | None:
-    """The image encoder registry's answer: whose weights ``name`` starts from (imported here, as above)."""
-    from models.image_encoders import pretrained_source as source
+def base_name(name: str) -> str:
+    from models.names import split_suffix
 
-    return source(name)
+    return split_suffix(name).base
+
+
+def _start(config: Mapping[str, Any], tower: str, t: Phrases) -> str:
+    start = weights_start(config[f"{tower}_encoder"], tower, config.get(f"{tower}_weights"))
+    return start.chinese if t.lang == "zh" else start.english
 
 
 def _image_encoder(config: Mapping[str, Any], t: Phrases) -> str:
-    name = config["image_encoder"]
-    if config.get("image_weights"):
-        start = t("m_from_file", file=Path(config["image_weights"]).name)
-    else:
-        source = pretrained_source(name)
-        start = t("m_pretrained_source", source=source) if source else t("m_random")
     frozen = t("m_image_frozen") if config.get("freeze_image") else ""
-    return t("m_image_encoder", base=split_suffix(name).base, start=start, frozen=frozen)
+    return t("m_image_encoder", base=base_name(config["image_encoder"]), start=_start(config, "image", t), frozen=frozen)
 
 
 def _text_encoder(config: Mapping[str, Any], t: Phrases) -> str:
-    name = config["text_encoder"]
-    if config.get("text_weights"):
-        start = t("m_from", file=Path(config["text_weights"]).name)
-    elif split_suffix(name).pretrained is False:
-        start = t("m_random")
-    elif split_suffix(name).base.startswith("hf:"):
-        start = t("m_folder_weights")
-    else:
-        start = t("m_pretrained")
     frozen = t("m_text_frozen") if config.get("freeze_text") else ""
-    return t("m_text_encoder", base=split_suffix(name).base, start=start, frozen=frozen)
+    return t("m_text_encoder", base=base_name(config["text_encoder"]), start=_start(config, "text", t), frozen=frozen)
 
 
 def _percent(fraction: float) -> str:

@@ -16,15 +16,9 @@ METHODS_PHRASES: dict[str, tuple[str, str]] = {
              "{subject}按分层 {k} 折交叉验证划分（scikit-learn StratifiedKFold，以随机种子 {seed} 打乱），每张图像恰好被验证一次。"),
     "m_holdout": ("{subject} were split once, stratified, into training and validation ({percent} for validation, "
                   "seed {seed}).", "{subject}按分层抽样一次性划分为训练集和验证集（验证集 {percent}，随机种子 {seed}）。"),
-    # the encoders
+    # the encoders (how each began: models/families.py's words in both languages)
     "m_image_encoder": ("the image encoder {base} ({start}{frozen})", "图像编码器 {base}（{start}{frozen}）"),
     "m_text_encoder": ("the text encoder {base} ({start}{frozen})", "文本编码器 {base}（{start}{frozen}）"),
-    "m_from_file": ("initialised from the weights file {file}", "用权重文件 {file} 初始化"),
-    "m_from": ("initialised from {file}", "从 {file} 初始化"),
-    "m_pretrained_source": ("initialised with pretrained {source} weights", "{source} 预训练权重"),
-    "m_random": ("randomly initialised", "随机初始化"),
-    "m_folder_weights": ("with the weights stored there", "使用该文件夹中的权重"),
-    "m_pretrained": ("with its pretrained weights", "使用其预训练权重"),
     "m_image_frozen": (", kept frozen (only its projection was trained)", "，保持冻结（只训练其投影层）"),
     "m_text_frozen": (", kept frozen", "，保持冻结"),
     "m_loss_symmetric": ("the image-to-class cross-entropy plus the class-to-image contrastive term",

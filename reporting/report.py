@@ -3,7 +3,7 @@
 :func:`write_plots` draws the pictures into ``OUTPUT_DIR/plots/``; :func:`write_report` writes
 the Markdown page that shows them, in English or Chinese (the same code: each sentence is a phrase
 of :mod:`reporting.phrases`). Both take the ``cv_summary.json`` dictionary that
-``train_clip.summarise`` returns. ``python -m reporting.report OUTPUT_DIR [--report-lang en|zh|both]``
+``training.results.summarise`` returns. ``python -m reporting.report OUTPUT_DIR [--report-lang en|zh|both]``
 rebuilds them from the files of a finished run (for runs made before reports existed, or after
 deleting ``plots/``); the languages default to the run's own ``--report-lang``.
 """

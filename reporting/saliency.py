@@ -94,7 +94,7 @@ def _efficientnet_layers(backbone: nn.Module) -> list[TargetLayer]:
     # torchvision: the stages ending at strides 4 and 8, not deeper. Every later block's
     # squeeze-and-excitation spreads the whole image's information over every position, so deeper
     # maps do not localise: on the planted-square test the stride-8 stage found 11-12 of 12 squares,
-    # the stride-16 stages and the last 1×1 convolution 1-6 (tests/test_saliency.py).
+    # the stride-16 stages and the last 1×1 convolution 1-6 (tests/reporting/test_saliency.py).
     return [TargetLayer(backbone.features[2]), TargetLayer(backbone.features[3])]
 
 

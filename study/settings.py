@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, _flag, _opposite_flag, config_fields,
+from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, config_fields, flag_of, opposite_flag_of,
                              with_alternatives)
 from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
@@ -87,11 +87,11 @@ class Settings:
             value = self.trainer_values[f.name]
             if isinstance(value, bool):
                 # A negating field's own flag switches it off (--no-amp), its opposite on (--amp).
-                flags.append(_flag(f) if value != f.metadata["negate"] else _opposite_flag(f))
+                flags.append(flag_of(f) if value != f.metadata["negate"] else opposite_flag_of(f))
             elif isinstance(value, list):  # a list field: its flag once per item
-                flags += [word for item in value for word in (_flag(f), item)]
+                flags += [word for item in value for word in (flag_of(f), item)]
             else:
-                flags += [_flag(f), str(value)]
+                flags += [flag_of(f), str(value)]
         return flags
 
 

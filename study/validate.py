@@ -1,7 +1,7 @@
 """Check every job before the first one starts (also for --dry-run).
 
 Each job's full argument list is parsed by the trainer's own parser and validation
-(:func:`training.config.config_from_args`), its folders and files are looked for, and its encoder
+(:func:`training.arguments.config_from_args`), its folders and files are looked for, and its encoder
 names are resolved in the registries, which loads no weights. The first problem stops the study
 with one line naming the job, so a typo in the last job does not surface at 3 a.m.
 
@@ -21,7 +21,8 @@ from models.image_encoders import resolve_image_encoder
 from models.text_encoders import resolve_text_encoder
 from study.plan import NEW, Job, trainer_arguments
 from study.settings import Settings
-from training.config import TrainConfig, config_from_args
+from training.arguments import config_from_args
+from training.config import TrainConfig
 from utils.errors import ConfigError, UserError
 
 # Validation writes nothing: the log path only has to parse.

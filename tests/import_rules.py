@@ -32,7 +32,8 @@ RULES: Mapping[str, frozenset[str]] = {
     "reporting": frozenset({"utils", "models"}),
     "training": frozenset({"utils", "data", "models", "reporting"}),
     "training.config": frozenset({"utils", "reporting"}),
-    "study": frozenset({"training.config", "reporting", "utils", "models"}),
+    "training.arguments": frozenset({"utils", "reporting", "training.config"}),
+    "study": frozenset({"training.config", "training.arguments", "reporting", "utils", "models"}),
     "tests": frozenset({ANY_PACKAGE}),
 }
 
@@ -240,3 +241,15 @@ def loop_through(graph: Mapping[str, set[str]], component: list[str]) -> list[st
                 paths[target] = paths[module] + [target]
                 queue.append(target)
     return component
+
+
+def untested_modules(root: Path) -> list[str]:
+    """Modules of the packages (``__init__`` and ``__main__`` aside) that no file under ``tests/``
+    imports, and scripts that no test names: code whose every line could break unnoticed."""
+    layout = discover(root)
+    modules = layout.modules
+    imported = {imp.module for path in layout.files if top_level(module_name(root, path)) == "tests"
+                for imp in imported_modules(path, module_name(root, path), modules)}
+    return sorted(module for module in modules
+                  if top_level(module) in layout.packages - {"tests"} and module not in layout.packages
+                  and not module.endswith(".__main__") and module not in imported)

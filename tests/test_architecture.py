@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.import_rules import RULES, discover, find_import_circles, find_violations, top_level
+from tests.import_rules import RULES, discover, find_import_circles, find_violations, top_level, untested_modules
 
 # A small tree shaped like the real one, with one allowed import of each kind (lazy and relative ones too).
 GOOD_TREE = {
@@ -61,7 +61,8 @@ BREAKS = {
         "reporting/bad.py:2: reporting imports data.texts (allowed: models, utils)"),
     "study imports the rest of training": (
         "study/bad.py", "from training import engine\n",
-        "study/bad.py:1: study imports training.engine (allowed: models, reporting, training.config, utils)"),
+        "study/bad.py:1: study imports training.engine (allowed: models, reporting, training.arguments, training.config, "
+        "utils)"),
     "a package without a rule": (
         "newpkg/__init__.py", "import utils.io\n",
         "newpkg/__init__.py:1: newpkg imports utils.io (allowed: no rule for this package yet: add one to RULES)"),
@@ -111,3 +112,17 @@ def test_an_import_circle_is_reported_lazy_imports_included(tmp_path: Path) -> N
     longer = {"data/a.py": "import data.b\n", "data/b.py": "from data import c\n", "data/c.py": "from . import a\n"}
     assert find_import_circles(write_tree(tmp_path / "three", {**GOOD_TREE, **longer})) == [
         "data.a -> data.b -> data.c -> data.a"]
+
+
+def test_every_module_of_the_repository_is_imported_by_a_test() -> None:
+    assert untested_modules(ROOT) == []
+
+
+def test_a_module_no_test_imports_is_reported(tmp_path: Path) -> None:
+    assert untested_modules(write_tree(tmp_path, GOOD_TREE)) == ["data.folder", "data.texts", "models.loss",
+                                                                  "reporting.metrics", "study.plan",
+                                                                  "training.config", "utils.errors", "utils.io"]
+    tested = {"tests/test_all.py": "from data import folder, texts\nimport models.loss\nfrom reporting import "
+                                   "metrics\nfrom study.plan import x\nfrom training import config\n"
+                                   "from utils import errors\n"}
+    assert untested_modules(write_tree(tmp_path, {**GOOD_TREE, **tested})) == ["utils.io"]

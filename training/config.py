@@ -1,12 +1,11 @@
-"""The run configuration: one dataclass, the CLI built from it, JSON merging and validation.
+"""The run configuration: one dataclass, its JSON keys and their types, and validation.
 
-Precedence (docs/design.md §7): dataclass defaults < one JSON config entry < explicit CLI flags.
-JSON keys are the flag names in snake_case. Every problem is a :class:`ConfigError` whose
-message names the flag or key and, for a misspelt name, suggests the closest valid one.
+The command line and the JSON files are read into it by :mod:`training.arguments`. JSON keys are
+the flag names in snake_case. Every problem is a :class:`ConfigError` whose message names the
+flag or key and, for a misspelt name, suggests the closest valid one.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -16,8 +15,7 @@ from typing import Any, Optional, Sequence
 from reporting.metric_table import MONITOR_METRICS
 from reporting.phrases import REPORT_LANGS
 from utils.errors import ConfigError, suggest
-from utils.io import read_json
-from utils.run_dir import RunDir, default_run_dir
+from utils.run_dir import default_run_dir
 
 GROUPS = {"data": "data", "model": "model", "training": "training", "cv": "cross-validation",
           "imbalance": "class imbalance", "statistics": "statistics", "report": "report", "system": "system"}
@@ -205,20 +203,20 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _flag(f: dataclasses.Field) -> str:
+def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _opposite_flag(f: dataclasses.Field) -> str:
-    flag = _flag(f)
+def opposite_flag_of(f: dataclasses.Field) -> str:
+    flag = flag_of(f)
     return "--" + flag[len("--no-"):] if flag.startswith("--no-") else "--no-" + flag[len("--"):]
 
 
-def _base_type(tp: Any) -> Any:
+def base_type(tp: Any) -> Any:
     """The type without ``Optional``: ``Optional[int]`` → ``int``, ``Optional[list[str]]`` → ``list``."""
     base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
     return typing.get_origin(base) or base
@@ -226,7 +224,7 @@ def _base_type(tp: Any) -> Any:
 
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            list: "a string or a list of strings"}[_base_type(tp)]
+            list: "a string or a list of strings"}[base_type(tp)]
 
 
 def _is_text_list(value: Any) -> bool:
@@ -236,13 +234,12 @@ def _is_text_list(value: Any) -> bool:
 def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> Any:
     """Check a JSON value against the field's type (ints accepted as floats, nothing else converted).
 
-    A list field also takes one string, as a one-item list (``text_template`` was a string once: the
-    config.json of older runs must still load and compare equal). ``key`` is the JSON key as written
-    (an alias such as ``use_amp``), named in the error.
+    A list field also takes one string, as a one-item list (one ``text_template`` is naturally written
+    as a string). ``key`` is the JSON key as written (an alias such as ``use_amp``), named in the error.
     """
-    tp = _field_types()[name]
+    tp = field_types()[name]
     optional = type(None) in typing.get_args(tp)
-    base = _base_type(tp)
+    base = base_type(tp)
     if value is None and optional:
         return None
     if base is list and isinstance(value, str):
@@ -257,88 +254,6 @@ def coerce_value(name: str, value: Any, source: str, key: str | None = None) -> 
     if not ok:
         raise ConfigError(f"{source}: '{key or name}' must be {_type_name(tp)}, got {value!r}")
     return float(value) if base is float else value
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises a one-line :class:`ConfigError` instead of printing usage and exiting."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        hint = ""
-        if message.startswith("unrecognized arguments:"):
-            unknown = next((word for word in message.split()[2:] if word.startswith("--")), None)
-            if unknown is not None:
-                hint = suggest(unknown.split("=", 1)[0], list(self._option_string_actions))
-        raise ConfigError(f"{message}{hint}; see --help")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI, generated from :class:`TrainConfig` so flags and config keys cannot drift apart.
-
-    Defaults are suppressed in the namespace so that only flags the user typed override the
-    JSON config; help texts show the real defaults.
-    """
-    parser = _ArgumentParser(
-        prog="train_clip.py",
-        description="Fine-tune a CLIP-style image-text model to classify images in one folder per "
-                    "class, with K-fold cross-validation.",
-        argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Precedence: defaults < --config entry < flags given on the command line. Every on/off "
-               "flag has an opposite that undoes a config file's setting: --no-use-cv, --amp, "
-               "--save-best, --no-freeze-text, ...",
-        allow_abbrev=False,  # '--epoch 5' must not silently mean --epochs
-    )
-    parser.add_argument("--config", metavar="FILE", help="JSON config: one object, or a list of objects "
-                        "with snake_case flag names as keys.")
-    parser.add_argument("--config-index", type=int, metavar="N",
-                        help="Which entry of a --config list to run (0-based; default 0 for a one-entry list).")
-    parser.add_argument("--list-encoders", action="store_true",
-                        help="Print the image and text encoders (parameters, feature dimension, whether "
-                             "pretrained weights are cached) and exit.")
-    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
-    types = _field_types()
-    for f in config_fields():
-        group = groups[f.metadata["group"]]
-        base = _base_type(types[f.name])
-        help_text = f.metadata["help"]
-        if base is bool:
-            negate = f.metadata["negate"]
-            group.add_argument(_flag(f), dest=f.name, action="store_false" if negate else "store_true",
-                               help=help_text)
-            # The opposite switch, so a command line can undo a config file's setting.
-            group.add_argument(_opposite_flag(f), dest=f.name, action="store_true" if negate else "store_false",
-                               help=argparse.SUPPRESS)
-            continue
-        if base is list:  # given several times: one item each (the command line replaces a config's list)
-            group.add_argument(_flag(f), dest=f.name, action="append", metavar=f.name.upper(), help=help_text)
-            continue
-        default = "" if f.default is None else f" (default: {f.default})"
-        # Choices are checked in validate(), which suggests the closest one (argparse does not).
-        choices = f.metadata["choices"]
-        group.add_argument(_flag(f), dest=f.name, type=base,
-                           metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
-                           help=help_text + default)
-    return parser
-
-
-def load_config_entry(path: str | Path, index: int | None) -> dict[str, Any]:
-    """One entry of a JSON config file (an object, or a list of objects)."""
-    data = read_json(path, "--config file")
-    if isinstance(data, dict):
-        entries = [data]
-    elif isinstance(data, list) and data and all(isinstance(e, dict) for e in data):
-        entries = data
-    else:
-        raise ConfigError(f"--config file {path} must hold an object or a non-empty list of objects")
-    if index is None:
-        if len(entries) > 1:
-            raise ConfigError(f"--config file {path} holds {len(entries)} configs: choose one with "
-                              f"--config-index 0..{len(entries) - 1}")
-        index = 0
-    if not 0 <= index < len(entries):
-        raise ConfigError(f"--config-index {index} is out of range: {path} holds {len(entries)} configs "
-                          f"(0..{len(entries) - 1})")
-    return entries[index]
 
 
 def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
@@ -358,48 +273,6 @@ def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse the command line (and the --config file it names) into a validated config."""
-    parser = build_parser()
-    namespace = vars(parser.parse_args(argv))
-    config_file = namespace.pop("config", None)
-    config_index = namespace.pop("config_index", None)
-    namespace.pop("list_encoders", None)  # handled by train_clip.main before any config
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        source = f"--config file {config_file}"
-        values.update(normalise_keys(load_config_entry(config_file, config_index), source))
-    elif config_index is not None:
-        raise ConfigError("--config-index needs --config FILE")
-    values.update(namespace)
-    if values.get("resume"):
-        values = merge_with_saved_run(values)
-    cfg = TrainConfig(**values)
-    validate(cfg)
-    return cfg
-
-
-def merge_with_saved_run(values: dict[str, Any]) -> dict[str, Any]:
-    """For ``--resume``: the saved ``config.json`` is the base; explicit values that change results
-    must agree with it (the error names every differing key)."""
-    output_dir = TrainConfig(**values).resolved_output_dir()
-    saved_path = RunDir(output_dir).config
-    if not saved_path.is_file():
-        raise ConfigError(f"--resume: {output_dir} holds no config.json, so there is no run to resume")
-    saved_entry = read_json(saved_path, "saved config")
-    if not isinstance(saved_entry, dict):
-        raise ConfigError(f"--resume: {saved_path} does not hold a config object")
-    saved = normalise_keys(saved_entry, str(saved_path))
-    differing = [key for key, value in values.items()
-                 if key not in NON_RESULT_KEYS and key in saved and saved[key] != value]
-    if differing:
-        details = ", ".join(f"{key} (run: {saved[key]!r}, now: {values[key]!r})" for key in differing)
-        raise ConfigError(f"--resume refused: the run in {output_dir} was started with other settings: "
-                          f"{details}; start a new run (another --output-dir or --overwrite) instead")
-    carried = {key: value for key, value in saved.items() if key not in ("overwrite", "resume", "log_file")}
-    return {**carried, **values}
-
-
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -416,7 +289,7 @@ def validate(cfg: TrainConfig) -> None:
         choices = f.metadata["choices"]
         value = getattr(cfg, f.name)
         if choices and value not in choices:
-            raise ConfigError(f"{_flag(f)}: invalid choice '{value}'{suggest(str(value), choices)}; "
+            raise ConfigError(f"{flag_of(f)}: invalid choice '{value}'{suggest(str(value), choices)}; "
                               f"expected one of {', '.join(choices)}")
     _check(cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}")
     _check(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")

@@ -13,6 +13,7 @@ files. A single process (no ``torchrun``, or ``WORLD_SIZE=1``) takes none of the
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -23,7 +24,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, Sampler
 
+from utils.device import select_device
 from utils.errors import ConfigError
+
+log = logging.getLogger("train_clip")
 
 # How long a process waits for the others at a collective before giving up (rank 0 may spend long
 # minutes alone: decoding images, the held-out test set, the report).
@@ -55,6 +59,23 @@ class Distributed:
     def is_main(self) -> bool:
         """Rank 0: the one process that writes files and logs below the warning level."""
         return self.rank == 0
+
+    def device(self, gpu_id: int) -> torch.device:
+        """This process's device, chosen once: ``--gpu-id`` alone; under torchrun the GPU of LOCAL_RANK."""
+        if not self.enabled:
+            device = select_device(gpu_id)
+        else:
+            if gpu_id != 0 and self.is_main:
+                log.warning("--gpu-id %d is ignored under torchrun: process k of a machine uses GPU k; choose the "
+                            "GPUs with CUDA_VISIBLE_DEVICES", gpu_id)
+            if torch.cuda.is_available() and self.local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"torchrun started more processes on this machine than its "
+                                  f"{torch.cuda.device_count()} GPU(s) (LOCAL_RANK {self.local_rank}): lower "
+                                  "--nproc-per-node")
+            device = select_device(self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
 
     # -- the process group ---------------------------------------------------------------------
     def start(self, device: torch.device) -> None:

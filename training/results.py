@@ -1,5 +1,6 @@
 """A finished run's results: ``cv_summary.json`` and ``oof_predictions.csv`` from the folds' results,
-and the fold ensemble on the held-out test set (``test_metrics.json``, ``test_predictions.csv``)."""
+the fold ensemble on the held-out test set (``test_metrics.json``, ``test_predictions.csv``), and
+the pictures and report.md drawn from them."""
 from __future__ import annotations
 
 import logging
@@ -14,17 +15,49 @@ from reporting.calibration import apply_temperature
 from reporting.methods import run_environment
 from reporting.metrics import classification_metrics, expected_calibration_error, mean_and_std, scalar_metrics
 from reporting.patients import patient_metrics
+from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
+from reporting.summary import format_summary_table
 from training.checkpoints import SharedFiles, load_best_model_state
 from training.config import TrainConfig
 from training.engine import evaluate
 from training.fold import FoldResult
+from training.gallery import write_gallery
 from training.run import Run
 from utils.io import write_csv, write_json
 
 log = logging.getLogger("train_clip")
 # What cv_summary.json repeats of test_metrics.json, as test_<key>.
 TEST_SUMMARY_KEYS = ("ci", "per_class_ci", "operating_point")
+
+
+def write_summary(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
+    """cv_summary.json (and the held-out test set's files): written last, it marks the run finished."""
+    summary = summarise(run, results)
+    if run.test_idx:
+        test = evaluate_test_ensemble(run, results, summary)
+        summary["test"] = test["metrics"]
+        summary.update({f"test_{key}": test[key] for key in TEST_SUMMARY_KEYS if key in test})
+    run.record_time()
+    summary["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
+    write_json(run.run_dir.summary, summary)
+    log.info("Cross-validation summary (%s):\n%s", run.run_dir.summary, format_summary_table(summary))
+    return summary
+
+
+def write_reports(run: Run) -> None:
+    """Gallery, plots and report.md; a failure here is reported but does not undo the finished results."""
+    output_dir = run.run_dir.path
+    try:
+        write_gallery(run.run_dir, run.device, run.cfg.explain_method)
+    except Exception as exc:  # noqa: BLE001 - the pictures are an extra: no failure of theirs may fail a run
+        log.warning("Could not draw the saliency gallery of report.md (results are complete; retry with "
+                    "'python -m training.gallery %s'): %s: %s", output_dir, type(exc).__name__, exc)
+    try:
+        log.info("Report: %s", ", ".join(map(str, report_from_run_dir(output_dir))))
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.warning("Could not write the plots and report.md (results are complete; retry with "
+                    "'python -m reporting.report %s'): %s", output_dir, exc)
 
 
 def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from data.leakage import near_duplicates_across_folds
 from models.clip_model import CLIPClassifier
 from models.image_encoders import random_init_note
 from models.text_checks import text_warnings
-from training.checkpoints import SharedWeights
+from training.checkpoints import SharedWeights, store_frozen_towers
 from training.config import ConfigError, TrainConfig
 from training.distributed import Distributed
-from utils.io import read_json
+from utils.io import read_json, write_json
 from utils.run_dir import RunDir, RunDirError
 
 log = logging.getLogger("train_clip")
@@ -137,6 +137,20 @@ def warn_model_choices(cfg: TrainConfig, model: CLIPClassifier, class_names: Seq
         log.warning("%s", line)
 
 
+@dataclass(frozen=True)
+class DataPlan:
+    """Which images train, validate and test: the held-out test set, then the folds of the rest."""
+
+    dev_idx: list[int]
+    test_idx: list[int]
+    folds: list[Fold]
+
+
+def plan_data(cfg: TrainConfig, images: ImageFolder) -> DataPlan:
+    dev_idx, test_idx = split_off_test(cfg, images)
+    return DataPlan(dev_idx, test_idx, plan_folds(cfg, images, dev_idx))
+
+
 def split_off_test(cfg: TrainConfig, images: ImageFolder) -> tuple[list[int], list[int]]:
     """Development and test indices; the test set is stratified, by whole groups when known, and never
     seen by any fold."""
@@ -186,6 +200,21 @@ def folds_document(cfg: TrainConfig, images: ImageFolder, folds: list[Fold], tes
     if images.groups is not None:
         document["groups"] = dict(zip(paths(range(len(images.paths))), images.groups))
     return document
+
+
+def write_run_files(run: Run) -> None:
+    """config.json, folds.json and the frozen towers' weights (frozen_towers.pth); a resumed run keeps its
+    own (written again only if a crash lost them).
+
+    ``--overwrite`` first deletes the earlier run's files, and only those (RunDir.clear).
+    """
+    if run.cfg.overwrite:
+        run.run_dir.clear(keep=own_log_file(run.cfg))
+    if not (run.cfg.resume and run.run_dir.config.is_file()):
+        write_json(run.run_dir.config, run.cfg.to_dict())
+    if not (run.cfg.resume and run.run_dir.folds.is_file()):
+        write_json(run.run_dir.folds, folds_document(run.cfg, run.images, run.folds, run.test_idx))
+    run.shared_weights = store_frozen_towers(run.run_dir, run.model, run.initial_state)
 
 
 def check_resumable(run: Run) -> None:

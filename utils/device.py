@@ -1,9 +1,13 @@
 """Device placement and mixed precision, shared by training and prediction so both score alike."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from utils.errors import ConfigError
+
+log = logging.getLogger("train_clip")
 
 
 def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -35,3 +39,12 @@ def select_device(gpu_id: int, force_cpu: bool = False) -> torch.device:
     if gpu_id >= count:
         raise ConfigError(f"--gpu-id {gpu_id}: this machine has {count} CUDA device(s) (0..{count - 1})")
     return torch.device("cuda", gpu_id)
+
+
+def describe_device(device: torch.device, amp_dtype: torch.dtype | None) -> None:
+    """One log line: where training runs, and in which precision."""
+    if device.type == "cpu":
+        log.info("CUDA is not available: training on the CPU (mixed precision off)")
+        return
+    log.info("Training on %s (%s), mixed precision: %s", device, torch.cuda.get_device_name(device),
+             amp_dtype or "off")

@@ -19,7 +19,7 @@ from matplotlib.ft2font import FT2Font
 
 from reporting import fonts, plots, saliency
 from reporting.report import write_plots
-from tests.test_plots_report import fake_histories, fake_predictions, fake_summary
+from tests.reporting.test_report import fake_histories, fake_predictions, fake_summary
 
 CHINESE_CLASSES = ["股骨柄A", "股骨柄B", "髋臼杯（骨水泥型）"]
 
