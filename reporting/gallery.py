@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from reporting.phrases import ENGLISH, Phrases
 from utils.io import read_json, write_json
 from utils.logging_setup import get_logger
 from utils.run_dir import RunDir
@@ -81,25 +82,24 @@ def _text(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _cell(case: GalleryCase | None) -> str:
+def _cell(case: GalleryCase | None, t: Phrases) -> str:
     if case is None:
         return "—"
     # <...> around the link: file names may hold spaces, which end a plain Markdown link.
-    return (f"![{_text(case.kind)}](<{_text(case.picture)}>)<br>{_text(case.path)}, fold {case.fold}: "
-            f"predicted {_text(case.predicted_class)} (p = {case.probability:.2f})")
+    return (f"![{t('gallery_' + case.kind)}](<{_text(case.picture)}>)<br>"
+            + t("gallery_cell", path=_text(case.path), fold=case.fold, predicted=_text(case.predicted_class),
+                p=case.probability))
 
 
-def gallery_section(run: RunDir) -> list[str]:
+def gallery_section(run: RunDir, t: Phrases = ENGLISH) -> list[str]:
     """The Markdown lines of the gallery (none when no gallery was drawn)."""
     gallery = Gallery.read(run)
     if gallery is None or not gallery.cases:
         return []
     cases = gallery.cases
-    lines = ["", "## Where the model looks", "",
-             f"For each class, its most confident correct and most confident wrong out-of-fold prediction, "
-             f"with a heatmap ({gallery.method}) of where the fold model that validated the image looked for the class "
-             "it predicted.", "", "| class | most confident correct | most confident wrong |", "|---|---|---|"]
+    lines = ["", t("gallery_heading"), "", t("gallery_note", method=gallery.method), "", t("gallery_header"),
+             "|---|---|---|"]
     for name in dict.fromkeys(case.true_class for case in cases):
         found = {case.kind: case for case in cases if case.true_class == name}
-        lines.append(f"| {_text(name)} | {_cell(found.get(CORRECT))} | {_cell(found.get(WRONG))} |")
+        lines.append(f"| {_text(name)} | {_cell(found.get(CORRECT), t)} | {_cell(found.get(WRONG), t)} |")
     return lines

@@ -1,7 +1,8 @@
 """The leaderboard of a study: one row per run folder, ranked on a cross-validated metric.
 
 Reads each run's ``cv_summary.json`` and ``folds.json`` (docs/design.md §6) and writes
-``leaderboard.csv`` and ``leaderboard.md`` into the study's output root. Each run is compared
+``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.zh.md`` (the same page in Chinese, from the
+phrases of :mod:`reporting.phrases`; ``--report-lang``) into the study's output root. Each run is compared
 with the top one: the mean per-fold difference of the ranked metric and the p-value of the
 corrected resampled t-test (:mod:`reporting.compare`), only when both used the same folds;
 otherwise the row says why not. The best run of the runs sharing its folds gets its score corrected
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 from reporting import metric_table
 from reporting.fold_comparison import TTest, paired_fold_test
 from reporting.metric_table import Metric
+from reporting.phrases import ENGLISH, REPORT_LANGS, Phrases, report_languages
 from reporting.run_entries import LEADERBOARD_METRICS, Entry, LeaderboardError, find_runs, read_entry
 from reporting.study_winner import DEFAULT_BBC_RESAMPLES, DEFAULT_BBC_SEED, Winner, find_winners
 from reporting.tables import Table, format_interval, format_mean_std, format_number, render_markdown
@@ -33,8 +35,9 @@ log = logging.getLogger("train_clip.leaderboard")
 
 DEFAULT_METRIC = "balanced_accuracy"
 CSV_FILE = "leaderboard.csv"
-MARKDOWN_FILE = "leaderboard.md"
-OPTIMISTIC_NOTE = "selected on the scored fold — optimistic"
+MARKDOWN_FILES = {"en": "leaderboard.md", "zh": "leaderboard.zh.md"}
+MARKDOWN_FILE = MARKDOWN_FILES["en"]
+OPTIMISTIC_NOTE = ENGLISH("optimistic_label")
 
 
 def ranked_metric(name: str) -> Metric:
@@ -76,87 +79,82 @@ def against_top(ranked: Sequence[Entry], metric: str) -> list[TTest | str | None
                      for e in ranked[1:]]
 
 
-def comparison_cells(result: TTest | str | None) -> list[str]:
+def comparison_cells(result: TTest | str | None, t: Phrases = ENGLISH) -> list[str]:
     """The mean per-fold difference and the p-value cells; the reason when the runs were not compared."""
     if result is None:
         return ["—", "—"]
     if isinstance(result, str):
-        return ["n/a", f"not compared: {result}"]
+        return ["n/a", t("lb_not_compared", reason=result)]
     return [f"{result.mean_difference:+.4f}", format_number(result.p_value)]
 
 
-def bbc_cell(winner: Winner | None) -> str:
+def bbc_cell(winner: Winner | None, t: Phrases = ENGLISH) -> str:
     """``estimate [low, high] of N runs`` for a winner; — for a run that won nothing; n/a when not computed."""
     if winner is None:
         return "—"
     if winner.bbc is None:
         return "n/a"
     return (f"{format_number(winner.bbc.estimate)} {format_interval([winner.bbc.low, winner.bbc.high])} "
-            f"of {winner.bbc.n_runs} run{'s' if winner.bbc.n_runs != 1 else ''}")
+            + t("lb_of_runs_plural" if winner.bbc.n_runs != 1 else "lb_of_runs", n=winner.bbc.n_runs))
 
 
-def leaderboard_table(ranked: Sequence[Entry], metric: str, winners: Sequence[Winner] = ()) -> Table:
+def leaderboard_table(ranked: Sequence[Entry], metric: str, winners: Sequence[Winner] = (),
+                      t: Phrases = ENGLISH) -> Table:
     """Rank, run, encoders, mean ± std of each metric (▼ marks the one ranked on), folds, wall time,
     the comparison with the first run, the winners' BBC-CV, and (when a run has one) a note."""
     columns = [ranked_metric(m) for m in LEADERBOARD_METRICS]
     won = {w.run: w for w in winners}
-    notes = [OPTIMISTIC_NOTE if e.optimistic else "" for e in ranked]
-    header = ["rank", "run", "image encoder", "text encoder"]
-    header += [m.short_label + (" ▼" if m.name == metric else "") for m in columns] + ["folds", "wall time"]
-    header += ["Δ vs #1 (per fold)", "p vs #1 (corrected t)", "BBC-CV [95% CI]"] + (["note"] if any(notes) else [])
+    notes = [t("optimistic_label") if e.optimistic else "" for e in ranked]
+    header = [t("lb_rank"), t("lb_run"), t("lb_image"), t("lb_text")]
+    header += [m.short_label_in(t.lang) + (" ▼" if m.name == metric else "") for m in columns]
+    header += [t("lb_folds"), t("lb_wall"), t("lb_delta"), t("lb_p"), t("lb_bbc")] + ([t("lb_note")] if any(notes) else [])
     rows = [[str(i), e.run, e.image_encoder, e.text_encoder]
             + [format_mean_std(e.mean[m.name], e.std[m.name]) for m in columns]
-            + [str(e.n_splits), format_duration(e.wall_time_s)] + comparison_cells(result) + [bbc_cell(won.get(e.run))]
+            + [str(e.n_splits), format_duration(e.wall_time_s)] + comparison_cells(result, t) + [bbc_cell(won.get(e.run), t)]
             + ([note] if any(notes) else [])
             for i, (e, result, note) in enumerate(zip(ranked, against_top(ranked, metric), notes), 1)]
     right = [True, False, False, False] + [True] * len(columns) + [True, True, True, False, False]
     return Table(header, rows, right + ([False] if any(notes) else []))
 
 
-def winner_lines(winner: Winner, by_run: dict[str, Entry], metric: str) -> list[str]:
+def winner_lines(winner: Winner, by_run: dict[str, Entry], metric: str, t: Phrases = ENGLISH) -> list[str]:
     """What the winner's row means: its raw CV, the corrected estimate, its test score; what was left out."""
     entry = by_run[winner.run]
-    label = ranked_metric(metric).label
-    raw = f"{label} {format_mean_std(entry.mean[metric], entry.std[metric])} over folds"
+    label = ranked_metric(metric).label_in(t.lang)
+    raw = t("lb_raw", label=label, value=format_mean_std(entry.mean[metric], entry.std[metric]))
     if len(winner.chosen_from) > 1:
-        lines = [f"**{winner.run}** is the best of {len(winner.chosen_from)} runs on the same folds: {raw} "
-                 "(raw CV: optimistic, the maximum over runs scored on the very images that chose it)."]
+        lines = [t("lb_best_of", run=winner.run, n=len(winner.chosen_from), raw=raw)]
     else:
-        lines = [f"**{winner.run}** is the only run on its folds: {raw}."]
+        lines = [t("lb_only", run=winner.run, raw=raw)]
     if winner.bbc is not None:
-        unit = "patients" if winner.bbc.resampled_unit == "group" else "images"
-        lines.append(f"BBC-CV{' (corrected for the choice)' if winner.bbc.n_runs > 1 else ''}: "
-                     f"{format_number(winner.bbc.estimate)}, 95% CI {format_interval([winner.bbc.low, winner.bbc.high])} "
-                     f"({winner.bbc.n_resamples} bootstrap resamples of the {unit}, seed {winner.bbc.seed}).")
+        unit = t("unit_group" if winner.bbc.resampled_unit == "group" else "unit_image")
+        lines.append(t("lb_bbc_line", corrected=t("lb_corrected") if winner.bbc.n_runs > 1 else "",
+                       estimate=format_number(winner.bbc.estimate),
+                       interval=format_interval([winner.bbc.low, winner.bbc.high]), n=winner.bbc.n_resamples,
+                       unit=unit, seed=winner.bbc.seed))
     if winner.test_score is not None:
-        lines.append(f"Held-out test set: {label} {format_number(winner.test_score)} ({winner.run}'s "
-                     "test_metrics.json; no run trained on these images and none was chosen on them). "
-                     "**This is the number to publish.**")
+        lines.append(t("lb_test", label=label, value=format_number(winner.test_score), run=winner.run))
     elif winner.bbc is not None:
-        lines.append("No held-out test set (--test-fraction 0): quote the BBC-CV estimate, not the raw CV.")
+        lines.append(t("lb_no_test"))
     if entry.optimistic:
-        lines.append(f"Its checkpoints were {OPTIMISTIC_NOTE}: BBC-CV corrects the choice among runs, not that.")
-    return [" ".join(lines)] + [f"  - {note}" for note in winner.notes]
+        lines.append(t("lb_winner_optimistic", label=t("optimistic_label")))
+    return [("" if t.lang == "zh" else " ").join(lines)] + [f"  - {note}" for note in winner.notes]
 
 
 def format_leaderboard(ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = (),
-                       winners: Sequence[Winner] = (), ungrouped: Sequence[str] = ()) -> str:
+                       winners: Sequence[Winner] = (), ungrouped: Sequence[str] = (), t: Phrases = ENGLISH) -> str:
     """The leaderboard as Markdown: ranked runs, each fold set's winner corrected for the choice,
     then the runs that have no results (yet)."""
-    parts = [f"Leaderboard: mean ± std over folds, best {metric} first.", "",
-             render_markdown(leaderboard_table(ranked, metric, winners)) if ranked else "(no finished runs)", "",
-             f"Δ vs #1: mean over folds of (this run - run #1) in {metric}; p: corrected resampled t-test "
-             "(Nadeau & Bengio 2003) of those differences, only between runs trained on the same folds. "
-             "BBC-CV: bootstrap bias-corrected cross-validation (Tsamardinos, Greasidou & Borboudakis 2018) "
-             "of the best run among those on the same folds: each resample picks the best run on the drawn "
-             "images' out-of-fold predictions and scores it on the images not drawn."]
+    parts = [t("lb_intro", metric=metric), "",
+             render_markdown(leaderboard_table(ranked, metric, winners, t)) if ranked else t("lb_none"), "",
+             t("lb_explained", metric=metric)]
     by_run = {e.run: e for e in ranked}
     for winner in winners:
-        parts += [""] + winner_lines(winner, by_run, metric)
+        parts += [""] + winner_lines(winner, by_run, metric, t)
     if ungrouped:
-        parts += ["", "Runs left out of BBC-CV:", ""] + [f"- {note}" for note in ungrouped]
+        parts += ["", t("lb_left_out"), ""] + [f"- {note}" for note in ungrouped]
     if without_results:
-        parts += ["", "Runs without results (failed, interrupted or not run):", ""]
+        parts += ["", t("lb_without"), ""]
         parts += [f"- {run}" for run in without_results]
     return "\n".join(parts) + "\n"
 
@@ -207,22 +205,26 @@ def build_leaderboard(root: Path, runs: Sequence[str] | None = None,
 
 
 def write_leaderboard(root: Path, ranked: Sequence[Entry], metric: str, without_results: Sequence[str] = (),
-                      bbc_resamples: int = DEFAULT_BBC_RESAMPLES, bbc_seed: int = DEFAULT_BBC_SEED) -> str:
-    """Write ``leaderboard.csv`` and ``leaderboard.md`` into ``root``; returns the Markdown."""
+                      bbc_resamples: int = DEFAULT_BBC_RESAMPLES, bbc_seed: int = DEFAULT_BBC_SEED,
+                      report_lang: str = "both") -> str:
+    """Write ``leaderboard.csv`` and the Markdown page in each language of ``report_lang`` (en, zh or both) into
+    ``root``; returns the first page written (English unless zh alone)."""
     winners, ungrouped = find_winners(root, ranked, metric, bbc_resamples, bbc_seed)
-    text = format_leaderboard(ranked, metric, without_results, winners, ungrouped)
     header, rows = csv_rows(ranked, metric, winners)
     write_csv(root / CSV_FILE, header, rows)
-    with atomic_write(root / MARKDOWN_FILE, "w") as handle:
-        handle.write(text)
-    return text
+    pages = []
+    for lang in report_languages(report_lang):
+        pages.append(format_leaderboard(ranked, metric, without_results, winners, ungrouped, Phrases(lang)))
+        with atomic_write(root / MARKDOWN_FILES[lang], "w") as handle:
+            handle.write(pages[-1])
+    return pages[0]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m reporting.leaderboard",
         description="Rank the runs of a study by their cross-validated metrics and write "
-                    f"{CSV_FILE} and {MARKDOWN_FILE} into OUTPUT_ROOT.")
+                    f"{CSV_FILE} and {MARKDOWN_FILE} (and its Chinese {MARKDOWN_FILES['zh']}) into OUTPUT_ROOT.")
     parser.add_argument("output_root", metavar="OUTPUT_ROOT", help="Folder holding one folder per run.")
     parser.add_argument("runs", metavar="RUN", nargs="*",
                         help="Run folder names under OUTPUT_ROOT (default: every run folder there).")
@@ -234,6 +236,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              f"(default: {DEFAULT_BBC_RESAMPLES}; 0: off).")
     parser.add_argument("--bbc-seed", type=int, default=DEFAULT_BBC_SEED,
                         help=f"Seed of those resamples (default: {DEFAULT_BBC_SEED}).")
+    parser.add_argument("--report-lang", choices=REPORT_LANGS, default="both",
+                        help=f"Language of the Markdown page: en ({MARKDOWN_FILE}), zh ({MARKDOWN_FILES['zh']}) or "
+                             "both (default: both).")
     args = parser.parse_args(argv)
     if args.bbc_resamples < 0:
         parser.error(f"--bbc-resamples must be 0 or more, got {args.bbc_resamples}")
@@ -246,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def leaderboard_text() -> str:
         ranked, without_results = build_leaderboard(root, args.runs or None, args.metric)
-        return write_leaderboard(root, ranked, args.metric, without_results, args.bbc_resamples, args.bbc_seed)
+        return write_leaderboard(root, ranked, args.metric, without_results, args.bbc_resamples, args.bbc_seed,
+                                 args.report_lang)
 
     return exit_status(leaderboard_text)
 

@@ -25,6 +25,8 @@ class Metric:
     name: str
     label: str  # report rows, plot axes
     short_label: str  # leaderboard columns, where width is scarce
+    label_zh: str  # the label of report.zh.md and leaderboard.zh.md
+    short_label_zh: str
     higher_is_better: bool = True
     # In every summary and a fair single-number comparison: the checkpoint may be chosen on it
     # (--monitor) and the leaderboard ranks on it. ECE is not (a perfectly calibrated model may
@@ -34,7 +36,19 @@ class Metric:
     @property
     def full_label(self) -> str:
         """The label, saying so when lower is better (a reader assumes higher)."""
-        return self.label if self.higher_is_better else f"{self.label} (lower is better)"
+        return self.full_label_in("en")
+
+    def label_in(self, lang: str) -> str:
+        return self.label_zh if lang == "zh" else self.label
+
+    def short_label_in(self, lang: str) -> str:
+        return self.short_label_zh if lang == "zh" else self.short_label
+
+    def full_label_in(self, lang: str) -> str:
+        """:meth:`label_in`, saying so when lower is better."""
+        if self.higher_is_better:
+            return self.label_in(lang)
+        return f"{self.label_zh}（越低越好）" if lang == "zh" else f"{self.label} (lower is better)"
 
     def best_of(self, values: list[float]) -> int:
         """Index of the best of ``values`` in this metric's direction (the first on ties)."""
@@ -43,12 +57,13 @@ class Metric:
 
 
 METRICS = (
-    Metric("accuracy", "accuracy", "accuracy"),
-    Metric("balanced_accuracy", "balanced accuracy", "balanced acc."),
-    Metric("macro_f1", "macro F1", "macro-F1"),
-    Metric("roc_auc", "macro ROC-AUC (one-vs-rest)", "AUC"),
-    Metric("ece", "expected calibration error", "ECE", higher_is_better=False, headline=False),
-    Metric(f"top{TOP_K}_accuracy", f"top-{TOP_K} accuracy", f"top-{TOP_K} acc.", headline=False),
+    Metric("accuracy", "accuracy", "accuracy", "准确率", "准确率"),
+    Metric("balanced_accuracy", "balanced accuracy", "balanced acc.", "平衡准确率", "平衡准确率"),
+    Metric("macro_f1", "macro F1", "macro-F1", "宏平均 F1", "宏 F1"),
+    Metric("roc_auc", "macro ROC-AUC (one-vs-rest)", "AUC", "宏平均 ROC-AUC（一对其余）", "AUC"),
+    Metric("ece", "expected calibration error", "ECE", "期望校准误差", "ECE", higher_is_better=False, headline=False),
+    Metric(f"top{TOP_K}_accuracy", f"top-{TOP_K} accuracy", f"top-{TOP_K} acc.", f"前 {TOP_K} 准确率",
+           f"前 {TOP_K} 准确率", headline=False),
 )
 METRIC_NAMES = tuple(m.name for m in METRICS)
 HEADLINE_METRICS = tuple(m.name for m in METRICS if m.headline)
@@ -64,7 +79,7 @@ def metric(name: str, what: str = "metric", allowed: tuple[str, ...] = METRIC_NA
     return _BY_NAME[name]
 
 
-def label_of(name: str) -> str:
-    """The human label of a summary key; a key the table lacks is shown as it is."""
+def label_of(name: str, lang: str = "en") -> str:
+    """The human label of a summary key in ``lang``; a key the table lacks is shown as it is."""
     row = _BY_NAME.get(name)
-    return row.full_label if row else name
+    return row.full_label_in(lang) if row else name

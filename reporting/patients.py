@@ -12,6 +12,7 @@ import numpy as np
 
 from reporting.metric_table import HEADLINE_METRICS, metric
 from reporting.metrics import classification_metrics
+from reporting.phrases import ENGLISH, Phrases
 from reporting.tables import Table, format_number
 
 
@@ -32,7 +33,8 @@ def patient_metrics(labels: Sequence[int], probs: np.ndarray, groups: Sequence[s
     return {"n_groups": len(group_labels), **classification_metrics(group_labels, group_probs)}
 
 
-def patient_table(per_patient: Mapping[str, Any]) -> Table:
+def patient_table(per_patient: Mapping[str, Any], t: Phrases = ENGLISH) -> Table:
     """metric | per patient, for report.md."""
-    return Table.labelled(["metric", f"per patient ({per_patient['n_groups']} patients)"],
-                          [[metric(name).label, format_number(per_patient[name])] for name in HEADLINE_METRICS])
+    return Table.labelled([t("metric"), t("per_patient_column", n=per_patient["n_groups"])],
+                          [[metric(name).label_in(t.lang), format_number(per_patient[name])]
+                           for name in HEADLINE_METRICS])

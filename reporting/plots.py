@@ -5,130 +5,34 @@ its global figure registry are never touched, so nothing leaks between calls or 
 and no display is needed. Settings (fonts) apply through :func:`matplotlib.rc_context` for the
 duration of one picture only. Each PNG is written atomically.
 
-Class names may be Chinese. Matplotlib's default font (DejaVu Sans) has no CJK glyphs, so an
-installed CJK font (Noto Sans CJK, WenQuanYi, Droid Sans Fallback, ...) is added as a fallback
-family when a label needs it; without one the labels show empty boxes and one warning says which
-font package to install.
+Class names may be Chinese: :mod:`reporting.fonts` gives each picture a CJK fallback font when its
+labels need one.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from reporting.fonts import picture_fonts
 from reporting.metric_table import metric
 from reporting.metrics import ECE_BINS, expected_calibration_error, macro_roc_auc
 from utils.io import atomic_write
-from utils.logging_setup import get_logger
 
-log = get_logger(__name__)
-
-# Families that cover Chinese, in order of preference (Linux packages first, then macOS/Windows).
-CJK_FONT_FAMILIES = (
-    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans SC", "Source Han Sans SC",
-    "Source Han Sans CN", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Droid Sans Fallback",
-    "AR PL UMing CN", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS",
-)
-# File-name fragments (lower case, no '-' or '_') of the font files of those families.
-CJK_FONT_FILE_HINTS = ("notosanscjk", "notoserifcjk", "notosanssc", "sourcehansans", "wqy", "droidsansfallback",
-                       "uming", "ukai", "simhei", "msyh", "pingfang", "arialuni")
-BASE_FONT = "DejaVu Sans"  # matplotlib's bundled default: always present
 DPI = 120
 # Beyond this many classes the confusion-matrix cells are too small to print numbers in.
 MAX_ANNOTATED_CLASSES = 20
 
 
-# ---------------------------------------------------------------------------------------------
-# Fonts
-# ---------------------------------------------------------------------------------------------
-def needs_cjk(texts: Iterable[str]) -> bool:
-    """Whether any text holds a character from the CJK blocks (DejaVu Sans has none of them)."""
-    return any(_is_cjk(ch) for text in texts for ch in text)
-
-
-def _is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return (0x2E80 <= code <= 0x9FFF      # radicals, punctuation, kana, CJK unified ideographs
-            or 0xAC00 <= code <= 0xD7AF   # Hangul syllables
-            or 0xF900 <= code <= 0xFAFF   # compatibility ideographs
-            or 0xFF00 <= code <= 0xFFEF   # full-width forms
-            or 0x20000 <= code <= 0x3FFFF)  # extension ideographs
-
-
-def find_cjk_font() -> str | None:
-    """The first family of :data:`CJK_FONT_FAMILIES` that matplotlib can use, or None.
-
-    matplotlib's font list is a cache built when it first ran: a CJK font installed later is
-    not in it. Such fonts are looked for on disk by file name and registered.
-    """
-    family = _known_cjk_family()
-    if family is None and _register_cjk_font_files():
-        family = _known_cjk_family()
-    return family
-
-
-def _known_cjk_family() -> str | None:
-    installed = {entry.name for entry in font_manager.fontManager.ttflist}
-    return next((family for family in CJK_FONT_FAMILIES if family in installed), None)
-
-
-@functools.cache
-def _register_cjk_font_files() -> bool:
-    # Cached: the installed fonts do not change during a run, and scanning takes a while.
-    found = False
-    for path in font_manager.findSystemFonts():
-        name = Path(path).name.lower().replace("-", "").replace("_", "")
-        if any(hint in name for hint in CJK_FONT_FILE_HINTS):
-            with contextlib.suppress(Exception):  # an unreadable font file is just not used
-                font_manager.fontManager.addfont(path)
-                found = True
-    return found
-
-
-def font_settings(texts: Iterable[str]) -> dict[str, Any]:
-    """rcParams for a picture whose labels are ``texts``: a CJK fallback font when they need one.
-
-    matplotlib (3.6+) falls back glyph by glyph along the ``font.family`` list, so Latin text
-    keeps the default font and only the CJK characters come from the CJK font.
-    """
-    if not needs_cjk(texts):
-        return {"font.family": [BASE_FONT]}
-    family = find_cjk_font()
-    if family is None:
-        _warn_no_cjk_font()
-        return {"font.family": [BASE_FONT]}
-    return {"font.family": [BASE_FONT, family]}
-
-
-@functools.cache
-def _warn_no_cjk_font() -> None:
-    # Cached so a run that draws several pictures says it once, not once per picture.
-    log.warning("No CJK font found: Chinese class names in the plots show as boxes; install one "
-                "(Debian/Ubuntu: apt-get install fonts-noto-cjk)")
-
-
-@contextlib.contextmanager
-def _picture(texts: Iterable[str]) -> Iterator[None]:
-    """Fonts for this picture only; missing-glyph warnings are silenced (warned once above)."""
-    with matplotlib.rc_context(font_settings(texts)), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
-        warnings.filterwarnings("ignore", message=r".*Font family .* not found")
-        yield
-
-
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -167,8 +71,8 @@ def plot_learning_curves(histories: Mapping[int, Sequence[Mapping[str, Any]]], m
     last epoch, or the best of the validation curve itself.
     """
     watched = metric(monitor, "monitored metric")
-    with _picture([]):
-        figure = _new_figure(11, 4.2)
+    with picture_fonts([]):
+        figure = new_figure(11, 4.2)
         loss_ax, metric_ax = figure.subplots(1, 2)
         colors = matplotlib.colormaps["tab10"]
         scored = " (not used for choosing)" if selection != "fold" else ""
@@ -223,8 +127,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]] | np.ndarray, class_na
         raise ValueError(f"confusion matrix of shape {counts.shape} does not match {n} class names")
     fractions = row_normalise(counts)
     side = max(4.0, 0.55 * n + 2.5)
-    with _picture(class_names):
-        figure = _new_figure(2 * side + 1, side)
+    with picture_fonts(class_names):
+        figure = new_figure(2 * side + 1, side)
         figure.suptitle(title)
         for ax, values, subtitle, fmt, vmax in (
                 (figure.add_subplot(1, 2, 1), counts, "counts", "d", max(int(counts.max()), 1)),
@@ -256,8 +160,8 @@ def plot_roc_curves(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
         raise ValueError(f"expected {len(y_true)} x {len(class_names)} probabilities, got {probs.shape}")
-    with _picture(class_names):
-        figure = _new_figure(6.5, 5.5)
+    with picture_fonts(class_names):
+        figure = new_figure(6.5, 5.5)
         ax = figure.add_subplot()
         colors = matplotlib.colormaps["tab10" if len(class_names) <= 10 else "tab20"]
         for k, name in enumerate(class_names):
@@ -313,8 +217,8 @@ def plot_reliability_diagram(y_true: Sequence[int] | np.ndarray, probs: np.ndarr
     """
     bins = reliability_bins(y_true, probs)
     width = 1.0 / ECE_BINS
-    with _picture([]):
-        figure = _new_figure(5.5, 6.5)
+    with picture_fonts([]):
+        figure = new_figure(5.5, 6.5)
         top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
         top.bar(bins.left, bins.accuracy, width=width, align="edge", edgecolor="black", label="accuracy")
         top.bar(bins.left, bins.confidence - bins.accuracy, bottom=bins.accuracy, width=width, align="edge",

@@ -1,9 +1,11 @@
-"""``report.md`` of a run: the summary table, per-class results and the pictures together.
+"""``report.md`` and ``report.zh.md`` of a run: the summary table, per-class results and the pictures together.
 
 :func:`write_plots` draws the pictures into ``OUTPUT_DIR/plots/``; :func:`write_report` writes
-the Markdown page that shows them. Both take the ``cv_summary.json`` dictionary that
-``training.results.summarise`` returns. ``python -m reporting.report OUTPUT_DIR`` rebuilds both from the
-files of a finished run (for runs made before reports existed, or after deleting ``plots/``).
+the Markdown page that shows them, in English or Chinese (the same code: each sentence is a phrase
+of :mod:`reporting.phrases`). Both take the ``cv_summary.json`` dictionary that
+``training.results.summarise`` returns. ``python -m reporting.report OUTPUT_DIR [--report-lang en|zh|both]``
+rebuilds them from the files of a finished run (for runs made before reports existed, or after
+deleting ``plots/``); the languages default to the run's own ``--report-lang``.
 """
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from reporting.gallery import gallery_section
 from reporting.methods import methods_section
 from reporting.patients import patient_table
+from reporting.phrases import ENGLISH, REPORT_LANGS, Phrases, report_languages
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
                              plot_roc_curves)
-from reporting.summary import (OPTIMISTIC_LABEL, interval_note, is_cross_validation, operating_point_note,
+from reporting.summary import (interval_note, is_cross_validation, operating_point_note,
                                per_class_table, pooled_name, selection_note, selection_of, summary_table,
                                test_metrics_of)
 from reporting.run_summary import read_summary
@@ -35,13 +38,7 @@ from utils.run_dir import PLOTS_DIR, RunDir
 
 log = logging.getLogger("train_clip.report")
 
-PLOT_CAPTIONS = {
-    "learning_curves": "Learning curves",
-    "confusion_matrix": "Confusion matrix",
-    "roc_curves": "ROC curves",
-    "reliability_diagram": "Calibration: reliability diagram",
-    "test_confusion_matrix": "Held-out test set confusion matrix",
-}
+DEFAULT_REPORT_LANG = "both"  # --report-lang's default (training/config.py), also for runs made before it
 
 
 class ReportError(UserError, ValueError):
@@ -95,83 +92,78 @@ def _relative(path: str, run_dir: Path) -> str:
     return as_path.as_posix()
 
 
-def _introduction(summary: Mapping[str, Any]) -> list[str]:
+def _introduction(summary: Mapping[str, Any], t: Phrases) -> list[str]:
     names = list(summary["class_names"])
-    design = (f"{summary['n_splits']}-fold cross-validation" if is_cross_validation(summary)
-              else "one train/validation split")
+    design = (t("design_cv", n=summary["n_splits"]) if is_cross_validation(summary) else t("design_holdout"))
     on = selection_of(summary)["on"]
-    chosen = ("each fold's model is its last epoch's" if on == "last"
-              else f"the best epoch of each fold is chosen on **{summary['monitor']}** of "
-                   + ("an inner validation split of its training images" if on == "inner"
-                      else "its own validation images (optimistic)"))
-    return [f"# Results: {summary.get('image_encoder', '?')} + {summary.get('text_encoder', '?')}", "",
-            f"{design}, {len(names)} classes ({', '.join(names)}); {chosen}; wall time "
-            f"{summary.get('wall_time_s', math.nan):.0f} s.", ""]
+    chosen = t("chosen_last") if on == "last" else t(f"chosen_{on}", monitor=summary["monitor"])
+    return [t("title", image=summary.get("image_encoder", "?"), text=summary.get("text_encoder", "?")), "",
+            t("introduction", design=design, n=len(names), names=t.join(names), chosen=chosen,
+              seconds=summary.get("wall_time_s", math.nan)), ""]
 
 
-def _summary_section(summary: Mapping[str, Any]) -> list[str]:
+def _summary_section(summary: Mapping[str, Any], t: Phrases) -> list[str]:
     folds = summary["folds"]
-    note = selection_note(summary)
-    if test_metrics_of(summary) is not None:
-        note += (" The held-out test column is the ensemble of the fold models (mean probabilities) on "
-                 "images no fold saw in training or model selection: it is the unbiased estimate.")
-    else:
-        note += (" Holding out a test set (--test-fraction) adds an estimate, for the ensemble of the fold models, "
-                 "on images no fold saw at all.")
+    note = selection_note(summary, t) + (t("test_note") if test_metrics_of(summary) is not None else t("no_test_note"))
     untrained = [str(f["fold"]) for f in folds if f["best_epoch"] == 0]
     if untrained:
-        note += (f" **Fold(s) {', '.join(untrained)}: the best epoch is 0, the untrained model** — training "
-                 "never improved on it, so those numbers are the zero-shot model's.")
-    statistics = [line for line in (interval_note(summary), operating_point_note(summary)) if line]
-    label = [f"*All numbers below: {OPTIMISTIC_LABEL}.*", ""] if selection_of(summary)["optimistic"] else []
-    return ["## Summary", "", *label, render_markdown(summary_table(summary)), "",
-            "Best epochs: " + ", ".join(f"fold {f['fold']}: {f['best_epoch']}" for f in folds) + ".", "",
-            note, ""] + [line for text in statistics for line in (text, "")]
+        note += t("untrained_note", folds=t.join(untrained))
+    statistics = [line for line in (interval_note(summary, t), operating_point_note(summary, t)) if line]
+    optimistic = selection_of(summary)["optimistic"]
+    label = [t("all_numbers_optimistic", label=t("optimistic_label")), ""] if optimistic else []
+    epochs = t.join(t("fold_epoch", fold=f["fold"], epoch=f["best_epoch"]) for f in folds)
+    return [t("summary_heading"), "", *label, render_markdown(summary_table(summary, t)), "",
+            t("best_epochs", epochs=epochs), "", note, ""] + [line for text in statistics for line in (text, "")]
 
 
-def _per_class_sections(summary: Mapping[str, Any]) -> list[str]:
+def _per_class_sections(summary: Mapping[str, Any], t: Phrases) -> list[str]:
     names = list(summary["class_names"])
-    lines = [f"## Per class ({pooled_name(summary)})", "",
-             render_markdown(per_class_table(summary["oof"], names, summary.get("oof_per_class_ci")))]
+    lines = [t("per_class_heading", pooled=pooled_name(summary, t)), "",
+             render_markdown(per_class_table(summary["oof"], names, summary.get("oof_per_class_ci"), t))]
     test = test_metrics_of(summary)
     if test is not None and "per_class" in test:
-        lines += ["", "## Per class (held-out test set, fold ensemble)", "",
-                  render_markdown(per_class_table(test, names, summary.get("test_per_class_ci")))]
+        lines += ["", t("per_class_test_heading"), "",
+                  render_markdown(per_class_table(test, names, summary.get("test_per_class_ci"), t))]
     return lines
 
 
-def _patient_section(summary: Mapping[str, Any]) -> list[str]:
+def _patient_section(summary: Mapping[str, Any], t: Phrases) -> list[str]:
     """Folds grouped by patient: the pooled out-of-fold results per patient (mean of its images)."""
     if "oof_patient" not in summary:
         return []
-    return ["", "## Per patient (pooled out-of-fold)", "",
-            f"Folds were grouped by patient ({summary['n_groups']} patients): no patient is on both sides of "
-            "any fold. A patient's probabilities are the mean of its images'.", "",
-            render_markdown(patient_table(summary["oof_patient"]))]
+    return ["", t("per_patient_heading"), "", t("per_patient_note", n=summary["n_groups"]), "",
+            render_markdown(patient_table(summary["oof_patient"], t))]
 
 
 def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir: Path,
-                  closing: Sequence[str] = ()) -> str:
-    lines = (_introduction(summary) + _summary_section(summary) + _patient_section(summary)
-             + _per_class_sections(summary))
+                  closing: Sequence[str] = (), t: Phrases = ENGLISH) -> str:
+    lines = (_introduction(summary, t) + _summary_section(summary, t) + _patient_section(summary, t)
+             + _per_class_sections(summary, t))
     for key, path in plots.items():
-        caption = PLOT_CAPTIONS.get(key, key.replace("_", " ").capitalize())
+        caption = t(f"plot_{key}")
         lines += ["", f"## {caption}", "", f"![{caption}]({_relative(path, run_dir)})"]
-    lines += gallery_section(RunDir(run_dir))
+    lines += gallery_section(RunDir(run_dir), t)
     if closing:
         lines += ["", *closing]
     return "\n".join(lines) + "\n"
 
 
 def write_report(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str],
-                 closing: Sequence[str] = ()) -> Path:
-    """Write ``run_dir/report.md``; ``plots`` maps names to PNG paths (relative to ``run_dir`` or absolute);
-    ``closing`` are Markdown lines at the end (the methods section)."""
+                 closing: Sequence[str] = (), t: Phrases = ENGLISH) -> Path:
+    """Write ``run_dir/report.md`` (``report.zh.md`` in Chinese); ``plots`` maps names to PNG paths (relative to
+    ``run_dir`` or absolute); ``closing`` are Markdown lines at the end (the methods section)."""
     run_dir = Path(run_dir)
-    path = RunDir(run_dir).report
+    path = RunDir(run_dir).report_in(t.lang)
     with atomic_write(path, "w") as handle:
-        handle.write(render_report(summary, plots, run_dir, closing))
+        handle.write(render_report(summary, plots, run_dir, closing, t))
     return path
+
+
+def write_reports(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str],
+                  closing: Callable[[Phrases], Sequence[str]], report_lang: str = DEFAULT_REPORT_LANG) -> list[Path]:
+    """The report in each language of ``report_lang`` (en, zh or both); ``closing(phrases)`` is its methods section."""
+    return [write_report(run_dir, summary, plots, closing(Phrases(lang)), Phrases(lang))
+            for lang in report_languages(report_lang)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,37 +206,47 @@ def load_prediction_rows(path: str | os.PathLike,
     return [row["path"] for row in rows], y_true, probs
 
 
-def report_from_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Redraw the plots and rewrite ``report.md`` from ``cv_summary.json`` and its companions."""
+def report_from_run_dir(run_dir: str | os.PathLike, report_lang: str | None = None) -> list[Path]:
+    """Redraw the plots and rewrite the report(s) from ``cv_summary.json`` and its companions.
+
+    ``report_lang`` (en, zh or both) defaults to the run's own --report-lang.
+    """
     run = RunDir(Path(run_dir))
     summary = read_summary(run.summary).to_document()  # checked whole; the pages read its keys
+    config = read_json(run.config, "run configuration") if run.config.is_file() else {}
     try:
         y_true, probs = load_oof_predictions(run.oof_predictions, summary["class_names"])
         plots = write_plots(run.path, summary, load_histories(run.path), y_true, probs)
-        return write_report(run.path, summary, plots, methods_of(run, summary))
+        return write_reports(run.path, summary, plots, lambda t: methods_of(run, summary, t),
+                             report_lang or config.get("report_lang", DEFAULT_REPORT_LANG))
     except KeyError as exc:
         raise ReportError(f"{run.summary} lacks {exc}: not a train_clip run summary") from None
 
 
-def methods_of(run: RunDir, summary: Mapping[str, Any]) -> list[str]:
+def methods_of(run: RunDir, summary: Mapping[str, Any], t: Phrases = ENGLISH) -> list[str]:
     """The methods section from config.json and folds.json; none when either is missing (e.g. a copied summary)."""
     if not (run.config.is_file() and run.folds.is_file()):
         return []
     try:
         return methods_section(read_json(run.config, "run configuration"), read_json(run.folds, "folds file"),
-                               summary)
+                               summary, t)
     except (KeyError, TypeError) as exc:  # a run from a version whose config lacked a setting
-        log.warning("report.md without its methods section: the run's files lack %s", exc)
+        log.warning("%s without its methods section: the run's files lack %s", run.report_in(t.lang).name, exc)
         return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reporting.report",
-                                     description="Rebuild plots/ and report.md of a finished train_clip run.")
+                                     description="Rebuild plots/ and report.md / report.zh.md of a finished "
+                                                 "train_clip run.")
     parser.add_argument("run_dir", help="The run's --output-dir (holds cv_summary.json).")
+    parser.add_argument("--report-lang", choices=REPORT_LANGS,
+                        help="Report language(s): en (report.md), zh (report.zh.md) or both (default: the run's "
+                             "--report-lang).")
     args = parser.parse_args(argv)
     setup_logging(None)
-    return exit_status(lambda: f"wrote {report_from_run_dir(args.run_dir)}\n")
+    return exit_status(lambda: "".join(f"wrote {path}\n" for path in report_from_run_dir(args.run_dir,
+                                                                                        args.report_lang)))
 
 
 if __name__ == "__main__":

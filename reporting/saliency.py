@@ -31,7 +31,8 @@ from torch import nn
 
 from models.clip_model import CLIPClassifier
 from models.image_encoders import image_encoder_spec
-from reporting.plots import _new_figure, _picture, save_png
+from reporting.fonts import picture_fonts
+from reporting.plots import new_figure, save_png
 from utils.errors import UserError
 from utils.logging_setup import get_logger
 
@@ -253,8 +254,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 def save_overlay(path: Path, image: np.ndarray, heatmap: np.ndarray, title: str) -> Path:
     """One PNG: the image and its heatmap overlay side by side, ``title`` above (any language)."""
     # The fonts and figure of every other picture of a run (CJK fallback font, no pyplot state).
-    with _picture([title]):
-        figure = _new_figure(6.4, 3.6)
+    with picture_fonts([title]):
+        figure = new_figure(6.4, 3.6)
         for ax, picture, caption in zip(figure.subplots(1, 2), (image, overlay(image, heatmap)),
                                         ("image", "heatmap")):
             ax.imshow(picture)

@@ -8,28 +8,25 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from reporting.metric_table import label_of
+from reporting.phrases import ENGLISH, Phrases
 from reporting.metrics import scalar_metrics
 from reporting.tables import Table, format_interval, format_mean_std, format_number, render_text
 
-POOLED_CV = "pooled out-of-fold"
-POOLED_HOLDOUT = "validation"
-TEST_COLUMN = "held-out test"
-CI_COLUMN = "95% CI"
 
 
 def is_cross_validation(summary: Mapping[str, Any]) -> bool:
     return summary.get("mode", "cv") == "cv"
 
 
-def pooled_name(summary: Mapping[str, Any]) -> str:
+def pooled_name(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str:
     """What the pooled predictions are: every fold's validation images, or the one validation split."""
-    return POOLED_CV if is_cross_validation(summary) else POOLED_HOLDOUT
+    return t("pooled_cv") if is_cross_validation(summary) else t("pooled_holdout")
 
 
 # A summary without "selection" comes from a run made before issue 21: it chose on the scored fold.
 SELECTION_SETS = {"inner": "inner validation splits", "fold": "scored validation images"}
 FOLD_SELECTION = {"on": "fold", "inner_val_fraction": None, "optimistic": True}
-OPTIMISTIC_LABEL = "selected on the scored fold — optimistic"
+OPTIMISTIC_LABEL = ENGLISH("optimistic_label")
 
 
 def selection_of(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,21 +34,16 @@ def selection_of(summary: Mapping[str, Any]) -> dict[str, Any]:
     return dict(summary.get("selection") or FOLD_SELECTION)
 
 
-def selection_note(summary: Mapping[str, Any]) -> str:
+def selection_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str:
     """One sentence on what the fold scores mean, given what chose each fold's model."""
     selection = selection_of(summary)
-    pooled = pooled_name(summary)
     if selection["on"] == "inner":
-        return (f"Each fold's epoch (and anything else chosen: early stopping, temperature, threshold) was chosen "
-                f"on an inner validation split of its training images (at least "
-                f"{100 * selection['inner_val_fraction']:g}%); the validation images were only scored, so the fold "
-                f"and {pooled} scores carry no selection bias.")
+        return t("selection_inner", percent=f"{100 * selection['inner_val_fraction']:g}%",
+                 pooled=pooled_name(summary, t))
     if selection["on"] == "last":
-        return ("No epoch was chosen: each fold's model is the one after the last epoch, so the validation images "
-                "played no part in choosing it.")
-    return (f"**{OPTIMISTIC_LABEL.capitalize()}:** fold scores are measured at the epoch chosen on those same "
-            "validation images, so they, and every number made from them, lean optimistic; --select-on inner "
-            "(the default) chooses on images that are not scored.")
+        return t("selection_last")
+    label = t("optimistic_label")
+    return t("selection_fold", label=label[0].upper() + label[1:])
 
 
 def test_metrics_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -62,24 +54,24 @@ def test_metrics_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     return test["metrics"] if isinstance(test.get("metrics"), dict) else test
 
 
-def summary_table(summary: Mapping[str, Any]) -> Table:
+def summary_table(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> Table:
     """Each scalar metric: mean ± std over folds, each fold, the pooled predictions and the test set.
 
     The pooled and test columns are each followed by their 95% CI when the summary holds them.
     """
     folds = summary["folds"]
-    header = ["metric", "mean ± std"] + [f"fold {f['fold']}" for f in folds]
+    header = [t("metric"), t("mean_std")] + [t("fold_column", fold=f["fold"]) for f in folds]
     columns: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
-    for name, metrics, intervals in ((pooled_name(summary), summary["oof"], summary.get("oof_ci")),
-                                     (TEST_COLUMN, test_metrics_of(summary), summary.get("test_ci"))):
+    for name, metrics, intervals in ((pooled_name(summary, t), summary["oof"], summary.get("oof_ci")),
+                                     (t("test_column"), test_metrics_of(summary), summary.get("test_ci"))):
         if metrics is None:
             continue
         columns.append((metrics, intervals))
-        header += [name] + ([f"{name} {CI_COLUMN}"] if intervals else [])
+        header += [name] + ([t("with_ci", name=name, ci=t("ci_column"))] if intervals else [])
     rows = []
     # A summary without fold means (none were computed) still lists the pooled scalars.
     for key in summary["mean"] or scalar_metrics(summary["oof"]):
-        label = label_of(key) + (" (monitored)" if key == summary.get("monitor") else "")
+        label = label_of(key, t.lang) + (t("monitored") if key == summary.get("monitor") else "")
         row = [label, format_mean_std(summary["mean"].get(key), summary["std"].get(key))]
         row += [format_number(f["metrics"].get(key)) for f in folds]
         for metrics, intervals in columns:
@@ -89,13 +81,13 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
 
 
 def per_class_table(metrics: Mapping[str, Any], class_names: Sequence[str],
-                    intervals: Sequence[Mapping[str, Any]] | None = None) -> Table:
+                    intervals: Sequence[Mapping[str, Any]] | None = None, t: Phrases = ENGLISH) -> Table:
     """Precision, sensitivity (recall), specificity, F1 and support of each class (one-vs-rest).
 
     ``intervals`` (one ``{"sensitivity": [low, high], "specificity": [...]}`` per class) adds their CIs.
     """
-    header = ["class", "precision", "sensitivity (recall)"] + ([CI_COLUMN] if intervals else [])
-    header += ["specificity"] + ([CI_COLUMN] if intervals else []) + ["F1", "support"]
+    ci = [t("ci_column")] if intervals else []
+    header = [t("class"), t("precision"), t("sensitivity")] + ci + [t("specificity")] + ci + [t("f1"), t("support")]
     rows = []
     for k, (name, c) in enumerate(zip(class_names, metrics["per_class"])):
         row = [name, format_number(c["precision"]), format_number(c["recall"])]
@@ -106,31 +98,31 @@ def per_class_table(metrics: Mapping[str, Any], class_names: Sequence[str],
     return Table.labelled(header, rows)
 
 
-def interval_note(summary: Mapping[str, Any]) -> str | None:
+def interval_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str | None:
     """How the CIs were made (a sentence), or None when the run has none."""
     settings = summary.get("ci_settings")
     if not settings:
         return None
-    note = (f"95% CIs: {settings['method']} bootstrap, {settings['n_resamples']} resamples of "
-            f"{settings['resampled_unit']}s, seed {settings['seed']}")
+    unit = t("unit_group" if settings["resampled_unit"] == "group" else "unit_image")
+    note = t("interval_note", method=settings["method"], n=settings["n_resamples"], unit=unit, seed=settings["seed"])
     if settings.get("percentile_fallback"):
-        note += f" (percentile interval for {', '.join(settings['percentile_fallback'])}: BCa undefined)"
-    return note + "."
+        note += t("percentile_fallback", metrics=t.join(settings["percentile_fallback"]))
+    return note + t("sentence_end")
 
 
-def operating_point_note(summary: Mapping[str, Any]) -> str | None:
+def operating_point_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str | None:
     """The two-class threshold chosen on the pooled predictions, and the test set's numbers there."""
     point = summary.get("operating_point")
     if not point:
         return None
-    note = (f"Operating point for '{point['positive_class']}' ({point['rule']}): probability >= "
-            f"{point['threshold']:.4f}, sensitivity {format_number(point['sensitivity'])}, specificity "
-            f"{format_number(point['specificity'])}")
+    rule = t("op_rule_inner" if "inner_sensitivity" in point else "op_rule_oof", rule=point["rule"])
+    note = t("operating_point", positive=point["positive_class"], rule=rule, threshold=point["threshold"],
+             sensitivity=format_number(point["sensitivity"]), specificity=format_number(point["specificity"]))
     test = summary.get("test_operating_point")
     if test:
-        note += (f"; on the held-out test set at that threshold: sensitivity {format_number(test['sensitivity'])}, "
-                 f"specificity {format_number(test['specificity'])}")
-    return note + "."
+        note += t("operating_point_test", sensitivity=format_number(test["sensitivity"]),
+                  specificity=format_number(test["specificity"]))
+    return note + t("sentence_end")
 
 
 def format_summary_table(summary: Mapping[str, Any]) -> str:

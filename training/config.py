@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from reporting.metric_table import MONITOR_METRICS
+from reporting.phrases import REPORT_LANGS
 from utils.errors import ConfigError, suggest
 from utils.run_dir import default_run_dir
 
@@ -150,6 +151,8 @@ class TrainConfig:
     # report
     explain_method: str = _opt("gradcam", "Heatmap method of report.md's gallery of where the model looks "
                                "(the grad-cam package).", "report", choices=("gradcam", "gradcam++", "eigencam"))
+    report_lang: str = _opt("both", "Language of the run's report: en (report.md), zh (report.zh.md, every section in "
+                            "Chinese) or both.", "report", choices=REPORT_LANGS)
     # system
     output_dir: Optional[str] = _opt(None, "Run folder (default checkpoints/clip_models/<image>_<text>).",
                                      "system")
@@ -188,7 +191,7 @@ ALTERNATIVE_KEYS = (frozenset({"data_dir", "data_csv"}),)
 INVOCATION_KEYS = frozenset({"resume", "overwrite"})
 # Keys that do not change a run's numbers: they may differ when a run is resumed.
 NON_RESULT_KEYS = frozenset({"output_dir", "log_file", "num_workers", "gpu_id", "cache_mb", "overwrite",
-                             "resume", "tensorboard", "explain_method"})
+                             "resume", "tensorboard", "explain_method", "report_lang"})
 
 
 def with_alternatives(keys: frozenset[str]) -> frozenset[str]:

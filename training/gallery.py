@@ -112,8 +112,8 @@ def redraw(run: RunDir, explain_method: str | None, gpu_id: int) -> str:
                            "without result.json)")
     method = explain_method or read_json(run.config, "run config").get("explain_method", DEFAULT_METHOD)
     gallery = write_gallery(run, select_device(gpu_id), method)
-    report = report_from_run_dir(run.path)
-    return f"drew {len(gallery.cases)} gallery picture(s) into {run.gallery}; wrote {report}\n"
+    reports = ", ".join(map(str, report_from_run_dir(run.path)))
+    return f"drew {len(gallery.cases)} gallery picture(s) into {run.gallery}; wrote {reports}\n"
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def write_reports(run: Run) -> None:
         log.warning("Could not draw the saliency gallery of report.md (results are complete; retry with "
                     "'python -m training.gallery %s'): %s: %s", output_dir, type(exc).__name__, exc)
     try:
-        log.info("Report: %s", report_from_run_dir(output_dir))
+        log.info("Report: %s", ", ".join(map(str, report_from_run_dir(output_dir))))
     except (ValueError, OSError, RuntimeError) as exc:
         log.warning("Could not write the plots and report.md (results are complete; retry with "
                     "'python -m reporting.report %s'): %s", output_dir, exc)

@@ -6,7 +6,7 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
     OUTPUT_DIR/
       .train_clip.lock      held by the running process (host, pid, start time, lease: utils.run_lock)
       config.json folds.json run_time.json cv_summary.json oof_predictions.csv
-      test_predictions.csv test_metrics.json report.md  plots/ (gallery/)  tensorboard/
+      test_predictions.csv test_metrics.json report.md report.zh.md  plots/ (gallery/)  tensorboard/
       frozen_towers.pth     the frozen towers' weights, once per run (checkpoints name it and its hash)
       fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
 
@@ -41,6 +41,7 @@ OOF_FILE = "oof_predictions.csv"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
 TEST_METRICS_FILE = "test_metrics.json"
 REPORT_FILE = "report.md"
+REPORT_FILES = {"en": REPORT_FILE, "zh": "report.zh.md"}  # --report-lang: the report in each language
 PLOTS_DIR = "plots"
 GALLERY_DIR = "gallery"  # inside plots/: the saliency heatmaps of report.md's gallery
 GALLERY_MANIFEST = "gallery.json"
@@ -52,7 +53,7 @@ RESULT_FILE = "result.json"
 FROZEN_TOWERS_FILE = "frozen_towers.pth"
 
 RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
-                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, REPORT_FILE, FROZEN_TOWERS_FILE})
+                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, *REPORT_FILES.values(), FROZEN_TOWERS_FILE})
 RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
 FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE})
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
@@ -153,6 +154,10 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.path / REPORT_FILE
+
+    def report_in(self, lang: str) -> Path:
+        """report.md (English) or report.zh.md (Chinese)."""
+        return self.path / REPORT_FILES[lang]
 
     @property
     def plots(self) -> Path:

@@ -1,9 +1,12 @@
 """Issue 12: the methods paragraph states what the run did, and changes when the run does."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
+from reporting.phrases import Phrases
 from reporting.methods import methods_paragraph, methods_section, run_environment
 from reporting.metrics import classification_metrics
 from training.config import TrainConfig
@@ -65,7 +68,8 @@ def test_every_text_encoder_family_says_how_it_was_initialised(text_encoder, sta
     cfg = config(image_encoder="resnet18", text_encoder=text_encoder)
     base = text_encoder.removesuffix(":scratch")
     assert f"text encoder {base} ({start})" in methods_paragraph(cfg, folds(5), summary())
-    assert f"文本编码器 {base}（{chinese}）" in "\n".join(methods_section(cfg, folds(5), summary(["股骨柄A", "股骨柄B"])))
+    assert f"文本编码器 {base}（{chinese}）" in methods_paragraph(cfg, folds(5), summary(["股骨柄A", "股骨柄B"]),
+                                                              Phrases("zh"))
 
 
 def test_a_weights_file_is_named_as_the_start():
@@ -92,7 +96,8 @@ def test_every_image_encoder_family_says_how_it_was_initialised(image_encoder, s
     text = methods_paragraph(cfg, folds(5), summary())
     base = image_encoder.removesuffix(":scratch").removesuffix(":pretrained")
     assert f"image encoder {base} ({start})" in text
-    assert f"图像编码器 {base}（{chinese}）" in "\n".join(methods_section(cfg, folds(5), summary(["股骨柄A", "股骨柄B"])))
+    assert f"图像编码器 {base}（{chinese}）" in methods_paragraph(cfg, folds(5), summary(["股骨柄A", "股骨柄B"]),
+                                                              Phrases("zh"))
 
 
 def test_sampling_optimiser_schedule_and_selection_follow_the_config():
@@ -135,8 +140,19 @@ def test_software_and_intervals_are_stated_when_recorded():
     assert "Software" not in methods_paragraph(config(), folds(5), summary())
 
 
-def test_a_chinese_summary_follows_for_chinese_class_names():
-    assert len(methods_section(config(), folds(5), summary())) == 3
-    lines = methods_section(config(use_cv=True), folds(5), summary(["股骨柄A", "股骨柄B", "股骨柄C"]))
-    assert lines[0] == "## Methods" and "方法（中文）" in lines[-1] and "股骨柄B（7）" in lines[-1]
-    assert "分层 5 折交叉验证" in lines[-1]
+def test_the_chinese_methods_section_is_the_whole_paragraph_in_chinese():
+    """Not a summary: every sentence of the English paragraph has its Chinese one, with the same facts."""
+    cfg = config(use_cv=True, use_weighted_sampling=True, calibrate="temperature", patience=4, image_lr_mult=0.1)
+    run = summary(["股骨柄A", "股骨柄B", "股骨柄C"])
+    english = methods_section(cfg, folds(5), run)
+    assert english[0] == "## Methods" and len(english) == 3 and not re.search(r"[\u4e00-\u9fff]{4}", english[2])
+    chinese = methods_section(cfg, folds(5), run, Phrases("zh"))
+    assert chinese[0] == "## 方法" and len(chinese) == 3
+    paragraph = chinese[2]
+    assert "股骨柄B（7）" in paragraph and "分层 5 折交叉验证" in paragraph and "温度缩放" in paragraph
+    english_sentences = re.findall(r"(?<! al)\.(?= |$)", english[2])  # "Guo et al. 2017" ends none
+    assert paragraph.count("。") == len(english_sentences)  # one Chinese sentence per English one
+    numbers = re.compile(r"\d+(?:\.\d+)?(?:e-?\d+)?")
+    assert sorted(numbers.findall(paragraph)) == sorted(numbers.findall(english[2]))
+    assert not re.search(r"\b(the|was|were|with|and)\b", paragraph)  # no English sentence left in it
+

@@ -1,7 +1,6 @@
 """Plots are valid PNG files drawn without pyplot state or warning spam; report.md shows the numbers."""
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -107,29 +106,6 @@ def test_plots_reject_shapes_that_do_not_match_the_class_names(tmp_path: Path) -
 def test_row_normalise_keeps_empty_rows_at_zero() -> None:
     fractions = plots.row_normalise(np.array([[3, 1], [0, 0]]))
     np.testing.assert_allclose(fractions, [[0.75, 0.25], [0.0, 0.0]])
-
-
-def test_cjk_labels_get_an_installed_cjk_font_as_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert plots.needs_cjk(["cat_a", "股骨柄A"]) and not plots.needs_cjk(["cat_a", "Hüfte"])
-    assert plots.font_settings(["cat_a"]) == {"font.family": [plots.BASE_FONT]}
-    monkeypatch.setattr(plots, "_known_cjk_family", lambda: "WenQuanYi Micro Hei")
-    assert plots.font_settings(["股骨柄A"]) == {"font.family": [plots.BASE_FONT, "WenQuanYi Micro Hei"]}
-
-
-def test_missing_cjk_font_warns_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                     caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(plots, "find_cjk_font", lambda: None)
-    plots._warn_no_cjk_font.cache_clear()
-    y, probs = fake_predictions()
-    logger = logging.getLogger("train_clip")
-    monkeypatch.setattr(logger, "propagate", True)  # let caplog see it whatever setup_logging did before
-    with caplog.at_level(logging.WARNING, logger="train_clip"):
-        plots.plot_confusion_matrix(np.eye(3, dtype=int), CLASS_NAMES, tmp_path / "cm.png")
-        plots.plot_roc_curves(y, probs, CLASS_NAMES, tmp_path / "roc.png")
-    plots._warn_no_cjk_font.cache_clear()
-    # The same record can reach caplog's handler twice (root and the named logger): count calls.
-    messages = [record.getMessage() for record in {id(r): r for r in caplog.records}.values()]
-    assert len(messages) == 1 and "No CJK font" in messages[0]
 
 
 def test_report_shows_numbers_tables_and_pictures(tmp_path: Path) -> None:

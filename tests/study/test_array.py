@@ -27,6 +27,7 @@ from study.plan import plan_jobs
 from study.scheduler import Scheduler, Slot, Task
 from study.settings import read_settings
 from tests.conftest import ROOT
+from tests.doc_commands import bash_blocks
 from tests.helpers import make_image_tree
 from tests.utils.test_run_lock import start_holder, wait_until_held
 from utils.errors import ConfigError
@@ -66,8 +67,7 @@ else:
 
 def readme_script(first_line: str) -> str:
     """The README's ```bash block that starts with ``first_line``."""
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
-    return next(block for block in blocks if block.startswith(first_line))
+    return next(block for block in bash_blocks(README) if block.startswith(first_line))
 
 
 def study_env(cwd: Path, **settings: str) -> dict[str, str]:
