@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from reporting.finetuning import finetuning_sentences
 from reporting.plots import needs_cjk
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -173,6 +174,7 @@ def _training(config: Mapping[str, Any]) -> list[str]:
         f"followed by cosine decay, for up to {config['epochs']} epochs per fold"
         + (f", stopping a fold early after {config['patience']} epochs without improvement" if config.get("patience")
            else "") + ".")
+    sentences += finetuning_sentences(config)
     sentences.append(_selection(config))
     if config.get("calibrate") == "temperature":
         sentences.append("Each fold model's probabilities were calibrated by temperature scaling (one temperature "

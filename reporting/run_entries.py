@@ -36,6 +36,7 @@ class Entry:
     class_names: tuple[str, ...] = field(default=(), compare=False)
     # How each fold's checkpoint was chosen (cv_summary.json "selection"; None in runs that predate it).
     selection: Any = field(default=None, compare=False)
+    fine_tuning: str = ""  # the methods beyond the plain recipe (reporting.finetuning), "" for none
 
     @property
     def optimistic(self) -> bool:
@@ -77,7 +78,7 @@ def parse_summary(data: Any, run: str) -> Entry | None:
     return Entry(run, str(data.get("image_encoder", "")), str(data.get("text_encoder", "")), n_splits,
                  means, stds, wall_time, fold_values,
                  class_names=tuple(map(str, class_names)) if isinstance(class_names, list) else (),
-                 selection=data.get("selection"))
+                 selection=data.get("selection"), fine_tuning=str(data.get("fine_tuning") or ""))
 
 
 def read_entry(run_dir: Path) -> Entry | None:

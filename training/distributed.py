@@ -68,7 +68,10 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def check_batch_size(self, batch_size: int) -> None:
+    def check_batch_size(self, batch_size: int, accum_steps: int = 1) -> None:
+        if self.enabled and accum_steps > 1:
+            raise ConfigError(f"--accum-steps {accum_steps} is for one process: under torchrun the {self.world_size} "
+                              "processes already share each batch; drop --accum-steps, or add processes")
         if self.enabled and batch_size % self.world_size:
             raise ConfigError(f"--batch-size {batch_size} is the global batch and must divide evenly among "
                               f"the {self.world_size} processes (WORLD_SIZE); use a multiple of {self.world_size}")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from models.clip_model import CLIPClassifier
 from models.loss import class_contrastive_loss
+from training.accumulation import accumulate_gradients
 from training.config import TrainConfig
 from training.distributed import Distributed
 from training.ensemble import FoldModel, image_logits
@@ -36,7 +37,8 @@ FINITE_CHECK_STEPS = 50
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
-                    epoch: int, description: str = "", processes: Distributed = Distributed()) -> dict[str, float]:
+                    epoch: int, description: str = "", processes: Distributed = Distributed(),
+                    accum_steps: int = 1) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the last learning rate, AMP-skipped steps and
     the seconds the pass took (data loading included: the training throughput without validation).
 
@@ -50,15 +52,18 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
     count, skipped = 0, 0
     bars = None if processes.is_main else True  # None: a bar on a terminal only; one bar per run
     for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=bars), 1):
-        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            image_emb, class_emb, scale = model(images)
-        if processes.enabled:
-            image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
-        loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
+        labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.scale(loss).backward()
+        if accum_steps > 1:  # one process: torchrun and --accum-steps exclude each other (Distributed)
+            loss = accumulate_gradients(model, images, labels, accum_steps, device, amp_dtype, symmetric, scaler)
+        else:
+            with autocast(device, amp_dtype):
+                image_emb, class_emb, scale = model(to_device(images, device))
+            if processes.enabled:
+                image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
+            loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if scale_before is not None and scaler.get_scale() < scale_before:

@@ -299,7 +299,8 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         sampler.set_epoch(epoch)
         stats = train_one_epoch(run.network, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
                                 cfg.loss == "symmetric", epoch,
-                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes)
+                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes,
+                                accum_steps=cfg.accum_steps)
         processes.broadcast_buffers(model)  # the model every process evaluates is the one rank 0 saves
         record_epoch(run, fold, state, epoch, stats, loaders, started, checkpoints, training_state(), writer)
     if writer is not None:

@@ -1,0 +1,26 @@
+"""The fine-tuning methods of a run, in words: the methods paragraph's sentences and the
+leaderboard's short label (one home for what each --flag did)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+# Each method: its config key, the value that means "off", a short label and the methods sentence.
+METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...] = (
+    ("accum_steps", 1, lambda k: f"accum ×{k}",
+     lambda k: f"Each step's batch was processed as {k} micro-batches whose gradients were accumulated "
+               "into that of the whole batch (the loss of all its images; an exact equivalent of one step)."),
+)
+
+
+def used_methods(config: Mapping[str, Any]) -> list[tuple[Any, Callable[[Any], str], Callable[[Any], str]]]:
+    return [(config[key], label, sentence) for key, off, label, sentence in METHODS
+            if config.get(key, off) != off]
+
+
+def finetuning_label(config: Mapping[str, Any]) -> str:
+    """``accum ×4, EMA 0.999``; empty for the plain recipe."""
+    return ", ".join(label(value) for value, label, _ in used_methods(config))
+
+
+def finetuning_sentences(config: Mapping[str, Any]) -> list[str]:
+    return [sentence(value) for value, _, sentence in used_methods(config)]
