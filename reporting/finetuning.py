@@ -9,6 +9,9 @@ METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...]
     ("accum_steps", 1, lambda k: f"accum ×{k}",
      lambda k: f"Each step's batch was processed as {k} micro-batches whose gradients were accumulated "
                "into that of the whole batch (the loss of all its images; an exact equivalent of one step)."),
+    ("ema_decay", 0.0, lambda d: f"EMA {d:g}",
+     lambda d: f"The model evaluated, chosen and saved was an exponential moving average of the weights (decay {d:g} "
+               "per step, timm's ModelEmaV3)."),
 )
 
 

@@ -38,7 +38,7 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
                     epoch: int, description: str = "", processes: Distributed = Distributed(),
-                    accum_steps: int = 1) -> dict[str, float]:
+                    accum_steps: int = 1, after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the last learning rate, AMP-skipped steps and
     the seconds the pass took (data loading included: the training throughput without validation).
 
@@ -69,6 +69,8 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
         if scale_before is not None and scaler.get_scale() < scale_before:
             skipped += 1  # the scaler found inf/NaN gradients and skipped this step
         scheduler.step()
+        if after_step is not None:
+            after_step()  # e.g. the weights' moving average (--ema-decay)
         losses.append(loss.detach() * len(labels))
         count += len(labels)
         if step % FINITE_CHECK_STEPS == 0:
