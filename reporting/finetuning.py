@@ -12,6 +12,9 @@ METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...]
     ("ema_decay", 0.0, lambda d: f"EMA {d:g}",
      lambda d: f"The model evaluated, chosen and saved was an exponential moving average of the weights (decay {d:g} "
                "per step, timm's ModelEmaV3)."),
+    ("wise_alpha", 1.0, lambda a: f"WiSE-FT α={a:g}",
+     lambda a: f"The weights evaluated and saved were WiSE-FT's (Wortsman et al. 2022), interpolated between the "
+               f"zero-shot and the fine-tuned model: (1 − {a:g})·θ_zero-shot + {a:g}·θ_fine-tuned."),
 )
 
 
