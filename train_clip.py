@@ -231,7 +231,7 @@ def checked_and_locked(cfg: TrainConfig, run_dir: RunDir,
 def train(cfg: TrainConfig, processes: Distributed | None = None) -> None:
     """Check, lock the run folder, train every fold, summarise; the lock is held until the end."""
     processes = processes or Distributed.from_environment()
-    processes.check_batch_size(cfg.batch_size, cfg.accum_steps)
+    processes.check_config(cfg)
     device = training_device(cfg, processes)
     processes.start(device)
     try:

@@ -15,6 +15,9 @@ METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...]
     ("wise_alpha", 1.0, lambda a: f"WiSE-FT α={a:g}",
      lambda a: f"The weights evaluated and saved were WiSE-FT's (Wortsman et al. 2022), interpolated between the "
                f"zero-shot and the fine-tuned model: (1 − {a:g})·θ_zero-shot + {a:g}·θ_fine-tuned."),
+    ("lp_epochs", 0, lambda n: f"LP-FT {n} ep",
+     lambda n: f"Training followed LP-FT (Kumar et al. 2022): for the first {n} epoch(s) only the projections and "
+               "the logit scale were trained, the encoders frozen; then all trainable weights."),
 )
 
 

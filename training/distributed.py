@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, Sampler
 
 from utils.errors import ConfigError
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 # How long a process waits for the others at a collective before giving up (rank 0 may spend long
 # minutes alone: decoding images, the held-out test set, the report).
@@ -68,12 +71,18 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def check_batch_size(self, batch_size: int, accum_steps: int = 1) -> None:
-        if self.enabled and accum_steps > 1:
-            raise ConfigError(f"--accum-steps {accum_steps} is for one process: under torchrun the {self.world_size} "
-                              "processes already share each batch; drop --accum-steps, or add processes")
-        if self.enabled and batch_size % self.world_size:
-            raise ConfigError(f"--batch-size {batch_size} is the global batch and must divide evenly among "
+    def check_config(self, cfg: TrainConfig) -> None:
+        """What the number of processes decides: the global batch must share evenly; the methods that
+        change which parameters train during a fold, or run a step as several passes, need one process."""
+        if not self.enabled:
+            return
+        alone = [flag for flag, on in (("--accum-steps", cfg.accum_steps > 1), ("--lp-epochs", cfg.lp_epochs > 0)) if on]
+        if alone:
+            raise ConfigError(f"{' and '.join(alone)}: one process only, not under torchrun (its {self.world_size} "
+                              "processes already share each batch; DistributedDataParallel needs the same trainable "
+                              "parameters every step); drop them or run one process")
+        if cfg.batch_size % self.world_size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among "
                               f"the {self.world_size} processes (WORLD_SIZE); use a multiple of {self.world_size}")
 
     # -- collectives -----------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        if accum_steps > 1:  # one process: torchrun and --accum-steps exclude each other (Distributed)
+        if accum_steps > 1:  # one process: torchrun and --accum-steps exclude each other (Distributed.check_config)
             loss = accumulate_gradients(model, images, labels, accum_steps, device, amp_dtype, symmetric, scaler)
         else:
             with autocast(device, amp_dtype):

@@ -11,6 +11,7 @@ The training weights then travel in ``checkpoint_latest.pth`` beside the saved m
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import torch
@@ -90,3 +91,34 @@ def wise_ft(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tens
     fine-tuned model's."""
     return {key: torch.lerp(zero_shot[key].to(value), value, alpha) if value.is_floating_point() else value
             for key, value in fine_tuned.items()}
+
+
+# LP-FT's head: the classifier's projections and scale, and paired CLIP towers' own final projections
+# (open_clip: the ViT's ``proj`` and ``text_projection``; Chinese-CLIP: each tower's ``projection``).
+HEAD = re.compile(r"^(logit_scale|(image|text)_proj\..+|image_encoder\.backbone\.tower\.(proj|projection\..+)"
+                  r"|text_encoder\.(clip\.text_projection|projection\..+))$")
+
+
+class LinearProbe:
+    """LP-FT (Kumar et al. 2022): for the first ``epochs`` epochs only the head trains, the towers are
+    frozen (and in eval mode: their BatchNorm statistics stay); then everything that trains by the
+    run's other flags (``--freeze-*``, ``--unlocked-groups``). The phase is a function of the epoch,
+    so a resumed fold enters the same one."""
+
+    def __init__(self, model: nn.Module, epochs: int) -> None:
+        self.model = model
+        self.epochs = epochs
+        self.trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def enter(self, epoch: int) -> None:
+        if not self.epochs:
+            return
+        probing = epoch <= self.epochs
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(name in self.trainable and (not probing or bool(HEAD.match(name))))
+
+    def leave(self) -> None:
+        """Everything trainable again (a fold stopped early inside the first phase must not hand frozen
+        towers to the next fold)."""
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(name in self.trainable)

@@ -26,7 +26,7 @@ from reporting.metrics import classification_metrics, expected_calibration_error
 from training.checkpoints import FoldCheckpoints, restore_rng
 from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
-from training.finetune import ScoredModel
+from training.finetune import LinearProbe, ScoredModel
 from training.run import Run
 from utils.io import read_json, write_json
 from utils.seeding import seed_everything, seed_worker
@@ -265,6 +265,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     loaders = Loaders(val_loader, inner_loader)
     optimizer = build_optimizer(model, cfg)
     scored = ScoredModel(model, cfg, run.initial_state)
+    probe = LinearProbe(model, cfg.lp_epochs)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
@@ -302,6 +303,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
+        probe.enter(epoch)
         stats = train_one_epoch(run.network, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
                                 cfg.loss == "symmetric", epoch,
                                 description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes,
@@ -311,6 +313,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             processes.broadcast_buffers(scored.ema.module)
         record_epoch(run, fold, state, epoch, stats, loaders, started, checkpoints, training_state(), scored,
                      writer)
+    probe.leave()
     if writer is not None:
         writer.close()
     result = finish_fold(run, fold, state, checkpoints)

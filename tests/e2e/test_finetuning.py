@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 METHODS = {
     "accum": (["--accum-steps", "2"], "accum ×2", "micro-batches whose gradients were accumulated"),
     "ema": (["--ema-decay", "0.9"], "EMA 0.9", "exponential moving average of the weights (decay 0.9"),
+    "lp": (["--lp-epochs", "1"], "LP-FT 1 ep", "for the first 1 epoch(s) only the projections"),
 }
 FLAGS = [flag for flags, _, _ in METHODS.values() for flag in flags]
 

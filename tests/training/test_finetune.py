@@ -11,7 +11,7 @@ from tests.equivalence import assert_same_float64
 from tests.training.test_accumulation import batch, tiny_model
 from training.config import TrainConfig
 from training.engine import train_one_epoch
-from training.finetune import ScoredModel, wise_ft
+from training.finetune import LinearProbe, ScoredModel, wise_ft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
@@ -78,3 +78,25 @@ def test_wise_ft_is_exactly_each_end_and_the_line_between():
     assert torch.equal(wise_ft(zero, tuned, 1.0)["w"], tuned["w"])
     assert_same_float64(wise_ft(zero, tuned, 0.25)["w"], 0.75 * zero["w"] + 0.25 * tuned["w"], 2)
     assert int(wise_ft(zero, tuned, 0.25)["steps"]) == 9  # integer buffers: the fine-tuned model's
+
+
+def test_lp_ft_first_phase_moves_only_the_head_then_everything(tiny_text_encoder):
+    model = tiny_model(tiny_text_encoder, torch.nn.BatchNorm1d)  # BatchNorm: its statistics must stay too
+    probe = LinearProbe(model, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scored = ScoredModel(model, TrainConfig(data_dir="x"), before)
+    probe.enter(1)
+    train_steps(model, scored, 2, [])
+    after = model.state_dict()
+    towers = [key for key in before if key.startswith(("image_encoder.", "text_encoder."))]
+    assert len(towers) > 20 and any("running_mean" in key for key in towers)
+    changed = [key for key in towers if not torch.equal(after[key], before[key])]
+    assert changed == []
+    head = [key for key in before if key not in towers]
+    assert sorted(head) == ["image_proj.bias", "image_proj.weight", "logit_scale", "text_proj.bias", "text_proj.weight"]
+    assert all(not torch.equal(after[key], before[key]) for key in head)
+    probe.enter(2)  # the second phase: the towers train
+    train_steps(model, scored, 1, [])
+    assert not torch.equal(model.state_dict()["image_encoder.backbone.1.weight"], before["image_encoder.backbone.1.weight"])
+    assert not torch.equal(model.state_dict()["text_encoder.model.encoder.layer.0.output.dense.weight"],
+                           before["text_encoder.model.encoder.layer.0.output.dense.weight"])
