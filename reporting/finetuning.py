@@ -18,6 +18,12 @@ METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...]
     ("lp_epochs", 0, lambda n: f"LP-FT {n} ep",
      lambda n: f"Training followed LP-FT (Kumar et al. 2022): for the first {n} epoch(s) only the projections and "
                "the logit scale were trained, the encoders frozen; then all trainable weights."),
+    ("layer_decay", 1.0, lambda d: f"layer decay {d:g}",
+     lambda d: f"The image encoder's learning rate decayed layer-wise by {d:g} per layer group from its last group "
+               "towards its input (as in BEiT)."),
+    ("unlocked_groups", 0, lambda n: f"last {n} groups",
+     lambda n: f"Only the last {n} layer group(s) of the image encoder were trained; the earlier ones, their "
+               "normalisation statistics included, stayed fixed."),
 )
 
 

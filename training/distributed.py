@@ -76,7 +76,8 @@ class Distributed:
         change which parameters train during a fold, or run a step as several passes, need one process."""
         if not self.enabled:
             return
-        alone = [flag for flag, on in (("--accum-steps", cfg.accum_steps > 1), ("--lp-epochs", cfg.lp_epochs > 0)) if on]
+        alone = [flag for flag, on in (("--accum-steps", cfg.accum_steps > 1), ("--lp-epochs", cfg.lp_epochs > 0),
+                                       ("--unlocked-groups", cfg.unlocked_groups > 0)) if on]
         if alone:
             raise ConfigError(f"{' and '.join(alone)}: one process only, not under torchrun (its {self.world_size} "
                               "processes already share each batch; DistributedDataParallel needs the same trainable "

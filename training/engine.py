@@ -22,6 +22,7 @@ from training.accumulation import accumulate_gradients
 from training.config import TrainConfig
 from training.distributed import Distributed
 from training.ensemble import FoldModel, image_logits
+from training.layers import decay_multipliers
 from utils.device import autocast, to_device
 from utils.errors import UserError
 
@@ -114,17 +115,19 @@ def evaluate(model: CLIPClassifier, loader: DataLoader, device: torch.device,
 
 
 def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: tower-specific learning rates; no weight decay on biases, norms, the scale and
+    """AdamW groups: tower-specific learning rates (per layer group of the image backbone with
+    --layer-decay, training.layers); no weight decay on biases, norms, the scale and
     lookup tables (``nn.Embedding``). A table row that no class description uses gets no gradient,
     and without decay keeps its value exactly: checkpoints then store only the rows that trained
     (training.checkpoints), instead of, e.g., all of CLIP's 49,408 token rows in every checkpoint."""
     tables = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    layer_mult = decay_multipliers(model, cfg.layer_decay, cfg.image_encoder)  # {} without --layer-decay
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         if name.startswith("image_encoder."):
-            mult = cfg.image_lr_mult
+            mult = cfg.image_lr_mult * layer_mult.get(name, 1.0)
         elif name.startswith("text_encoder."):
             mult = cfg.text_lr_mult
         else:

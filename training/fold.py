@@ -27,6 +27,7 @@ from training.checkpoints import FoldCheckpoints, restore_rng
 from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
 from training.finetune import LinearProbe, ScoredModel
+from training.layers import lock_groups
 from training.run import Run
 from utils.io import read_json, write_json
 from utils.seeding import seed_everything, seed_worker
@@ -263,6 +264,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
     train_loader, val_loader, inner_loader, sampler = make_loaders(run, fold, generator)
     loaders = Loaders(val_loader, inner_loader)
+    lock_groups(model, cfg.unlocked_groups, cfg.image_encoder)
     optimizer = build_optimizer(model, cfg)
     scored = ScoredModel(model, cfg, run.initial_state)
     probe = LinearProbe(model, cfg.lp_epochs)

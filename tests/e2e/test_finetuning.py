@@ -19,6 +19,8 @@ METHODS = {
     "accum": (["--accum-steps", "2"], "accum ×2", "micro-batches whose gradients were accumulated"),
     "ema": (["--ema-decay", "0.9"], "EMA 0.9", "exponential moving average of the weights (decay 0.9"),
     "lp": (["--lp-epochs", "1"], "LP-FT 1 ep", "for the first 1 epoch(s) only the projections"),
+    "layer_decay": (["--layer-decay", "0.8"], "layer decay 0.8", "decayed layer-wise by 0.8 per layer group"),
+    "unlocked": (["--unlocked-groups", "3"], "last 3 groups", "Only the last 3 layer group(s) of the image"),
 }
 FLAGS = [flag for flags, _, _ in METHODS.values() for flag in flags]
 
