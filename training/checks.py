@@ -77,7 +77,6 @@ def check_finetuning(cfg: TrainConfig) -> None:
     check(cfg.unlocked_groups >= 0, f"--unlocked-groups must be non-negative (0: all), got {cfg.unlocked_groups}")
     check(not cfg.freeze_image or (cfg.layer_decay == 1 and cfg.unlocked_groups == 0),
           "--layer-decay and --unlocked-groups shape the image backbone's training: drop --freeze-image")
-    check(cfg.lora_rank >= 0, f"--lora-rank must be non-negative (0: off), got {cfg.lora_rank}")
 
 
 def has_zero_shot_start(cfg: TrainConfig) -> bool:

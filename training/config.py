@@ -113,8 +113,6 @@ class TrainConfig:
                               "gets this factor more (e.g. 0.75; 1: off).", "training")
     unlocked_groups: int = _opt(0, "Train only the last N layer groups of the image backbone (0: all).",
                                 "training")
-    lora_rank: int = _opt(0, "Train LoRA adapters of this rank (peft) in the towers instead of their weights "
-                          "(0: off).", "training")
     seed: int = _opt(42, "Seed of model initialisation, sampling and augmentation.", "training")
     monitor: str = _opt("balanced_accuracy", "Metric that picks checkpoint_best.pth (on the images of "
                         "--select-on).",
