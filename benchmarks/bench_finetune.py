@@ -12,6 +12,7 @@ needs a pretrained zero-shot start (paired CLIP towers), which cannot be had off
 not applicable rather than run on random CLIP weights. Usage::
 
     .venv/bin/python benchmarks/bench_finetune.py [--epochs 3] [--out benchmarks/results/finetune.json]
+    .venv/bin/python benchmarks/bench_finetune.py --per-class 12 --folds 2 --epochs 1 --out /tmp/f.json  # the script works
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +32,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-import train_clip  # noqa: E402
 from benchmarks.output import write_result  # noqa: E402
 from data.demo import build_demo_dataset  # noqa: E402
 
@@ -45,40 +46,55 @@ RECIPES: dict[str, list[str]] = {
 NOT_APPLICABLE = {"WiSE-FT": "needs paired pretrained CLIP towers (a zero-shot start); none offline"}
 
 
-def demo_args(images: Path, texts: Path, epochs: int, out: Path) -> list[str]:
+def demo_args(images: Path, texts: Path, epochs: int, folds: int, out: Path) -> list[str]:
     return ["--data-dir", str(images), "--class-texts-file", str(texts), "--image-encoder", "resnet18:scratch",
             "--text-encoder", "all-MiniLM-L6-v2", "--freeze-text", "--img-size", "32", "--augmentation", "none",
             "--batch-size", "64", "--epochs", str(epochs), "--learning-rate", "1e-3", "--warmup-epochs", "0.5",
-            "--use-cv", "--n-splits", "5", "--num-workers", "0", "--bootstrap-resamples", "0",
+            "--use-cv", "--n-splits", str(folds), "--num-workers", "0", "--bootstrap-resamples", "0",
             "--output-dir", str(out), "--log-file", str(out.parent / f"{out.name}.log")]
 
 
-def run(name: str, flags: list[str], images: Path, texts: Path, epochs: int, work: Path) -> dict:
+def run(name: str, flags: list[str], images: Path, texts: Path, args: argparse.Namespace, work: Path) -> dict:
+    """One ``train_clip.py`` process (scripts do not import each other)."""
     out = work / name.replace(" ", "_").replace("×", "x")
     started = time.perf_counter()
-    code = train_clip.main(demo_args(images, texts, epochs, out) + flags)
+    command = [sys.executable, str(ROOT / "train_clip.py"), *demo_args(images, texts, args.epochs, args.folds, out),
+               *flags]
+    code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     seconds = time.perf_counter() - started
     if code != 0:
-        raise SystemExit(f"{name}: train_clip exited with {code}; see {out.parent / (out.name + '.log')}")
+        raise SystemExit(f"{name}: train_clip.py exited with {code}; see {out.parent / (out.name + '.log')}")
     summary = json.loads((out / "cv_summary.json").read_text())
+    print(f"  {name}: done in {seconds:.0f}s", flush=True)
     return {"recipe": name, "flags": flags, "balanced_accuracy_mean": summary["mean"]["balanced_accuracy"],
             "balanced_accuracy_std": summary["std"]["balanced_accuracy"],
             "per_fold": [f["metrics"]["balanced_accuracy"] for f in summary["folds"]], "seconds": round(seconds, 1)}
 
 
+def keep_first(images: Path, per_class: int) -> None:
+    """Keep the first ``per_class`` images of each class (a quick run of the script itself)."""
+    for folder in images.iterdir():
+        for extra in sorted(folder.iterdir())[per_class:]:
+            extra.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--per-class", type=int, default=0, help="Keep this many images per class (0: all); "
+                        "for a quick check of the script, not a measurement.")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         images = build_demo_dataset(work / "digits")
         texts = work / "digits" / "class_texts_en.json"
-        rows = [run(name, flags, images, texts, args.epochs, work) for name, flags in RECIPES.items()]
+        if args.per_class:
+            keep_first(images, args.per_class)
+        rows = [run(name, flags, images, texts, args, work) for name, flags in RECIPES.items()]
     plain = rows[0]
-    print(f"{'recipe':<18} {'balanced accuracy (5 folds)':>28} {'Δ vs plain':>11} {'time':>8} {'× plain':>8}")
+    print(f"{'recipe':<18} {f'balanced accuracy ({args.folds} folds)':>28} {'Δ vs plain':>11} {'time':>8} {'× plain':>8}")
     for row in rows:
         row["difference_vs_plain"] = row["balanced_accuracy_mean"] - plain["balanced_accuracy_mean"]
         row["time_vs_plain"] = row["seconds"] / plain["seconds"]
@@ -86,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['difference_vs_plain']:>+11.4f} {row['seconds']:>7.1f}s {row['time_vs_plain']:>7.2f}×")
     for name, why in NOT_APPLICABLE.items():
         print(f"{name:<18} not applicable: {why}")
-    write_result(args.out, {"benchmark": "bench_finetune", "epochs": args.epochs, "rows": rows,
-                            "not_applicable": NOT_APPLICABLE, "torch_threads": torch.get_num_threads(),
-                            "device": "cuda" if torch.cuda.is_available() else "cpu",
+    write_result(args.out, {"benchmark": "bench_finetune", "epochs": args.epochs, "folds": args.folds,
+                            "images_per_class": args.per_class or "all", "rows": rows,
+                            "not_applicable": NOT_APPLICABLE, "device": "cuda" if torch.cuda.is_available() else "cpu",
                             "machine": platform.platform(), "processor": platform.processor()})
     return 0
 

@@ -1,5 +1,6 @@
 """Value checks of a :class:`~training.config.TrainConfig` that need no data: one line per problem,
-naming the flag (scikit-learn-like early validation, before anything is written).
+naming the flag (scikit-learn-like early validation, before anything is written). The config is
+typed ``Any`` here: training.config imports this module, and a type import back would be a circle.
 
 The fine-tuning methods' refusals live here too (:func:`check_finetuning`): each names the flags
 that exclude each other and the way out.
@@ -7,12 +8,9 @@ that exclude each other and the way out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from utils.errors import ConfigError
-
-if TYPE_CHECKING:
-    from training.config import TrainConfig
 
 
 def check(condition: bool, message: str) -> None:
@@ -20,7 +18,7 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check_values(cfg: TrainConfig) -> None:
+def check_values(cfg: Any) -> None:
     check(cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}")
     check(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
     check(cfg.learning_rate > 0, f"--learning-rate must be positive, got {cfg.learning_rate}")
@@ -60,7 +58,7 @@ def check_values(cfg: TrainConfig) -> None:
         check("{class_name}" in template, f"--text-template must contain '{{class_name}}', got {template!r}")
 
 
-def check_finetuning(cfg: TrainConfig) -> None:
+def check_finetuning(cfg: Any) -> None:
     """The fine-tuning methods (README "Fine-tuning methods", docs/design.md §11): ranges and the
     combinations that cannot work."""
     check(cfg.accum_steps >= 1, f"--accum-steps must be at least 1, got {cfg.accum_steps}")
@@ -79,7 +77,7 @@ def check_finetuning(cfg: TrainConfig) -> None:
           "--layer-decay and --unlocked-groups shape the image backbone's training: drop --freeze-image")
 
 
-def has_zero_shot_start(cfg: TrainConfig) -> bool:
+def has_zero_shot_start(cfg: Any) -> bool:
     """Paired pretrained towers: epoch 0 is the model's own zero-shot classifier (docs/design.md §3)."""
     # Imported here: the config (read by the study runner before every study) must not load torch.
     from models.clip_towers import paired_source
