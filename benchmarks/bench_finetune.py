@@ -12,7 +12,8 @@ needs a pretrained zero-shot start (paired CLIP towers), which cannot be had off
 not applicable rather than run on random CLIP weights. Usage::
 
     .venv/bin/python benchmarks/bench_finetune.py [--epochs 3] [--out benchmarks/results/finetune.json]
-    .venv/bin/python benchmarks/bench_finetune.py --per-class 12 --folds 2 --epochs 1 --out /tmp/f.json  # the script works
+    # a quick check that the script works (not a measurement):
+    .venv/bin/python benchmarks/bench_finetune.py --per-class 12 --folds 2 --epochs 2 --batch-size 16 --out /tmp/f.json
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from data.demo import build_demo_dataset  # noqa: E402
 RECIPES: dict[str, list[str]] = {
     "plain": [],
     "accum ×4": ["--accum-steps", "4"],
-    "EMA 0.9": ["--ema-decay", "0.9"],  # about 19 steps per epoch: the average spans ~10 steps
+    "EMA 0.9": ["--ema-decay", "0.9"],  # 19 steps per epoch at batch 64: the average spans ~10 steps
     "LP-FT 1 epoch": ["--lp-epochs", "1"],
     "layer decay 0.8": ["--layer-decay", "0.8"],
     "last 4 groups": ["--unlocked-groups", "4"],
@@ -46,11 +47,12 @@ RECIPES: dict[str, list[str]] = {
 NOT_APPLICABLE = {"WiSE-FT": "needs paired pretrained CLIP towers (a zero-shot start); none offline"}
 
 
-def demo_args(images: Path, texts: Path, epochs: int, folds: int, out: Path) -> list[str]:
+def demo_args(images: Path, texts: Path, args: argparse.Namespace, out: Path) -> list[str]:
     return ["--data-dir", str(images), "--class-texts-file", str(texts), "--image-encoder", "resnet18:scratch",
             "--text-encoder", "all-MiniLM-L6-v2", "--freeze-text", "--img-size", "32", "--augmentation", "none",
-            "--batch-size", "64", "--epochs", str(epochs), "--learning-rate", "1e-3", "--warmup-epochs", "0.5",
-            "--use-cv", "--n-splits", str(folds), "--num-workers", "0", "--bootstrap-resamples", "0",
+            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--learning-rate", "1e-3",
+            "--warmup-epochs", "0.5",
+            "--use-cv", "--n-splits", str(args.folds), "--num-workers", "0", "--bootstrap-resamples", "0",
             "--output-dir", str(out), "--log-file", str(out.parent / f"{out.name}.log")]
 
 
@@ -58,7 +60,7 @@ def run(name: str, flags: list[str], images: Path, texts: Path, args: argparse.N
     """One ``train_clip.py`` process (scripts do not import each other)."""
     out = work / name.replace(" ", "_").replace("×", "x")
     started = time.perf_counter()
-    command = [sys.executable, str(ROOT / "train_clip.py"), *demo_args(images, texts, args.epochs, args.folds, out),
+    command = [sys.executable, str(ROOT / "train_clip.py"), *demo_args(images, texts, args, out),
                *flags]
     code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     seconds = time.perf_counter() - started
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=0, help="Keep this many images per class (0: all); "
                         "for a quick check of the script, not a measurement.")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             keep_first(images, args.per_class)
         rows = [run(name, flags, images, texts, args, work) for name, flags in RECIPES.items()]
     plain = rows[0]
-    print(f"{'recipe':<18} {f'balanced accuracy ({args.folds} folds)':>28} {'Δ vs plain':>11} {'time':>8} {'× plain':>8}")
+    score = f"balanced accuracy ({args.folds} folds)"
+    print(f"{'recipe':<18} {score:>28} {'Δ vs plain':>11} {'time':>8} {'× plain':>8}")
     for row in rows:
         row["difference_vs_plain"] = row["balanced_accuracy_mean"] - plain["balanced_accuracy_mean"]
         row["time_vs_plain"] = row["seconds"] / plain["seconds"]
