@@ -104,7 +104,7 @@ def log_file_of(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, processes: Distributed | None = None) -> None:
     """Check, lock the run folder, train every fold, summarise; the lock is held until the end."""
     processes = processes or Distributed.from_environment()
-    processes.check_batch_size(cfg.batch_size)
+    processes.check_config(cfg)
     device = processes.device(cfg.gpu_id)
     processes.start(device)
     try:

@@ -131,6 +131,11 @@ class CLIPClassifier(nn.Module):
         for tower in (self.image_encoder, self.text_encoder):
             if not any(p.requires_grad for p in tower.parameters()):
                 tower.eval()
+        # So does a BatchNorm frozen inside a training tower (--unlocked-groups, LP-FT's first phase).
+        for module in self.modules():
+            weights = list(module.parameters()) if isinstance(module, nn.modules.batchnorm._BatchNorm) else []
+            if weights and not any(p.requires_grad for p in weights):
+                module.eval()
         return self
 
 

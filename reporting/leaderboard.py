@@ -105,15 +105,16 @@ def leaderboard_table(ranked: Sequence[Entry], metric: str, winners: Sequence[Wi
     columns = [ranked_metric(m) for m in LEADERBOARD_METRICS]
     won = {w.run: w for w in winners}
     notes = [t("optimistic_label") if e.optimistic else "" for e in ranked]
-    header = [t("lb_rank"), t("lb_run"), t("lb_image"), t("lb_text")]
+    tuned = any(e.fine_tuning for e in ranked)  # the column only when some run used a fine-tuning method
+    header = [t("lb_rank"), t("lb_run"), t("lb_image"), t("lb_text")] + ([t("lb_fine_tuning")] if tuned else [])
     header += [m.short_label_in(t.lang) + (" ▼" if m.name == metric else "") for m in columns]
     header += [t("lb_folds"), t("lb_wall"), t("lb_delta"), t("lb_p"), t("lb_bbc")] + ([t("lb_note")] if any(notes) else [])
-    rows = [[str(i), e.run, e.image_encoder, e.text_encoder]
+    rows = [[str(i), e.run, e.image_encoder, e.text_encoder] + ([e.fine_tuning or t("lb_plain")] if tuned else [])
             + [format_mean_std(e.mean[m.name], e.std[m.name]) for m in columns]
             + [str(e.n_splits), format_duration(e.wall_time_s)] + comparison_cells(result, t) + [bbc_cell(won.get(e.run), t)]
             + ([note] if any(notes) else [])
             for i, (e, result, note) in enumerate(zip(ranked, against_top(ranked, metric), notes), 1)]
-    right = [True, False, False, False] + [True] * len(columns) + [True, True, True, False, False]
+    right = [True, False, False, False] + ([False] if tuned else []) + [True] * len(columns) + [True, True, True, False, False]
     return Table(header, rows, right + ([False] if any(notes) else []))
 
 
@@ -170,11 +171,11 @@ def csv_rows(ranked: Sequence[Entry], metric: str,
         test = "" if winner.test_score is None else winner.test_score
         return ([bbc.estimate, bbc.low, bbc.high, bbc.n_runs] if bbc else ["", "", "", ""]) + [test]
 
-    header = ["rank", "run", "image_encoder", "text_encoder", "n_splits"]
+    header = ["rank", "run", "image_encoder", "text_encoder", "fine_tuning", "n_splits"]
     header += [f"{m}_{part}" for m in LEADERBOARD_METRICS for part in ("mean", "std")] + ["wall_time_s"]
     header += ["difference_vs_top", "p_value_vs_top", "not_compared_because"]
     header += ["bbc_estimate", "bbc_ci_low", "bbc_ci_high", "bbc_chosen_from", f"test_{metric}", "optimistic"]
-    rows = [[i, e.run, e.image_encoder, e.text_encoder, e.n_splits]
+    rows = [[i, e.run, e.image_encoder, e.text_encoder, e.fine_tuning, e.n_splits]
             + [value for m in LEADERBOARD_METRICS for value in (e.mean[m], e.std[m])] + [e.wall_time_s]
             + ([result.mean_difference, result.p_value, ""] if isinstance(result, TTest)
                else ["", "", result or ""])

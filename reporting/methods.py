@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from reporting.phrases import ENGLISH, Phrases
+from reporting.finetuning import finetuning_sentences
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "scikit-learn", "scipy")
@@ -140,6 +141,7 @@ def _training(config: Mapping[str, Any], t: Phrases) -> list[str]:
                        wd=f"{config['weight_decay']:g}", batch=config["batch_size"],
                        warmup=f"{config['warmup_epochs']:g}", epochs=config["epochs"],
                        patience=t("m_patience", p=config["patience"]) if config.get("patience") else ""))
+    sentences += finetuning_sentences(config)  # English in both reports (reporting/finetuning.py)
     sentences.append(_selection(config, t))
     if config.get("calibrate") == "temperature":
         where = "m_where_inner" if _selected_on(config) == "inner" else "m_where_fold"

@@ -155,6 +155,8 @@ LEADERBOARD_PHRASES: dict[str, tuple[str, str]] = {
     "lb_p": ("p vs #1 (corrected t)", "与第 1 名的 p 值（校正 t 检验）"),
     "lb_bbc": ("BBC-CV [95% CI]", "BBC-CV [95% 置信区间]"),
     "lb_note": ("note", "备注"),
+    "lb_fine_tuning": ("fine-tuning", "微调方法"),
+    "lb_plain": ("plain", "常规微调"),
     "lb_not_compared": ("not compared: {reason}", "未比较：{reason}"),
     "lb_of_runs": ("of {n} run", "共 {n} 个运行"),
     "lb_of_runs_plural": ("of {n} runs", "共 {n} 个运行"),

@@ -36,6 +36,7 @@ class Entry:
     class_names: tuple[str, ...] = field(default=(), compare=False)
     # How each fold's checkpoint was chosen (cv_summary.json "selection"; None in runs that predate it).
     selection: Any = field(default=None, compare=False)
+    fine_tuning: str = ""  # the methods beyond the plain recipe (reporting.finetuning), "" for none
 
     @property
     def optimistic(self) -> bool:
@@ -68,7 +69,8 @@ def parse_summary(data: Any, run: str) -> Entry | None:
         return None
     return Entry(run, summary.image_encoder, summary.text_encoder, summary.n_splits, means, stds, wall_time,
                  {key: summary.metric_by_fold(key) for key in LEADERBOARD_METRICS},
-                 class_names=tuple(summary.class_names), selection=summary.selection or None)
+                 class_names=tuple(summary.class_names), selection=summary.selection or None,
+                 fine_tuning=str(summary.sections.get("fine_tuning") or ""))
 
 
 def read_entry(run_dir: Path) -> Entry | None:

@@ -31,7 +31,10 @@ RULES: Mapping[str, frozenset[str]] = {
     "models": frozenset({"utils"}),
     "reporting": frozenset({"utils", "models"}),
     "training": frozenset({"utils", "data", "models", "reporting"}),
-    "training.config": frozenset({"utils", "reporting"}),
+    "training.config": frozenset({"utils", "reporting", "training.checks"}),
+    # The config's value checks, a module of their own to keep training/config.py short; models only
+    # lazily (has_zero_shot_start), so that reading a config loads no torch.
+    "training.checks": frozenset({"utils", "models"}),
     "training.arguments": frozenset({"utils", "reporting", "training.config"}),
     "study": frozenset({"training.config", "training.arguments", "reporting", "utils", "models"}),
     "tests": frozenset({ANY_PACKAGE}),

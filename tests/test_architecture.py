@@ -55,7 +55,7 @@ BREAKS = {
         "other_script.py:1: other_script imports train_clip (allowed: scripts are imported by tests only)"),
     "a relative import": (
         "training/config.py", "from .engine import fit\n",
-        "training/config.py:1: training.config imports training.engine (allowed: reporting, utils)"),
+        "training/config.py:1: training.config imports training.engine (allowed: reporting, training.checks, utils)"),
     "an import inside a function": (
         "reporting/bad.py", "def plot():\n    from data.texts import load\n",
         "reporting/bad.py:2: reporting imports data.texts (allowed: models, utils)"),

@@ -44,6 +44,8 @@ CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "floa
 # drops it: AdamW's two moments alone weigh twice the trainable parameters, on every fold of every run.
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "fold_state", "rng")
 LATEST_KEYS = ("format", "model", "epoch", *TRAINING_STATE_KEYS)
+# Only when the saved model is not the one that trains (--ema-decay, --wise-alpha: training.finetune).
+OPTIONAL_TRAINING_KEYS = ("trained_weights",)
 
 
 def capture_rng(sampler_generator: torch.Generator) -> dict[str, Any]:
@@ -275,7 +277,8 @@ class FoldCheckpoints:
         if best.is_file() and isinstance(fold_state, dict) and fold_state.get("best_epoch") == saved.get("epoch"):
             link_or_copy(best, latest)
             return
-        kept = {key: value for key, value in saved.items() if key not in TRAINING_STATE_KEYS}
+        kept = {key: value for key, value in saved.items()
+                if key not in TRAINING_STATE_KEYS + OPTIONAL_TRAINING_KEYS}
         save_checkpoint(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from reporting.metric_table import MONITOR_METRICS
 from reporting.phrases import REPORT_LANGS
+from training.checks import check, check_finetuning, check_values
 from utils.errors import ConfigError, suggest
 from utils.run_dir import default_run_dir
 
@@ -98,6 +99,18 @@ class TrainConfig:
                                 "the base rate).", "training")
     text_lr_mult: float = _opt(1.0, "Learning-rate multiplier for the text encoder.", "training")
     warmup_epochs: float = _opt(1.0, "Linear learning-rate warm-up before the cosine decay, in epochs.",
+                                "training")
+    accum_steps: int = _opt(1, "Gradient accumulation: each step of --batch-size images runs as this many equal "
+                            "micro-batches, their gradients summed: the same update, less memory.", "training")
+    ema_decay: float = _opt(0.0, "Evaluate and save an exponential moving average of the weights, updated each step "
+                            "with this decay (e.g. 0.999; 0: off).", "training")
+    wise_alpha: float = _opt(1.0, "WiSE-FT: the saved model is (1-alpha)*zero-shot + alpha*fine-tuned weights "
+                             "(needs pretrained paired towers; 1: off).", "training")
+    lp_epochs: int = _opt(0, "LP-FT: train only the projections and logit scale for this many first epochs, "
+                          "then everything.", "training")
+    layer_decay: float = _opt(1.0, "Layer-wise learning-rate decay of the image backbone: each block earlier "
+                              "gets this factor more (e.g. 0.75; 1: off).", "training")
+    unlocked_groups: int = _opt(0, "Train only the last N layer groups of the image backbone (0: all).",
                                 "training")
     seed: int = _opt(42, "Seed of model initialisation, sampling and augmentation.", "training")
     monitor: str = _opt("balanced_accuracy", "Metric that picks checkpoint_best.pth (on the images of "
@@ -273,58 +286,20 @@ def normalise_keys(entry: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that do not need the data (those live in the data layer)."""
-    _check(cfg.data_dir is not None or cfg.data_csv is not None, "--data-dir is required (a folder with one "
+    check(cfg.data_dir is not None or cfg.data_csv is not None, "--data-dir is required (a folder with one "
            "sub-folder per class), or --data-csv instead (a CSV with the columns path,label[,group])")
-    _check(cfg.data_dir is None or cfg.data_csv is None, "--data-dir and --data-csv exclude each other")
+    check(cfg.data_dir is None or cfg.data_csv is None, "--data-dir and --data-csv exclude each other")
     sources = [cfg.groups_file is not None, cfg.group_regex is not None, cfg.group_by != "none"]
-    _check(sum(sources) <= 1, "--groups-file, --group-regex and --group-by exclude each other")
+    check(sum(sources) <= 1, "--groups-file, --group-regex and --group-by exclude each other")
     for f in config_fields():
         choices = f.metadata["choices"]
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             raise ConfigError(f"{flag_of(f)}: invalid choice '{value}'{suggest(str(value), choices)}; "
                               f"expected one of {', '.join(choices)}")
-    _check(cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}")
-    _check(cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}")
-    _check(cfg.learning_rate > 0, f"--learning-rate must be positive, got {cfg.learning_rate}")
-    _check(cfg.weight_decay >= 0, f"--weight-decay must be non-negative, got {cfg.weight_decay}")
-    _check(0 <= cfg.warmup_epochs <= cfg.epochs,
-           f"--warmup-epochs must be between 0 and --epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
-    _check(cfg.image_lr_mult >= 0, f"--image-lr-mult must be non-negative, got {cfg.image_lr_mult}")
-    _check(cfg.text_lr_mult >= 0, f"--text-lr-mult must be non-negative, got {cfg.text_lr_mult}")
-    _check(cfg.temperature > 0, f"--temperature must be positive, got {cfg.temperature}")
-    _check(cfg.embed_dim >= 1, f"--embed-dim must be at least 1, got {cfg.embed_dim}")
-    _check(cfg.img_size >= 16, f"--img-size must be at least 16 pixels, got {cfg.img_size}")
-    _check(cfg.cache_mb >= 0, f"--cache-mb must be non-negative, got {cfg.cache_mb}")
-    _check(cfg.n_splits >= 2, f"--n-splits must be at least 2, got {cfg.n_splits}")
-    _check(0 < cfg.val_fraction < 1, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
-    _check(0 <= cfg.test_fraction < 1, f"--test-fraction must be in [0, 1), got {cfg.test_fraction}")
-    _check(cfg.bootstrap_resamples >= 0,
-           f"--bootstrap-resamples must be non-negative, got {cfg.bootstrap_resamples}")
-    _check(cfg.patience >= 0, f"--patience must be non-negative, got {cfg.patience}")
-    _check(0 < cfg.inner_val_fraction < 1,
-           f"--inner-val-fraction must be between 0 and 1, got {cfg.inner_val_fraction}")
-    _check(cfg.select_on != "last" or cfg.patience == 0,
-           "--patience needs a choice of epoch: --select-on inner or fold (last trains every --epochs)")
-    _check(cfg.select_on != "last" or cfg.calibrate == "none",
-           "--calibrate temperature needs images to fit it on: --select-on inner (or fold)")
-    _check(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other")
-    _check(cfg.save_best or cfg.test_fraction == 0,
-           "--test-fraction needs the best checkpoints: drop --no-save-best")
-    _check(cfg.weight_smooth_factor >= 0,
-           f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
-    _check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
-    _check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
-    _check(cfg.image_weights is None or Path(cfg.image_weights).exists(),
-           f"--image-weights {cfg.image_weights}: no such file or folder")
-    _check(cfg.text_weights is None or Path(cfg.text_weights).exists(),
-           f"--text-weights {cfg.text_weights}: no such file or folder")
-    for template in cfg.text_template or ():
-        _check("{class_name}" in template, f"--text-template must contain '{{class_name}}', got {template!r}")
+    check_values(cfg)
+    check_finetuning(cfg)

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from utils.device import select_device
 from utils.errors import ConfigError
 
 log = logging.getLogger("train_clip")
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 # How long a process waits for the others at a collective before giving up (rank 0 may spend long
 # minutes alone: decoding images, the held-out test set, the report).
@@ -89,9 +92,19 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def check_batch_size(self, batch_size: int) -> None:
-        if self.enabled and batch_size % self.world_size:
-            raise ConfigError(f"--batch-size {batch_size} is the global batch and must divide evenly among "
+    def check_config(self, cfg: TrainConfig) -> None:
+        """What the number of processes decides: the global batch must share evenly; the methods that
+        change which parameters train during a fold, or run a step as several passes, need one process."""
+        if not self.enabled:
+            return
+        alone = [flag for flag, on in (("--accum-steps", cfg.accum_steps > 1), ("--lp-epochs", cfg.lp_epochs > 0),
+                                       ("--unlocked-groups", cfg.unlocked_groups > 0)) if on]
+        if alone:
+            raise ConfigError(f"{' and '.join(alone)}: one process only, not under torchrun (its {self.world_size} "
+                              "processes already share each batch; DistributedDataParallel needs the same trainable "
+                              "parameters every step); drop them or run one process")
+        if cfg.batch_size % self.world_size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among "
                               f"the {self.world_size} processes (WORLD_SIZE); use a multiple of {self.world_size}")
 
     # -- collectives -----------------------------------------------------------------------------

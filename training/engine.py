@@ -18,9 +18,11 @@ from tqdm import tqdm
 
 from models.clip_model import CLIPClassifier
 from models.loss import class_contrastive_loss
+from training.accumulation import accumulate_gradients
 from training.config import TrainConfig
 from training.distributed import Distributed
 from training.ensemble import FoldModel, image_logits
+from training.layers import decay_multipliers
 from utils.device import autocast, to_device
 from utils.errors import UserError
 
@@ -36,7 +38,8 @@ FINITE_CHECK_STEPS = 50
 def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
-                    epoch: int, description: str = "", processes: Distributed = Distributed()) -> dict[str, float]:
+                    epoch: int, description: str = "", processes: Distributed = Distributed(),
+                    accum_steps: int = 1, after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the last learning rate, AMP-skipped steps and
     the seconds the pass took (data loading included: the training throughput without validation).
 
@@ -50,20 +53,25 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
     count, skipped = 0, 0
     bars = None if processes.is_main else True  # None: a bar on a terminal only; one bar per run
     for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=bars), 1):
-        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            image_emb, class_emb, scale = model(images)
-        if processes.enabled:
-            image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
-        loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
+        labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.scale(loss).backward()
+        if accum_steps > 1:  # one process: torchrun and --accum-steps exclude each other (Distributed.check_config)
+            loss = accumulate_gradients(model, images, labels, accum_steps, device, amp_dtype, symmetric, scaler)
+        else:
+            with autocast(device, amp_dtype):
+                image_emb, class_emb, scale = model(to_device(images, device))
+            if processes.enabled:
+                image_emb, labels = processes.gather_embeddings(image_emb), processes.gather_labels(labels)
+            loss = class_contrastive_loss(image_emb, class_emb, labels, scale, symmetric=symmetric)
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if scale_before is not None and scaler.get_scale() < scale_before:
             skipped += 1  # the scaler found inf/NaN gradients and skipped this step
         scheduler.step()
+        if after_step is not None:
+            after_step()  # e.g. the weights' moving average (--ema-decay)
         losses.append(loss.detach() * len(labels))
         count += len(labels)
         if step % FINITE_CHECK_STEPS == 0:
@@ -107,17 +115,19 @@ def evaluate(model: CLIPClassifier, loader: DataLoader, device: torch.device,
 
 
 def parameter_groups(model: CLIPClassifier, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: tower-specific learning rates; no weight decay on biases, norms, the scale and
+    """AdamW groups: tower-specific learning rates (per layer group of the image backbone with
+    --layer-decay, training.layers); no weight decay on biases, norms, the scale and
     lookup tables (``nn.Embedding``). A table row that no class description uses gets no gradient,
     and without decay keeps its value exactly: checkpoints then store only the rows that trained
     (training.checkpoints), instead of, e.g., all of CLIP's 49,408 token rows in every checkpoint."""
     tables = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    layer_mult = decay_multipliers(model, cfg.layer_decay, cfg.image_encoder)  # {} without --layer-decay
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         if name.startswith("image_encoder."):
-            mult = cfg.image_lr_mult
+            mult = cfg.image_lr_mult * layer_mult.get(name, 1.0)
         elif name.startswith("text_encoder."):
             mult = cfg.text_lr_mult
         else:

@@ -26,6 +26,8 @@ from reporting.metrics import classification_metrics, expected_calibration_error
 from training.checkpoints import FoldCheckpoints, restore_rng
 from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
+from training.finetune import LinearProbe, ScoredModel
+from training.layers import lock_groups
 from training.run import Run
 from utils.io import read_json, write_json
 from utils.seeding import seed_everything, seed_worker
@@ -122,11 +124,12 @@ def scoring_loader(run: Run, indices: list[int], common: dict[str, Any]) -> Data
                       **common)
 
 
-def evaluate_fold(run: Run, val_loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The validation fold's probabilities, labels, indices and loss; under torchrun every process
-    gets all of them (each image counted once), so that all take the same best-epoch and early-stop
-    decisions."""
-    evaluation = evaluate(run.model, val_loader, run.device, run.amp_dtype)
+def evaluate_fold(run: Run, val_loader: DataLoader,
+                  model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The validation fold's probabilities, labels, indices and loss of ``model`` (default: the run's);
+    under torchrun every process gets all of them (each image counted once), so that all take the same
+    best-epoch and early-stop decisions."""
+    evaluation = evaluate(model or run.model, val_loader, run.device, run.amp_dtype)
     if not run.processes.enabled:
         return evaluation
     return merge_evaluations(run.processes.all_gather(evaluation))
@@ -146,10 +149,11 @@ class Loaders:
 
 def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict[str, float],
                  loaders: Loaders, started: float, checkpoints: FoldCheckpoints, training: dict[str, Any],
-                 writer: Any = None) -> None:
+                 scored: ScoredModel, writer: Any = None) -> None:
     """Validate, update history and the chosen epoch, write history and checkpoints, log one line."""
     cfg = run.cfg
-    probs, labels, indices, val_loss = evaluate_fold(run, loaders.val)
+    model = scored.model()  # what is evaluated and saved: the trained weights, their EMA, WiSE-FT's
+    probs, labels, indices, val_loss = evaluate_fold(run, loaders.val, model)
     metrics = classification_metrics(labels, probs)
     row = {"epoch": epoch, **stats, "seconds": round(time.perf_counter() - started, 3), "val_loss": val_loss,
            **scalar_metrics(metrics),
@@ -157,7 +161,7 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
            "text_encoder_calls": run.model.text_encoder_calls}
     chooser = metrics  # --select-on fold: the scored images themselves
     if loaders.inner is not None:
-        inner_probs, inner_labels, inner_indices, inner_loss = evaluate_fold(run, loaders.inner)
+        inner_probs, inner_labels, inner_indices, inner_loss = evaluate_fold(run, loaders.inner, model)
         chooser = classification_metrics(inner_labels, inner_probs)
         row.update({"inner_val_loss": inner_loss, **{f"inner_{k}": v for k, v in scalar_metrics(chooser).items()}})
     state.history.append(row)
@@ -187,8 +191,8 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
         writer.flush()
     # --select-on last: only the last epoch's model is kept, so it alone is written as the best.
     if improved and cfg.save_best and (cfg.select_on != "last" or epoch == cfg.epochs):
-        checkpoints.save_best(run.model, epoch, scalar_metrics(metrics))
-    checkpoints.save_latest(run.model, epoch, scalar_metrics(metrics), training, vars(state), generator)
+        checkpoints.save_best(model, epoch, scalar_metrics(metrics))
+    checkpoints.save_latest(model, epoch, scalar_metrics(metrics), training, vars(state), generator)
     run.record_time()
     inner = "" if loaders.inner is None else f"  inner {cfg.monitor} {chooser[cfg.monitor]:.4f}"
     log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f%s  %.1fs%s",
@@ -260,7 +264,10 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
     train_loader, val_loader, inner_loader, sampler = make_loaders(run, fold, generator)
     loaders = Loaders(val_loader, inner_loader)
+    lock_groups(model, cfg.unlocked_groups, cfg.image_encoder)
     optimizer = build_optimizer(model, cfg)
+    scored = ScoredModel(model, cfg, run.initial_state)
+    probe = LinearProbe(model, cfg.lp_epochs)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
@@ -270,11 +277,12 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
 
     def training_state() -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "sampler_generator": generator}
+                "scaler": scaler.state_dict(), "sampler_generator": generator, **scored.training_weights()}
 
     if processes.broadcast(cfg.resume and checkpoints.has_latest()):
         saved = checkpoints.load_latest()
         model.load_state_dict(saved["model"])
+        scored.restore(saved)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
@@ -288,7 +296,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
                  "zero-shot baseline (no training)", fold.number, len(run.folds), len(fold.train_idx), inner,
                  len(fold.val_idx), steps_per_epoch)
         record_epoch(run, fold, state, 0, {}, loaders, time.perf_counter(), checkpoints, training_state(),
-                     writer)
+                     scored, writer)
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.patience and state.epochs_since_best >= cfg.patience:
@@ -297,11 +305,17 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
+        probe.enter(epoch)
         stats = train_one_epoch(run.network, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
                                 cfg.loss == "symmetric", epoch,
-                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes)
+                                description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes,
+                                accum_steps=cfg.accum_steps, after_step=scored.after_step)
         processes.broadcast_buffers(model)  # the model every process evaluates is the one rank 0 saves
-        record_epoch(run, fold, state, epoch, stats, loaders, started, checkpoints, training_state(), writer)
+        if scored.ema is not None:
+            processes.broadcast_buffers(scored.ema.module)
+        record_epoch(run, fold, state, epoch, stats, loaders, started, checkpoints, training_state(), scored,
+                     writer)
+    probe.leave()
     if writer is not None:
         writer.close()
     result = finish_fold(run, fold, state, checkpoints)

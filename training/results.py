@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from data.images import CachedImageDataset
 from data.transforms import ToModelInput
+from reporting.finetuning import finetuning_label
 from reporting.calibration import apply_temperature
 from reporting.methods import run_environment
 from reporting.metrics import classification_metrics, expected_calibration_error, mean_and_std, scalar_metrics
@@ -93,6 +94,7 @@ def summarise(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
                       "optimistic": cfg.select_on == "fold"},
         "image_encoder": run.cfg.image_encoder,
         "text_encoder": run.cfg.text_encoder,
+        "fine_tuning": finetuning_label(cfg.to_dict()),  # the leaderboard's recipe column
         "class_names": names,
         "folds": [{"fold": r.number, "best_epoch": r.best_epoch, "metrics": r.metrics} for r in results],
         "mean": mean,
