@@ -96,3 +96,18 @@ def test_batchnorm_statistics_move_once_per_micro_batch(tiny_text_encoder):
     assert int(norm.num_batches_tracked) == 4
     assert torch.equal(norm.running_mean, expected.running_mean)
     assert torch.equal(norm.running_var, expected.running_var)
+
+
+def test_the_returned_loss_is_the_whole_batchs_and_batchnorm_moves_once_per_micro_batch(tiny_text_encoder):
+    from training.accumulation import accumulate_gradients
+
+    model = tiny_model(tiny_text_encoder, nn.BatchNorm1d).train()
+    images, labels, _ = batch()
+    norm = model.image_encoder.backbone[2]
+    loss = accumulate_gradients(model, images, labels, 2, CPU, None, True, torch.amp.GradScaler("cpu", enabled=False))
+    assert int(norm.num_batches_tracked) == 2  # the graph-free first pass left no trace
+    with torch.no_grad():
+        embeddings = torch.cat([model.encode_images(half) for half in images.chunk(2)])
+        expected = class_contrastive_loss(embeddings, model.encode_classes(), labels, model.scale(), symmetric=True)
+    # Both sides are float64 sums over a micro-batch's images and the 16 features of each embedding.
+    assert_same_float64(loss.reshape(1), expected.reshape(1), BATCH * 16)
