@@ -77,7 +77,7 @@ def decode_pixels(source: str | Path | BinaryIO, img_size: int, dicom: DicomOpti
     array = np.asarray(canvas, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return array.transpose(2, 0, 1).copy()  # C-contiguous and writable (torch.from_numpy shares it)
 
 
 def _read_pil(source: str | Path | BinaryIO, img_size: int) -> Image.Image:
