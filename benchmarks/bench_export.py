@@ -84,10 +84,11 @@ def main() -> None:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        sides = {"predict.py (torch, ensemble_probs)": lambda x: ensemble_probs(folds, torch.from_numpy(x), device, None),
+        sides = {"predict.py (torch, ensemble_probs)":
+                 lambda x: ensemble_probs(folds, torch.from_numpy(x), device, None),
                  "exported ONNX (onnxruntime)": lambda x: session.run(None, {"image": x})}
-        rows = {batch: {name: images_per_second(batch, args.img_size, args.images, args.repeats, f) for name, f in sides.items()}
-                for batch in (1, 32)}
+        rows = {batch: {name: images_per_second(batch, args.img_size, args.images, args.repeats, f)
+                        for name, f in sides.items()} for batch in (1, 32)}
     names = list(sides)
     print(f"\n{args.image_encoder}, {args.img_size} px, ensemble of 2 folds, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}")

@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = np.bincount(probs.argmax(axis=1), minlength=len(class_names))
-    print(f"Classified {len(names)} image(s) with {args.bundle}" + (f"; skipped {skipped} unreadable" if skipped else ""))
+    skipped_note = f"; skipped {skipped} unreadable" if skipped else ""
+    print(f"Classified {len(names)} image(s) with {args.bundle}{skipped_note}")
     print("Predicted: " + ", ".join(f"{name} {n}" for name, n in zip(class_names, counts)))
     print(f"Wrote {args.output}")
     return 0
