@@ -45,7 +45,7 @@ def example_input(img_size: int, batch: int = 2) -> torch.Tensor:
 def export_onnx(model: nn.Module, path: Path, img_size: int, encoder: str) -> None:
     """Write ``model`` as ONNX (opset :data:`OPSET`, dynamic batch) and check the file with onnx.checker."""
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _native_stdout_discarded():
+        with warnings.catch_warnings(), torch.no_grad(), _plain_attention(), _native_stdout_discarded():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter: the parity tests judge the result
             torch.onnx.export(model, (example_input(img_size),), str(path), dynamo=False, opset_version=OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -59,6 +59,19 @@ def export_onnx(model: nn.Module, path: Path, img_size: int, encoder: str) -> No
 def _op_name(exc: Exception) -> str:
     match = _OP_PATTERN.search(str(exc))
     return (match.group(1) or match.group(2)) if match else str(exc).strip().splitlines()[0]
+
+
+@contextlib.contextmanager
+def _plain_attention() -> Iterator[None]:
+    """nn.MultiheadAttention (open_clip's towers) without its inference fast path meanwhile: under
+    no_grad in eval mode it runs one fused op, aten::_native_multi_head_attention, that ONNX has no
+    translation for; its plain path is the same attention in ordinary ops."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @contextlib.contextmanager
@@ -81,7 +94,7 @@ def export_torchscript(model: nn.Module, path: Path, img_size: int, encoder: str
     """Write ``model`` as TorchScript, traced: the graph is the image path only, whatever Python the
     encoder's library uses to build it."""
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _plain_attention():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, (example_input(img_size),), check_trace=False)
             torch.jit.save(traced, str(path))  # deprecated in favour of torch.export, which MONAI Deploy cannot load
