@@ -6,6 +6,7 @@ failed export leaves an existing bundle as it was.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from data.dicom import DicomOptions
 from data.pixels import IMAGENET_MEAN, IMAGENET_STD
+from export.formats import OPSET
 from export.layout import BUNDLE_PATHS, FORMAT_VERSION, METADATA, MODEL_FILES, README, BundleError
 from reporting.methods import run_environment
 from reporting.summary import interval_note, operating_point_note
@@ -116,7 +118,8 @@ def metadata(run: ExportedRun, formats: list[str], files: Mapping[str, str]) -> 
         "metrics": {key: run.summary[key] for key in SUMMARY_KEYS if key in run.summary},
         "operating_point": run.summary.get("operating_point"),
         "training": {"commit": environment.get("train_clip_commit"), "versions": environment.get("versions", {})},
-        "export": run_environment("cpu", None),
+        "export": {**run_environment("cpu", None), "onnx_opset": OPSET,
+                   **{package: importlib.metadata.version(package) for package in ("onnx", "onnxruntime")}},
         "formats": formats,
         "files": dict(files),
     }

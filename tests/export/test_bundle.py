@@ -48,6 +48,7 @@ def test_the_metadata_says_how_to_feed_the_model_and_how_good_it_is(exported: Ex
     assert meta["metrics"]["oof_ci"]["accuracy"] == [0.6, 0.9]
     assert meta["operating_point"]["threshold"] == 0.42
     assert meta["training"] == {"commit": "abcdef123456", "versions": {"torch": "2.14.1"}}
+    assert meta["export"]["onnx_opset"] == 18 and meta["export"]["onnxruntime"] == "1.32.0"
     assert meta["files"] == {"models/model.onnx": file_sha256(bundle / "models" / "model.onnx")}
     readme = (bundle / "README.md").read_text(encoding="utf-8")
     assert "accuracy: 0.750 (95% CI 0.600-0.900)" in readme and "probability >= 0.4200" in readme
