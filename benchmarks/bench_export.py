@@ -99,6 +99,7 @@ def main() -> None:
     write_result(args.out, {
         "image_encoder": args.image_encoder, "img_size": args.img_size, "folds": 2, "threads": args.threads,
         "images_per_pass": args.images, "repeats": args.repeats, "machine": platform.machine(),
+        "load_average_1min": os.getloadavg()[0],  # other jobs on the cores slow torch's threads most
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "images_per_second": {str(b): s for b, s in rows.items()},
         "onnx_over_predict": {str(b): s[names[1]] / s[names[0]] for b, s in rows.items()}})
