@@ -17,9 +17,9 @@ from export.bundle import ExportedRun, check_output, write_bundle
 from export.formats import export_onnx, export_torchscript
 from export.graph import ExportedClassifier
 from export.layout import MODEL_FILES
+from reporting.run_summary import read_summary
 from training.ensemble import RunModelsError, checkpoint_paths, load_models
 from utils.errors import UserError
-from utils.io import read_json
 from utils.logging_setup import setup_logging
 from utils.run_dir import RunDir
 
@@ -55,7 +55,8 @@ def export_run(args: argparse.Namespace) -> dict:
     check_output(output, args.overwrite)
     # The exported graph is device-free; on the CPU the fold models stay float32, as predict.py --cpu runs them.
     loaded = load_models(checkpoints, torch.device("cpu"), None)
-    run = ExportedRun(run_dir.path, loaded, read_json(run_dir.summary, "cv_summary.json"))
+    # Read through the summary's one schema: a cv_summary.json this trainer did not write is refused by name.
+    run = ExportedRun(run_dir.path, loaded, read_summary(run_dir.summary).to_document())
     model = ExportedClassifier(loaded.models)
     encoder = loaded.config["image_encoder"]
     writers = {fmt: partial(WRITERS[fmt], model, img_size=run.img_size, encoder=encoder)

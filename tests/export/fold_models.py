@@ -26,7 +26,8 @@ def tiny_fold_models(text_encoder: Path, temperatures: tuple[float, ...] = (1.0,
 
 def run_models(fold_models: list[FoldModel], text_encoder: Path, **config: object) -> RunModels:
     """training.ensemble.load_models's result for ``fold_models`` as a run would have saved them."""
-    settings = {"image_encoder": "starnet_s050", "text_encoder": f"hf:{text_encoder}", "img_size": IMG, **config}
+    settings = {"image_encoder": "starnet_s050", "text_encoder": f"hf:{text_encoder}", "img_size": IMG,
+                "dicom_window": "auto", "dicom_first_frame": False, **config}
     metas = [{"class_names": CLASS_NAMES, "img_size": IMG, "config": settings, "epoch": 1,
               "file": "checkpoint_best.pth", "temperature": m.temperature} for m in fold_models]
     return RunModels(fold_models, metas)
