@@ -28,18 +28,19 @@ import numpy as np
 import torch
 
 from data.dicom import DicomOptions
-from data.folder import IMAGE_EXTENSIONS, display_path, find_images, printable
-from data.images import ImageDecodeError, decode_image, describe_failures
+from data.folder import IMAGE_EXTENSIONS, list_images
+from data.images import decode_image
+from data.pixels import ImageDecodeError, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
 from models.text_checks import text_warnings
+from reporting.prediction_csv import write_predictions
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
                                 target_layer, unique_file_names)
-from training.checkpoints import SharedFiles
-from training.ensemble import FoldModel, ensemble_probs, load_fold_model
+from training.ensemble import FoldModel, checkpoint_paths, ensemble_probs, load_models
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError
-from utils.io import check_writable, read_json, write_csv
+from utils.io import check_writable, read_json
 from utils.logging_setup import setup_logging
 from utils.run_dir import RunDir
 
@@ -100,69 +101,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise PredictError(f"--explain {args.explain} is a file; give a folder for the heatmap pictures")
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints and models
-# ---------------------------------------------------------------------------------------------
-def checkpoint_paths(run_dir: RunDir, fold: int | None, allow_unfinished: bool) -> list[tuple[int, Path]]:
-    """(fold, checkpoint) of the requested folds: ``checkpoint_best.pth``, else ``checkpoint_latest.pth``.
-
-    An unfinished run is refused unless ``allow_unfinished``: its best checkpoints may still be the
-    untrained epoch 0 and some folds may be missing. A run trained with ``--no-save-best`` has only
-    the latest checkpoints of finished folds: they are its final models and are used then.
-    """
-    if not run_dir.path.is_dir():
-        raise PredictError(f"--run-dir {run_dir.path} does not exist or is not a folder")
-    found = {k: path for k in run_dir.fold_numbers() if (path := run_dir.model_checkpoint(k)) is not None}
-    if not found:
-        raise PredictError(f"--run-dir {run_dir.path} holds no fold_K/checkpoint_best.pth: not a train_clip run "
-                           "folder")
-    if fold is not None:
-        if fold not in found:
-            raise PredictError(f"--fold {fold}: {run_dir.path} has no checkpoint for fold {fold} (folds: "
-                               f"{', '.join(map(str, sorted(found)))})")
-        found = {fold: found[fold]}
-    check_finished(run_dir, allow_unfinished)
-    return sorted(found.items())
-
-
-def check_finished(run_dir: RunDir, allow_unfinished: bool) -> None:
-    unfinished = run_dir.unfinished_folds()
-    missing_summary = not run_dir.summary.is_file()
-    if not (unfinished or missing_summary):
-        return
-    what = (f"fold(s) {', '.join(map(str, unfinished))} have no result.json" if unfinished
-            else f"it has no {run_dir.summary.name}")
-    if not allow_unfinished:
-        raise PredictError(f"--run-dir {run_dir.path} is not a finished run ({what}): its checkpoints are not "
-                           "the final models; finish it with train_clip.py --resume, or pass --allow-unfinished")
-    log.warning("--allow-unfinished: %s is not a finished run (%s)", run_dir.path, what)
-
-
-def load_models(checkpoints: Sequence[tuple[int, Path]], device: torch.device,
-                class_texts: list[list[str]] | None) -> tuple[list[FoldModel], list[str], int, dict]:
-    """Every fold model of ``checkpoints``; they must agree on classes and input size."""
-    models, first = [], None
-    files = SharedFiles()  # the run's frozen_towers.pth, read once for every fold
-    for number, path in checkpoints:
-        fold_model, meta = load_fold_model(number, path, device, class_texts, files)
-        describe_fold_model(number, meta)
-        if first is None:
-            first = meta
-        elif (meta["class_names"], meta["img_size"]) != (first["class_names"], first["img_size"]):
-            raise PredictError(f"{path} has other classes or input size than fold {models[0].fold}'s "
-                               "checkpoint; the fold models are not from one run")
-        models.append(fold_model)
-    return models, first["class_names"], first["img_size"], first["config"]
-
-
-def describe_fold_model(fold: int, meta: dict) -> None:
-    """Say which checkpoint a fold uses, and warn when it is the untrained model of epoch 0."""
-    log.info("fold %d: %s (epoch %s)", fold, meta["file"], meta["epoch"])
-    if meta["epoch"] == 0:
-        log.warning("fold %d: its model is epoch 0, the untrained (zero-shot) model: training never improved "
-                    "on it", fold)
-
-
 def load_new_class_texts(path: str) -> tuple[list[str], list[list[str]]]:
     """Class names (file order) and descriptions from a ``--class-texts-file``."""
     try:
@@ -179,21 +117,6 @@ def load_new_class_texts(path: str) -> tuple[list[str], list[list[str]]]:
 # ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
-def list_images(images: Path) -> list[tuple[Path, str]]:
-    """(file, name shown in the CSV): a single file as given, or a folder's images relative to it.
-
-    Folders are searched recursively; hidden files and folders are skipped; order is by path.
-    """
-    if images.is_file():
-        return [(images, printable(str(images)))]
-    if not images.is_dir():
-        raise PredictError(f"--images {images} does not exist")
-    found = [(path, display_path(path, images)) for path in find_images(images)]
-    if not found:
-        raise PredictError(f"--images {images} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return sorted(found, key=lambda item: item[1])
-
-
 @dataclass
 class Batch:
     names: list[str]
@@ -243,7 +166,8 @@ def predict(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray,
     device = select_device(args.gpu_id, args.cpu)
     if device.type == "cpu" and not args.cpu:
         log.info("CUDA is not available: predicting on the CPU")
-    models, class_names, img_size, config = load_models(checkpoints, device, new_texts)
+    loaded = load_models(checkpoints, device, new_texts)
+    models, class_names, img_size, config = loaded.models, loaded.class_names, loaded.img_size, loaded.config
     class_names = new_names or class_names
     if new_texts is not None:  # new descriptions: the checks training makes at start-up
         for line in text_warnings(models[0].model.text_encoder, config["text_encoder"], class_names, new_texts):
@@ -301,11 +225,6 @@ class Explanations:
         for name, image, heatmap, p, k in zip(batch.names, batch.decoded, heatmaps, probs, predicted):
             title = f"{name}\npredicted {self.class_names[k]} (p = {p[k]:.2f}), {self.method}"
             save_overlay(self.out_dir / self.file_names[name], as_rgb(image), heatmap, title)
-
-
-def write_predictions(path: str, names: Sequence[str], class_names: Sequence[str], probs: np.ndarray) -> None:
-    write_csv(path, ["path", "predicted_class"] + [f"prob_{name}" for name in class_names],
-              [[name, class_names[int(p.argmax())]] + [f"{v:.6f}" for v in p] for name, p in zip(names, probs)])
 
 
 def print_summary(names: Sequence[str], class_names: Sequence[str], probs: np.ndarray,

@@ -122,3 +122,18 @@ def scan_image_folder(data_dir: str | Path) -> ImageFolder:
         raise DataError(f"--data-dir {root} holds only one class ({class_dirs[0].name}); "
                         "classification needs at least two class folders")
     return ImageFolder(root=root, class_names=[d.name for d in class_dirs], paths=paths, labels=labels)
+
+
+def list_images(images: Path, flag: str = "--images") -> list[tuple[Path, str]]:
+    """(file, name shown in a predictions CSV): a single file as given, or a folder's images relative to it.
+
+    Folders are searched recursively; hidden files and folders are skipped; order is by path.
+    """
+    if images.is_file():
+        return [(images, printable(str(images)))]
+    if not images.is_dir():
+        raise DataError(f"{flag} {images} does not exist")
+    found = [(path, display_path(path, images)) for path in find_images(images)]
+    if not found:
+        raise DataError(f"{flag} {images} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return sorted(found, key=lambda item: item[1])

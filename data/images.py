@@ -15,90 +15,23 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 import imagehash
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
-from data.dicom import DICOM_SUFFIX, PREAMBLE_END, DicomOptions, dicom_to_image, has_dicom_preamble, is_dicom_file
+from data.dicom import DICOM_SUFFIX, DicomOptions, has_dicom_preamble
+from data.pixels import ImageDecodeError, decode_pixels, source_is_dicom
 from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
 
-# Larger images are refused: decoding one would take gigabytes, times the decoding threads.
-# 100 MP is well above any radiograph (a 43x43 cm detector at 0.1 mm gives about 18 MP).
-MAX_PIXELS = 100_000_000
-
-
-class ImageDecodeError(RuntimeError):
-    """An image file could not be decoded."""
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """Grayscale of any bit depth → ``L``; anything else → ``RGB`` (alpha composited on black)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16-bit and float radiographs: stretch the actual range to 0..255.
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if img.mode in ("1", "L"):
-        return img.convert("L")
-    if img.mode == "LA":
-        return img.convert("L")
-    if img.mode in ("RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
 
 def decode_image(source: str | Path | BinaryIO, img_size: int, dicom: DicomOptions = DicomOptions()) -> torch.Tensor:
     """Read an image file (path or open binary file) into a uint8 tensor (C, img_size, img_size),
-    C = 1 for grayscale, 3 for colour. DICOM files are recognised by their ``.dcm`` suffix or preamble.
-
-    The whole image is kept: it is scaled so its longer side is ``img_size`` and padded
-    with black to a square, so no anatomy is cropped away and nothing is distorted.
+    C = 1 for grayscale, 3 for colour. DICOM files are recognised by their ``.dcm`` suffix or preamble;
+    :func:`data.pixels.decode_pixels` pads to a square and resizes.
     """
-    if isinstance(source, (str, Path)):
-        is_dicom = is_dicom_file(Path(source))
-    else:
-        start = source.tell()
-        is_dicom = has_dicom_preamble(source.read(PREAMBLE_END))
-        source.seek(start)
-    return _decode(source, img_size, dicom if is_dicom else None)
-
-
-def _decode(source: str | Path | BinaryIO, img_size: int, dicom: DicomOptions | None) -> torch.Tensor:
-    """Decode (as DICOM when ``dicom`` is given), pad to a square and resize."""
-    try:
-        img = dicom_to_image(source, dicom, MAX_PIXELS) if dicom is not None else _read_pil(source, img_size)
-    except ImageDecodeError:
-        raise
-    except Exception as exc:  # PIL and pydicom raise many types for corrupt or truncated files
-        raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
-    scale = img_size / max(img.size)
-    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    img = img.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    canvas = Image.new(img.mode, (img_size, img_size), 0)
-    canvas.paste(img, ((img_size - new_size[0]) // 2, (img_size - new_size[1]) // 2))
-    array = np.asarray(canvas, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _read_pil(source: str | Path | BinaryIO, img_size: int) -> Image.Image:
-    with Image.open(source) as img:
-        width, height = img.size
-        if width * height > MAX_PIXELS:
-            raise ImageDecodeError(f"{width}x{height} pixels is more than {MAX_PIXELS:,}")
-        # JPEG can decode at a reduced scale directly: bounded memory for huge files.
-        img.draft(img.mode, (img_size, img_size))
-        img = ImageOps.exif_transpose(img)
-        img = _to_8bit(img)
-        img.load()
-    return img
+    return torch.from_numpy(decode_pixels(source, img_size, dicom if source_is_dicom(source) else None))
 
 
 def perceptual_hash(image: torch.Tensor) -> int:
@@ -134,7 +67,7 @@ def read_and_decode(path: Path, img_size: int, dicom: DicomOptions = DicomOption
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     is_dicom = Path(path).suffix.lower() == DICOM_SUFFIX or has_dicom_preamble(data)
-    image = _decode(io.BytesIO(data), img_size, dicom if is_dicom else None)
+    image = torch.from_numpy(decode_pixels(io.BytesIO(data), img_size, dicom if is_dicom else None))
     return image, hashlib.sha1(data).hexdigest()
 
 
@@ -186,12 +119,6 @@ def build_image_cache(paths: Sequence[Path], img_size: int, budget_mb: int, thre
     log.info("Decoded %d images at %dx%d: %d cached in RAM (%.1f MiB), %d read from disk each time",
              len(kept_paths), img_size, img_size, n_cached, used / 2**20, len(kept_paths) - n_cached)
     return DecodedImages(cache, hashes, phashes, failures)
-
-
-def describe_failures(failures: Sequence[tuple[object, str]], limit: int = 20) -> str:
-    """``path (reason); ...`` for the first ``limit`` unreadable files, then how many more."""
-    listed = "; ".join(f"{path} ({reason})" for path, reason in failures[:limit])
-    return listed + (f" and {len(failures) - limit} more" if len(failures) > limit else "")
 
 
 def duplicate_groups(paths: Sequence[Path], hashes: Sequence[str]) -> list[list[Path]]:

@@ -14,20 +14,20 @@ from data.folder import DataError, ImageFolder
 REQUIRED = ("path", "label")
 
 
-def _read_rows(csv_file: Path) -> list[dict[str, str]]:
+def _read_rows(csv_file: Path, required: tuple[str, ...] = REQUIRED, flag: str = "--data-csv") -> list[dict[str, str]]:
     if not csv_file.is_file():
-        raise DataError(f"--data-csv {csv_file} does not exist or is not a file")
+        raise DataError(f"{flag} {csv_file} does not exist or is not a file")
     try:
         with csv_file.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = list(reader)
             columns = reader.fieldnames or []
     except UnicodeDecodeError:
-        raise DataError(f"--data-csv {csv_file} is not UTF-8 text") from None
-    missing = [name for name in REQUIRED if name not in columns]
+        raise DataError(f"{flag} {csv_file} is not UTF-8 text") from None
+    missing = [name for name in required if name not in columns]
     if missing:
-        raise DataError(f"--data-csv {csv_file}, line 1: missing column(s) {', '.join(missing)} (the header must "
-                        f"name path,label and optionally group; found: {', '.join(columns) or 'nothing'})")
+        raise DataError(f"{flag} {csv_file}, line 1: missing column(s) {', '.join(missing)} (the header must "
+                        f"name {','.join(required)}{' and optionally group' if required == REQUIRED else ''}; found: {', '.join(columns) or 'nothing'})")
     return rows
 
 
@@ -70,3 +70,20 @@ def scan_manifest(csv_path: str | Path) -> ImageFolder:
     return ImageFolder(root=root, class_names=class_names, paths=[s[1] for s in samples],
                        labels=[index[s[0]] for s in samples],
                        groups=[s[2] for s in samples] if has_groups else None)
+
+
+def manifest_images(csv_path: str | Path, flag: str) -> list[tuple[Path, str]]:
+    """(file, its ``path`` cell) of every row of a CSV manifest to classify: a ``path`` column, other
+    columns ignored (a training manifest works as it is); a missing file is an error naming the line."""
+    csv_file = Path(csv_path)
+    found = []
+    for line, row in enumerate(_read_rows(csv_file, ("path",), flag), start=2):
+        cell = (row["path"] or "").strip()
+        image = csv_file.parent / cell
+        if not cell or not image.is_file():
+            raise DataError(f"{flag} {csv_file}, line {line}: no such image file: {row['path']!r} (paths are "
+                            "relative to the CSV's folder or absolute)")
+        found.append((image, cell))
+    if not found:
+        raise DataError(f"{flag} {csv_file} lists no images")
+    return found

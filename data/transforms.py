@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-# ImageNet statistics: the pretrained backbones were trained on inputs normalised with them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from data.pixels import IMAGENET_MEAN, IMAGENET_STD
+
 AUGMENTATIONS = ("none", "minimal", "standard")
 
 

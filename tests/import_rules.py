@@ -37,6 +37,11 @@ RULES: Mapping[str, frozenset[str]] = {
     "training.checks": frozenset({"utils", "models"}),
     "training.arguments": frozenset({"utils", "reporting", "training.config"}),
     "study": frozenset({"training.config", "training.arguments", "reporting", "utils", "models"}),
+    "export": frozenset({"utils", "data", "models", "reporting", "training"}),
+    # The exported model's runner works without torch: only modules that import none.
+    "export.predict": frozenset({"utils", "data.dicom", "data.folder", "data.manifest", "data.pixels",
+                                 "reporting.prediction_csv", "export.layout"}),
+    "export.layout": frozenset({"utils"}),
     "tests": frozenset({ANY_PACKAGE}),
 }
 

@@ -15,8 +15,9 @@ from data.dicom import DicomOptions
 from data.folder import DataError, ImageFolder, display_path
 from data.folds import (Fold, check_class_sizes, check_group_sizes, grouped_holdout, make_folds, make_holdout_split,
                         with_inner_split)
-from data.images import DecodedImages, ImageCache, build_image_cache, describe_failures, duplicate_groups
+from data.images import DecodedImages, ImageCache, build_image_cache, duplicate_groups
 from data.leakage import near_duplicates_across_folds
+from data.pixels import describe_failures
 from models.clip_model import CLIPClassifier
 from models.image_encoders import random_init_note
 from models.text_checks import text_warnings

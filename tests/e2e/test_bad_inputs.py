@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data.images
+import data.pixels
 import train_clip
 from tests.helpers import make_image_tree
 from utils.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -74,7 +74,7 @@ def write_mixed_bag(data: Path) -> dict[str, Path]:
 
 def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path, tiny_text_encoder, monkeypatch):
     bad = write_mixed_bag(tmp_path / "data")
-    monkeypatch.setattr(data.images, "MAX_PIXELS", 100_000)  # "huge" is 120,000 pixels
+    monkeypatch.setattr(data.pixels, "MAX_PIXELS", 100_000)  # "huge" is 120,000 pixels
     log = tmp_path / "run.log"
     assert train_clip.main(run_args(tmp_path / "data", tiny_text_encoder, tmp_path / "out", log)) == 0
     text = log.read_text(encoding="utf-8")
