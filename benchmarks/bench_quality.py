@@ -9,7 +9,7 @@ down to 15 per class, a third grayscale). Their hash is part of the recipe a bas
 The recipe (:data:`RECIPES`) is the one a user reported a drop with, made cheap: a resnet18 from
 scratch, a trainable pretrained MiniLM text tower (lr 1e-3, text tower x0.1), weighted sampling,
 batch 64, the default augmentation, at 16 px and for 5 epochs. Both sets then learn well above
-chance without reaching their ceiling (balanced accuracy ~0.85 and ~0.75), where a drop of a few
+chance without reaching their ceiling (balanced accuracy ~0.83 and ~0.70), where a drop of a few
 points shows. The trainer's own cost per step (image tower, the text tower over the class texts,
 AdamW over 34M parameters) is most of the time; what is not training is cut where the trainer
 under test allows it (see :func:`trainer_flags`).
