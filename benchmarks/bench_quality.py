@@ -1,33 +1,36 @@
 #!/usr/bin/env python3
-"""Does a change cost accuracy? A fixed recipe on fixed small data sets, seeds x folds, against a baseline.
+"""Does a change cost accuracy? A fixed recipe per data set, seeds x folds, against a baseline.
 
-The data sets ship inside scikit-learn (nothing is downloaded; scikit-image, whose ``skimage.data``
-textures the issue suggested, is not in the virtualenv), and are written here, deterministically:
+The data sets (:mod:`benchmarks.quality_data`) ship inside scikit-learn and are written
+deterministically: ``digits_imbalanced`` (549 of the 8x8 digits, 150 of class 0 down to 10 of
+class 9) and ``textures`` (373 crops of 7 one-texture regions of ``load_sample_images()``, 120
+down to 15 per class, a third grayscale). Their hash is part of the recipe a baseline must share.
 
-* ``digits_imbalanced``: scikit-learn's 8x8 handwritten digits, the first 150 of class 0 down to
-  the first 10 of class 9 (geometric counts, 10 classes): a class imbalance of 15:1, 548 images.
-* ``textures``: 8 classes, each one region of ``load_sample_images()`` (two photographs, a temple
-  and a flower, cut into 2 x 2 quadrants); 120 down to 15 crops of 48 px per class at random
-  places and scales of the region (423 images); a third of each class saved as grayscale (mode L), the rest RGB.
+The recipe (:data:`RECIPES`) is the one a user reported a drop with, made cheap: a resnet18 from
+scratch, a trainable pretrained MiniLM text tower (lr 1e-3, text tower x0.1), weighted sampling,
+batch 64, the default augmentation, at 16 px and for 5 epochs. Both sets then learn well above
+chance without reaching their ceiling (balanced accuracy ~0.83 and ~0.70), where a drop of a few
+points shows. The trainer's own cost per step (image tower, the text tower over the class texts,
+AdamW over 34M parameters) is most of the time; what is not training is cut where the trainer
+under test allows it (see :func:`trainer_flags`).
 
-The recipe is the one a user reported a drop with (see ``RECIPE``): a resnet18 from scratch, a
-trainable pretrained MiniLM text tower, weighted sampling, batch 64, the default augmentation,
-shrunk to 32 px and 6 epochs: one commit took 41-50 min on a shared 2-core machine (load ~5).
-
-Each (data set, seed) is one ``train_clip.py --use-cv`` process of the code in ``--code-dir``
-(default: this repository), so an older commit is measured by pointing ``--code-dir`` at a worktree
-of it; only flags that wave-1 code (4492ffd) already had are passed, and ``--select-on fold``
-where the trainer has it (see :func:`selection_flags`). The seed sets both the model
-seed and the fold assignment (``--random-state``): every seed is one repetition of 5-fold CV, and
-two commits see the same images in the same folds. The score of a fold is the balanced accuracy
-of its best epoch (as ``cv_summary.json`` of either commit records it).
+One child process per data set (:mod:`benchmarks.quality_child`) imports the ``train_clip`` of
+``--code-dir`` (default: this repository) and calls its ``main`` once per seed, so an older commit
+is measured by pointing ``--code-dir`` at a worktree of it; only flags that wave-1 code (4492ffd)
+already had are passed, and the others where the trainer has them. The two data sets train side by
+side (``--jobs 2``), one thread each. The seed sets both the model seed and the fold assignment
+(``--random-state``): every seed is one repetition of 5-fold CV, and two commits see the same
+images in the same folds. The score of a fold is the balanced accuracy of its best epoch (as
+``cv_summary.json`` of either commit records it).
 
 With ``--baseline FILE`` (an earlier result of this script) the verdict per data set is worse /
-same / better from a paired test over the (seed, fold) pairs; see :func:`compare`. Prints a table
-and writes ``benchmarks/results/quality_<commit>.json`` (the last commit of ``--code-dir`` that changed
-the trainer, see :func:`short_commit`)::
+same / better from a paired test over the (seed, fold) pairs; see :func:`compare`. A baseline of
+another recipe, other data or other folds is refused. Prints a table and writes
+``benchmarks/results/quality_<commit>.json`` (the last commit of ``--code-dir`` that changed the
+trainer, see :func:`short_commit`) with the wall time, the CPU seconds of the trainings and the
+wall time they would take on idle cores (:func:`idle_wall_estimate`)::
 
-    .venv/bin/python benchmarks/bench_quality.py [--code-dir DIR] [--baseline benchmarks/results/quality_4492ffd.json]
+    .venv/bin/python -m benchmarks.bench_quality [--code-dir DIR] [--baseline benchmarks/results/quality_4492ffd.json]
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import logging
 import math
 import os
 import platform
-import shutil
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,40 +49,36 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from benchmarks.output import write_result  # noqa: E402
+from benchmarks.quality_data import DATA_SETS, build_data, data_fingerprint  # noqa: E402
 from reporting.fold_comparison import corrected_resampled_t_test  # noqa: E402
-from utils.io import write_json  # noqa: E402
 
 log = logging.getLogger("bench_quality")
 METRIC = "balanced_accuracy"
 ALPHA = 0.05  # two-sided level of the paired test behind "worse" / "better"
 N_SPLITS = 5
 DEFAULT_SEEDS = (1, 2, 3)
-# The data of every set is drawn from this seed alone, never from --seeds: the images stay the
-# same whatever seeds or commits are compared.
-DATA_SEED = 0
+CHILD = Path(__file__).resolve().with_name("quality_child.py")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """The training flags of every run; all exist in train_clip.py since wave 1 (4492ffd)."""
+    """The training flags of every run of one data set; all exist in train_clip.py since wave 1 (4492ffd)."""
 
-    image_encoder: str = "resnet18"  # no ':pretrained': random weights
-    text_encoder: str = "all-MiniLM-L6-v2"  # pretrained, in the HuggingFace cache, trained
-    img_size: int = 32
-    epochs: int = 6
+    img_size: int
+    epochs: int
     batch_size: int = 64
     learning_rate: float = 1e-3  # the image tower starts from scratch; the default 1e-4 suits pretrained ones
+    image_encoder: str = "resnet18"  # no ':pretrained': random weights
+    text_encoder: str = "all-MiniLM-L6-v2"  # pretrained, in the HuggingFace cache, trained
     text_lr_mult: float = 0.1  # the pretrained text tower: 1e-4, the trainer's default rate
     weighted_sampling: bool = True
     num_workers: int = 0  # worker processes only cost start-up on two cores
@@ -93,87 +92,32 @@ class Recipe:
                     ["--use-weighted-sampling"] if self.weighted_sampling else [])
 
 
-RECIPE = Recipe()
-
-
-def geometric_counts(largest: int, smallest: int, n_classes: int) -> list[int]:
-    """Class sizes falling geometrically from ``largest`` to ``smallest``."""
-    ratio = (smallest / largest) ** (1 / (n_classes - 1))
-    return [round(largest * ratio ** c) for c in range(n_classes)]
-
-
-def build_digits_imbalanced(out: Path) -> dict[str, list[str]]:
-    """The digits set (see the module docstring) under ``out``; returns the class texts."""
-    from sklearn.datasets import load_digits
-
-    from data.demo import NUMBER_WORDS_EN
-
-    digits = load_digits()
-    texts = {}
-    for digit, count in enumerate(geometric_counts(150, 10, 10)):
-        name = f"{digit}_{NUMBER_WORDS_EN[digit]}"
-        (out / name).mkdir(parents=True)
-        images = digits.images[digits.target == digit][:count]
-        for i, pixels in enumerate(images):
-            array = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
-            Image.fromarray(array, mode="L").save(out / name / f"{i:04d}.png")
-        texts[name] = [f"a handwritten digit {NUMBER_WORDS_EN[digit]}"]
-    return texts
-
-
-TEXTURE_CLASSES = [  # (photograph, quadrant row, quadrant column, description)
-    ("china", 0, 0, "sky above the roof of a chinese temple"),
-    ("china", 0, 1, "curved temple roof with red beams"),
-    ("china", 1, 0, "green trees and stone in front of a temple"),
-    ("china", 1, 1, "columns and shadows under a temple roof"),
-    ("flower", 0, 0, "dark green leaves around a flower"),
-    ("flower", 0, 1, "pink petals of a dahlia"),
-    ("flower", 1, 0, "yellow and orange centre of a flower"),
-    ("flower", 1, 1, "petals and leaves blurred in the background"),
-]
-TEXTURE_COUNTS = geometric_counts(120, 15, len(TEXTURE_CLASSES))
-TEXTURE_CROP = 48
-
-
-def build_textures(out: Path) -> dict[str, list[str]]:
-    """The textures set (see the module docstring) under ``out``; returns the class texts."""
-    from sklearn.datasets import load_sample_images
-
-    sample = load_sample_images()
-    photos = {Path(f).stem: image for f, image in zip(sample.filenames, sample.images)}
-    rng = np.random.default_rng(DATA_SEED)
-    texts = {}
-    for number, ((photo, row, col, text), count) in enumerate(zip(TEXTURE_CLASSES, TEXTURE_COUNTS)):
-        image = photos[photo]
-        half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
-        region = image[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
-        name = f"{number}_{photo}_{row}{col}"
-        (out / name).mkdir(parents=True)
-        for i in range(count):
-            # Crops of 48..96 px resized to 48: one class is a texture at several scales.
-            side = int(rng.integers(TEXTURE_CROP, 2 * TEXTURE_CROP + 1))
-            top = int(rng.integers(0, region.shape[0] - side + 1))
-            left = int(rng.integers(0, region.shape[1] - side + 1))
-            crop = Image.fromarray(region[top:top + side, left:left + side]).resize(
-                (TEXTURE_CROP, TEXTURE_CROP), Image.BILINEAR)
-            (crop.convert("L") if i % 3 == 0 else crop).save(out / name / f"{i:04d}.png")
-        texts[name] = [f"a photo of {text}"]
-    return texts
-
-
-DATA_SETS: Mapping[str, Callable[[Path], dict[str, list[str]]]] = {
-    "digits_imbalanced": build_digits_imbalanced,
-    "textures": build_textures,
+# 16 px: about half the image tower's cost of 32 px (an 8x8 digit has no more to show); 5 epochs.
+RECIPES: Mapping[str, Recipe] = {
+    "digits_imbalanced": Recipe(img_size=16, epochs=5),
+    "textures": Recipe(img_size=16, epochs=5),
 }
+# Flags that change no score but cost time, passed where the trainer under test has them (see
+# :func:`trainer_flags`); --no-save-best (since wave 1) writes one checkpoint per epoch, not two.
+SPEED_FLAGS = {"--bootstrap-resamples": ["--bootstrap-resamples", "0"], "--leakage-check": ["--leakage-check", "off"]}
 
 
-def build_data(name: str, work: Path) -> tuple[Path, Path]:
-    """One data set as a folder per class and its class-texts file; returns both paths."""
-    images = work / name / "images"
-    texts = DATA_SETS[name](images)
-    texts_file = work / name / "class_texts.json"
-    write_json(texts_file, texts)
-    return images, texts_file
+class NotComparable(ValueError):
+    """A baseline that was measured on other data, folds or with another recipe."""
+
+
+def recipes_document(data: Mapping[str, tuple[Path, Path]]) -> dict[str, dict[str, Any]]:
+    """Per data set what its scores depend on besides the code: the recipe and the data's hash."""
+    return {name: {**asdict(RECIPES[name]), "data_sha256": data_fingerprint(*data[name])} for name in data}
+
+
+def check_comparable(recipes: Mapping[str, Any], baseline: Mapping[str, Any], name: str) -> None:
+    """Refuse a baseline of another recipe or other data for any data set both have (one line)."""
+    theirs = baseline.get("recipes", {})
+    changed = [data_set for data_set in recipes if theirs.get(data_set) != recipes[data_set]]
+    if changed:
+        raise NotComparable(f"{name} was measured with another recipe or other data for {', '.join(changed)}: "
+                            "measure the baseline's commit again with this script (--code-dir)")
 
 
 # What a commit's accuracy depends on: everything but the benchmarks, tests and documentation.
@@ -192,29 +136,41 @@ def short_commit(code_dir: Path) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def selection_flags(code_dir: Path) -> list[str]:
-    """``--select-on fold`` where ``code_dir``'s trainer has the flag: its default since issue 21 picks
-    the epoch on an inner split of the training fold (fewer training images, an honest choice),
-    which would move every score by design. Every stored result picks the best epoch on the fold
-    itself, so a comparison of two commits measures their training and not the protocol (the
-    optimism of that choice is the same on both sides of each pair)."""
+def trainer_flags(code_dir: Path) -> list[str]:
+    """The flags of every run beyond the recipe, from one ``--help`` of ``code_dir``'s trainer.
+
+    ``--select-on fold`` where the trainer has the flag: its default since issue 21 picks the epoch
+    on an inner split of the training fold (fewer training images, an honest choice), which would
+    move every score by design. Every stored result picks the best epoch on the fold itself, so a
+    comparison of two commits measures their training and not the protocol (the optimism of that
+    choice is the same on both sides of each pair). The :data:`SPEED_FLAGS` where it has them.
+    """
     shown = subprocess.run([sys.executable, str(code_dir / "train_clip.py"), "--help"], cwd=code_dir,
                            capture_output=True, text=True, check=True).stdout
-    return ["--select-on", "fold"] if "--select-on" in shown else []
+    flags = ["--no-save-best"] + (["--select-on", "fold"] if "--select-on" in shown else [])
+    return flags + [arg for flag, args in SPEED_FLAGS.items() if flag in shown for arg in args]
 
 
-def run_cv(code_dir: Path, images: Path, texts: Path, seed: int, out: Path, recipe: Recipe,
-           threads: int) -> list[dict[str, Any]]:
-    """One ``train_clip.py --use-cv`` run of ``code_dir``; per fold its balanced accuracy and sizes."""
-    command = [sys.executable, str(code_dir / "train_clip.py"), "--data-dir", str(images),
-               "--class-texts-file", str(texts), *recipe.flags(), *selection_flags(code_dir), "--use-cv",
-               "--n-splits", str(N_SPLITS), "--seed", str(seed), "--random-state", str(seed), "--output-dir",
-               str(out), "--overwrite"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    finished = subprocess.run(command, cwd=code_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-    if finished.returncode != 0:
-        raise RuntimeError(f"train_clip.py failed ({finished.returncode}): {finished.stderr[-3000:]}")
+def run_argv(data_set: str, images: Path, texts: Path, seed: int, out: Path, flags: Sequence[str]) -> list[str]:
+    """``train_clip.py`` arguments of one (data set, seed): 5-fold CV whose folds the seed also draws."""
+    return ["--data-dir", str(images), "--class-texts-file", str(texts), *RECIPES[data_set].flags(), *flags,
+            "--use-cv", "--n-splits", str(N_SPLITS), "--seed", str(seed), "--random-state", str(seed),
+            "--output-dir", str(out), "--overwrite", "--log-file", str(out.with_suffix(".log"))]
+
+
+def start_child(code_dir: Path, argvs: Sequence[Sequence[str]], work: Path, threads: int) -> subprocess.Popen:
+    """One :mod:`benchmarks.quality_child` process training ``argvs`` one after the other."""
+    (work / "runs.json").write_text(json.dumps(argvs), encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    with open(work / "child.log", "w", encoding="utf-8") as stderr:  # the child keeps its own handle
+        return subprocess.Popen([sys.executable, str(CHILD), str(code_dir), str(work / "runs.json"),
+                                 str(work / "times.json")], cwd=code_dir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+
+
+def fold_scores(out: Path) -> list[dict[str, Any]]:
+    """Per fold of one finished run its balanced accuracy (best epoch, as ``cv_summary.json`` of either
+    commit records it) and sizes."""
     summary = json.loads((out / "cv_summary.json").read_text(encoding="utf-8"))
     folds = {f["fold"]: f for f in json.loads((out / "folds.json").read_text(encoding="utf-8"))["folds"]}
     return [{"fold": f["fold"], METRIC: f["metrics"][METRIC], "n_train": len(folds[f["fold"]]["train"]),
@@ -277,59 +233,97 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else "-"
 
 
-def measure(code_dir: Path, data_sets: Sequence[str], seeds: Sequence[int], threads: int,
-            workdir: Path | None, partial_out: Path) -> dict[str, Any]:
+def children_cpu() -> float:
+    """User + system CPU seconds of every child process waited for so far (the trainings)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_wall_estimate(first: float, children: Sequence[float], jobs: int) -> float:
+    """Wall seconds on ``jobs`` idle cores: ``first`` (the --help probe), then the single-threaded
+    children, started in order whenever a core is free, each taking its CPU seconds."""
+    cores = [first] * jobs
+    for cpu in children:
+        cores[cores.index(min(cores))] += cpu
+    return max(cores)
+
+
+def measure(code_dir: Path, data: Mapping[str, tuple[Path, Path]], recipes: Mapping[str, Any],
+            seeds: Sequence[int], threads: int, jobs: int, work: Path, partial_out: Path) -> dict[str, Any]:
     """Train every (data set, seed) with the code of ``code_dir``; the result document.
 
-    The document so far is written to ``partial_out`` after every run ("finished": false), so that
-    an interrupted benchmark of an hour on a busy machine keeps the runs it finished.
+    One child process per data set trains its seeds one after the other (see
+    :mod:`benchmarks.quality_child`), ``jobs`` data sets at a time. The document so far is written
+    to ``partial_out`` whenever a data set is done ("finished": false).
     """
     commit = short_commit(code_dir)
+    started, cpu_before = time.perf_counter(), children_cpu()
+    flags = trainer_flags(code_dir)
+    probe_cpu = children_cpu() - cpu_before
     runs: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    child_cpu: dict[str, float] = {}
 
     def document(finished: bool) -> dict[str, Any]:
-        return {"commit": commit, "code_dir": str(code_dir), "recipe": asdict(RECIPE), "metric": METRIC,
-                "n_splits": N_SPLITS, "seeds": list(seeds), "data_sets": list(data_sets), "threads": threads,
-                "finished": finished, "seconds": round(time.perf_counter() - started, 1),
+        return {"commit": commit, "code_dir": str(code_dir), "recipes": dict(recipes), "trainer_flags": flags,
+                "metric": METRIC, "n_splits": N_SPLITS, "seeds": list(seeds), "data_sets": list(data),
+                "threads": threads, "jobs": jobs, "finished": finished,
+                "seconds": round(time.perf_counter() - started, 1),
+                "cpu_seconds": round(children_cpu() - cpu_before, 1), "child_cpu_seconds": dict(child_cpu),
+                "idle_wall_seconds_estimate": round(idle_wall_estimate(probe_cpu, list(child_cpu.values()), jobs), 1),
                 "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_after": os.getloadavg()[0],
-                "runs": runs}
+                "runs": sorted(runs, key=lambda run: (run["data_set"], run["seed"]))}
 
-    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        work = workdir or Path(tmp)
-        for data_set in data_sets:
-            shutil.rmtree(work / data_set, ignore_errors=True)
-            images, texts = build_data(data_set, work)
-            for seed in seeds:
-                log.info("%s: %s, seed %d ...", commit, data_set, seed)
-                run_started = time.perf_counter()
-                run_dir = work / data_set / f"run_seed{seed}"
-                folds = run_cv(code_dir, images, texts, seed, run_dir, RECIPE, threads)
-                fingerprint = folds_fingerprint(json.loads((run_dir / "folds.json").read_text(encoding="utf-8")))
-                runs.append({"data_set": data_set, "seed": seed, "folds": folds, "folds_sha256": fingerprint,
-                             "seconds": round(time.perf_counter() - run_started, 1)})
-                write_result(partial_out, document(finished=False))
+    pending, running = list(data), {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name = pending.pop(0)
+                log.info("%s: %s, seeds %s ...", commit, name, " ".join(map(str, seeds)))
+                argvs = [run_argv(name, *data[name], seed, work / name / f"seed{seed}", flags) for seed in seeds]
+                running[name] = start_child(code_dir, argvs, work / name, threads)
+            done = next((name for name, child in running.items() if child.poll() is not None), None)
+            if done is None:
+                time.sleep(1)
+                continue
+            if running.pop(done).returncode != 0:
+                tail = (work / done / "child.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+                raise RuntimeError(f"training {done} failed:\n{tail}")
+            times = json.loads((work / done / "times.json").read_text(encoding="utf-8"))
+            child_cpu[done] = times["process_cpu_s"]
+            for seed, spent in zip(seeds, times["runs"]):
+                out = work / done / f"seed{seed}"
+                folds = json.loads((out / "folds.json").read_text(encoding="utf-8"))
+                runs.append({"data_set": done, "seed": seed, "folds": fold_scores(out),
+                             "folds_sha256": folds_fingerprint(folds), **spent})
+            write_result(partial_out, document(finished=False))
+    finally:
+        for child in running.values():  # only after a failure: the other data sets are not worth finishing
+            child.kill()
+            child.wait()
     return document(finished=True)
 
 
-def comparisons(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Comparison]:
+def comparisons(result: Mapping[str, Any], baseline: Mapping[str, Any], name: str = "the baseline"
+                ) -> dict[str, Comparison]:
     """Per data set of ``result`` that the baseline also has: the paired verdict.
 
-    Refused when a (set, seed) was split into other folds by the two commits (a changed fold
-    assignment or data builder): its pairs would then compare different validation images.
+    Refused (:class:`NotComparable`) when the baseline's recipe or data differ for a set both have
+    (see :func:`check_comparable`), or when a (set, seed) was split into other folds by the two
+    commits: its pairs would then compare different validation images.
     """
+    shared = {data_set: recipe for data_set, recipe in result["recipes"].items()
+              if data_set in baseline.get("data_sets", [])}
+    check_comparable(shared, baseline, name)
     theirs_folds = {(run["data_set"], run["seed"]): run["folds_sha256"] for run in baseline["runs"]}
     for run in result["runs"]:
         if theirs_folds.get((run["data_set"], run["seed"]), run["folds_sha256"]) != run["folds_sha256"]:
-            raise ValueError(f"{run['data_set']}, seed {run['seed']}: the baseline was trained on other folds")
+            raise NotComparable(f"{run['data_set']}, seed {run['seed']}: {name} was trained on other folds")
     found = {}
-    for data_set in result["data_sets"]:
-        theirs = scores_by_pair(baseline, data_set)
-        if theirs:
-            folds = [f for run in result["runs"] if run["data_set"] == data_set for f in run["folds"]]
-            found[data_set] = compare(scores_by_pair(result, data_set), theirs,
-                                      statistics.fmean(f["n_train"] for f in folds),
-                                      statistics.fmean(f["n_val"] for f in folds))
+    for data_set in shared:
+        folds = [f for run in result["runs"] if run["data_set"] == data_set for f in run["folds"]]
+        found[data_set] = compare(scores_by_pair(result, data_set), scores_by_pair(baseline, data_set),
+                                  statistics.fmean(f["n_train"] for f in folds),
+                                  statistics.fmean(f["n_val"] for f in folds))
     return found
 
 
@@ -347,7 +341,9 @@ def print_table(result: Mapping[str, Any], baseline: Mapping[str, Any] | None,
                      f"{c.mean_difference:>+12.3f}{c.p_value:>8.3f}{c.detectable:>12.3f}  {c.verdict}")
         print(line)
     print(f"\nmean ± std of {METRIC} over {len(result['seeds'])} seeds x {result['n_splits']} folds; Δ: mean of "
-          f"the paired differences; training took {result['seconds'] / 60:.1f} min on {result['cpus']} CPUs")
+          f"the paired differences; training took {result['seconds'] / 60:.1f} min wall on {result['cpus']} CPUs "
+          f"(load {result['load_average_after']:.1f} after), {result['cpu_seconds'] / 60:.1f} CPU-min: "
+          f"~{result['idle_wall_seconds_estimate'] / 60:.1f} min on {result['jobs']} idle cores")
 
 
 def main() -> int:
@@ -360,9 +356,9 @@ def main() -> int:
                              "with the comparison).")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--data-sets", nargs="+", choices=sorted(DATA_SETS), default=sorted(DATA_SETS))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="Torch threads of each training (default 1: a commit and its baseline can run "
-                             "side by side on two cores).")
+    parser.add_argument("--threads", type=int, default=1, help="Torch threads of each training (default 1).")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="Data sets trained at the same time, one process each (default 2: two cores).")
     parser.add_argument("--out", type=Path, help="Result file (default: benchmarks/results/quality_<commit>.json).")
     parser.add_argument("--workdir", type=Path, help="Keep data and runs here (default: a temporary folder).")
     args = parser.parse_args()
@@ -370,19 +366,24 @@ def main() -> int:
     if args.result and not args.baseline:
         parser.error("--result needs --baseline")
     baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
-    if baseline and baseline["recipe"] != asdict(RECIPE):
-        parser.error(f"{args.baseline} was measured with another recipe: {baseline['recipe']}")
     code_dir = args.code_dir.resolve()
     out = args.out or args.result or (
         ROOT / "benchmarks" / "results" / f"quality_{short_commit(code_dir).replace('+', '_')}.json")
-    if args.result:
-        result = json.loads(args.result.read_text(encoding="utf-8"))
-    else:
-        result = measure(code_dir, args.data_sets, args.seeds, args.threads, args.workdir, out)
     try:
-        verdicts = comparisons(result, baseline) if baseline else {}
-    except ValueError as error:
-        parser.error(str(error))
+        with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+            work = args.workdir or Path(tmp)
+            if args.result:
+                result = json.loads(args.result.read_text(encoding="utf-8"))
+            else:
+                data = {name: build_data(name, work) for name in args.data_sets}
+                recipes = recipes_document(data)
+                if baseline:  # refused before an hour of training, not after
+                    check_comparable(recipes, baseline, str(args.baseline))
+                result = measure(code_dir, data, recipes, args.seeds, args.threads, args.jobs, work, out)
+        verdicts = comparisons(result, baseline, str(args.baseline)) if baseline else {}
+    except NotComparable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print_table(result, baseline, verdicts)
     if baseline:
         result["baseline"] = {"file": str(args.baseline), "commit": baseline["commit"], "alpha": ALPHA,

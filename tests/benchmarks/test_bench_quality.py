@@ -1,13 +1,16 @@
 """The quality benchmark's verdict (benchmarks/bench_quality.py) on planted differences; nothing trains."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
-from benchmarks.bench_quality import DEFAULT_SEEDS, N_SPLITS, compare, comparisons
+from benchmarks.bench_quality import (DEFAULT_SEEDS, N_SPLITS, RECIPES, NotComparable, compare, comparisons,
+                                      idle_wall_estimate)
 
-# Fold sizes of the textures set (423 images, 5 folds).
-N_TRAIN, N_VAL = 338.4, 84.6
+# Fold sizes of the textures set (373 images, 5 folds).
+N_TRAIN, N_VAL = 298.4, 74.6
 
 
 def baseline_scores(rng: np.random.Generator) -> dict[tuple[int, int], float]:
@@ -72,11 +75,14 @@ def test_fewer_than_two_pairs_is_refused() -> None:
         compare({(1, 1): 0.9}, {(1, 1): 0.8}, N_TRAIN, N_VAL)
 
 
-def result_document(scores: dict[tuple[int, int], float], fingerprint: str) -> dict:
+RECIPE = {**asdict(RECIPES["textures"]), "data_sha256": "d"}
+
+
+def result_document(scores: dict[tuple[int, int], float], fingerprint: str, recipe: dict = RECIPE) -> dict:
     """A result of the benchmark, one data set, as measure() writes it."""
-    return {"data_sets": ["textures"], "runs": [
+    return {"data_sets": ["textures"], "recipes": {"textures": recipe}, "runs": [
         {"data_set": "textures", "seed": seed, "folds_sha256": fingerprint,
-         "folds": [{"fold": fold, "balanced_accuracy": scores[seed, fold], "n_train": 338, "n_val": 85}
+         "folds": [{"fold": fold, "balanced_accuracy": scores[seed, fold], "n_train": 298, "n_val": 75}
                    for fold in range(1, N_SPLITS + 1)]} for seed in DEFAULT_SEEDS]}
 
 
@@ -85,5 +91,30 @@ def test_results_on_other_folds_are_not_paired() -> None:
     baseline = baseline_scores(rng)
     current = shifted(baseline, -0.05, rng)
     assert comparisons(result_document(current, "a"), result_document(baseline, "a"))["textures"].verdict == "worse"
-    with pytest.raises(ValueError, match="other folds"):
+    with pytest.raises(NotComparable, match="other folds"):
         comparisons(result_document(current, "a"), result_document(baseline, "b"))
+
+
+@pytest.mark.parametrize("change", [{"epochs": RECIPE["epochs"] + 1}, {"data_sha256": "other images"}])
+def test_a_baseline_of_another_recipe_or_data_is_refused_in_one_line(change: dict) -> None:
+    scores = baseline_scores(np.random.default_rng(28))
+    baseline = result_document(scores, "a", {**RECIPE, **change})
+    with pytest.raises(NotComparable) as refused:
+        comparisons(result_document(scores, "a"), baseline, "quality_old.json")
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith("quality_old.json was measured with another recipe or other data for textures")
+
+
+def test_a_baseline_of_the_old_single_recipe_format_is_refused() -> None:
+    """The first stored results had one "recipe" for both sets (6 epochs at 32 px): never paired with new ones."""
+    scores = baseline_scores(np.random.default_rng(28))
+    old = {key: value for key, value in result_document(scores, "a").items() if key != "recipes"}
+    old["recipe"] = {key: value for key, value in RECIPE.items() if key != "data_sha256"}
+    with pytest.raises(NotComparable, match="another recipe"):
+        comparisons(result_document(scores, "a"), old)
+
+
+def test_the_idle_wall_estimate_fills_free_cores_in_order() -> None:
+    # Two cores after a 10 s probe: 100 and 80 start at once, 30 follows the 80 (at 90), ending at 120.
+    assert idle_wall_estimate(10, [100, 80, 30], jobs=2) == 120
+    assert idle_wall_estimate(10, [100, 80, 30], jobs=1) == 220
