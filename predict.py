@@ -35,7 +35,7 @@ from data.transforms import ToModelInput
 from models.text_checks import text_warnings
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, mean_heatmaps, save_overlay,
                                 target_layer, unique_file_names)
-from training.checkpoints import SharedFiles
+from training.checkpoint_format import SharedFiles
 from training.ensemble import FoldModel, ensemble_probs, load_fold_model
 from utils.device import mixed_precision_dtype, select_device
 from utils.errors import UserError

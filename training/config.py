@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 from reporting.metric_table import MONITOR_METRICS
 from utils.errors import ConfigError, suggest
 from utils.io import read_json
-from utils.run_dir import RunDir, default_run_dir
+from utils.run_dir import RunDir
+from utils.run_names import default_run_dir
 
 GROUPS = {"data": "data", "model": "model", "training": "training", "cv": "cross-validation",
           "imbalance": "class imbalance", "statistics": "statistics", "report": "report", "system": "system"}

@@ -12,7 +12,7 @@ from study.plan import NEW, OVERWRITE, RESUME, SKIP, plan_jobs, trainer_argument
 from study.settings import read_settings
 from study.validate import validate_jobs
 from training.config import TrainConfig, _flag, _opposite_flag, build_parser, config_fields
-from utils.run_dir import run_name
+from utils.run_names import run_name
 from utils.errors import ConfigError, UserError
 from utils.run_dir import RunDir
 
