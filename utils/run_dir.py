@@ -250,9 +250,9 @@ class RunDir:
         """Temporary files of the run's atomic writes (not the lock's own claims) left by a killed write."""
         if not self.path.is_dir():
             return []
-        folders = [self.path, *(self.fold_dir(k) for k in self.fold_numbers())]
-        return [p for folder in folders for p in sorted(folder.iterdir()) if p.is_file() and not is_lock_name(p.name)
-                and _is_temporary_of(p.name, RUN_FILES | FOLD_FILES)]
+        folders = [(self.path, RUN_FILES - {LOCK_FILE}), *((self.fold_dir(k), FOLD_FILES) for k in self.fold_numbers())]
+        return [p for folder, names in folders for p in sorted(folder.iterdir())
+                if p.is_file() and _is_temporary_of(p.name, names)]
 
     def remove_temporaries(self) -> None:
         """Delete :meth:`temporary_files`; only the folder's lock holder may (nobody else writes then)."""
