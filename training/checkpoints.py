@@ -25,7 +25,7 @@ from training.checkpoint_format import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, Sh
                                         full_model_state, pack_zero_rows, unpack_zero_rows)
 from utils.checksums import ChangedCheckpointError, link_recorded, load_recorded, save_recorded, verify
 from utils.disk import space_shortfall
-from utils.io import WriteError
+from utils.io import WriteError, serialized_size
 from utils.run_dir import RunDir
 
 log = logging.getLogger("train_clip")
@@ -140,11 +140,12 @@ class FoldCheckpoints:
             t.nbytes for files in self.metadata.values() if isinstance(files, dict)
             for t in files.values() if isinstance(t, torch.Tensor))
         tables = self.shared.tables if self.shared is not None else {}
-        moments = 2 * sum(p.nbytes for name, p in model.named_parameters() if p.requires_grad and name + ".weight"
-                          not in tables and name not in tables)  # a table's moments are kept as few rows
+        # A lookup table's moments are saved as the few rows its descriptions use (pack_zero_rows).
+        moments = 2 * sum(p.nbytes for name, p in model.named_parameters() if p.requires_grad and name not in tables)
         target = CHECKPOINT_DTYPES[self.dtype].itemsize
         final = extra + sum(v.numel() * target if v.is_floating_point() else v.nbytes for v in weights.values())
-        latest = extra + sum(v.nbytes for v in weights.values()) + moments
+        rng = serialized_size({"rng": capture_rng(torch.Generator())})  # every RNG's state: ~20 KB
+        latest = extra + sum(v.nbytes for v in weights.values()) + moments + rng
         best = final if save_best else 0
         return best + 2 * latest, best + final
 

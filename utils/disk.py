@@ -76,5 +76,5 @@ def space_shortfall(folder: Path, needed: int, what: str) -> str | None:
     free = free_bytes(folder)
     if free >= needed:
         return None
-    return (f"{file_system(folder)} has {human_bytes(free)} free, but {what} needs about "
+    return (f"{file_system(folder)} has {human_bytes(free)} free, but {what} need about "
             f"{human_bytes(needed)}: free space there, or make checkpoints smaller with {SMALLER_CHECKPOINTS}")

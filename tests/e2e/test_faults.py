@@ -157,7 +157,7 @@ def test_a_small_real_file_system_stops_in_one_line_and_resume_on_more_space_end
         # With the check, the fold that cannot fit is refused before it starts, naming what it needs.
         assert train_clip.main(resume_args(out, tmp_path / "2.log")) == 2
         message = last_error(capsys)
-        assert "cannot start: the file system mounted on" in message and "checkpoints needs about" in message
+        assert "cannot start: the file system mounted on" in message and "checkpoints need about" in message
         subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
         assert train_clip.main(resume_args(out, tmp_path / "3.log")) == 0
         assert comparable(out) == comparable(full) and histories(out) == histories(full)

@@ -47,7 +47,7 @@ def test_quota_and_read_only_say_so(tmp_path, code, words):
 def test_the_space_check_compares_with_the_free_bytes(tmp_path):
     assert space_shortfall(tmp_path, 1, "one byte") is None
     refusal = space_shortfall(tmp_path / "not" / "yet", 10 ** 18, "fold 3's checkpoints")
-    assert refusal is not None and "fold 3's checkpoints needs about 1000000.0 TB" in refusal
+    assert refusal is not None and "fold 3's checkpoints need about 1000000.0 TB" in refusal
 
 
 def test_human_bytes():
