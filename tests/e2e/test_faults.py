@@ -78,7 +78,7 @@ def assert_every_file_whole(out: Path) -> None:
 @pytest.fixture(scope="module")
 def no_report() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_clip, "write_report_files", lambda run: None)
+        patch.setattr(train_clip, "write_reports", lambda run: None)
         yield
 
 

@@ -511,3 +511,38 @@ def test_the_optimizer_state_of_a_lookup_table_is_saved_as_its_nonzero_rows_and_
     for opt, net in ((optimizer, model), (resumed, resumed_model)):
         step(opt, net)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
+
+
+# -- the estimate of a fold's checkpoint bytes that the space check before each fold uses ----------
+def train_a_step(model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 256)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_estimate_of_a_folds_checkpoint_bytes_matches_the_files_written(tmp_path: Path, dtype):
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.fold_dir(1).mkdir(parents=True)
+    checkpoints = FoldCheckpoints(run_dir, 1, {"config": {"seed": 0}}, None, dtype)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    peak, kept = checkpoints.disk_bytes(model, save_best=True)
+    optimizer = train_a_step(model)  # AdamW's two moments exist after the first step
+    checkpoints.save_best(model, 1, {"accuracy": 0.5})
+    checkpoints.save_latest(model, 1, {"accuracy": 0.5}, {"optimizer": optimizer.state_dict(), "scheduler": {},
+                                                           "scaler": {}}, {"epoch": 1, "best_epoch": 1},
+                            torch.Generator())
+    best = run_dir.best_checkpoint(1).stat().st_size
+    latest = run_dir.latest_checkpoint(1).stat().st_size
+    # While training: the best, the latest, and a new latest beside the old one. The estimate counts
+    # the tensors' bytes; the files add a few hundred bytes of zip records and pickled values each
+    # (3 files of ~0.3-0.8 MB here: under 2 %), never more than they hold: it must not refuse a fold
+    # that fits, and may be short by that overhead only.
+    actual_peak = best + 2 * latest
+    assert 0.98 * actual_peak <= peak <= actual_peak
+    checkpoints.drop_training_state()  # the finished fold keeps the best and the last model
+    actual_kept = sum({p.stat().st_ino: p.stat().st_size
+                       for p in (run_dir.best_checkpoint(1), run_dir.latest_checkpoint(1))}.values())
+    assert 0.98 * actual_kept <= kept <= 2 * actual_kept  # the latest may become a link to the best
