@@ -14,7 +14,7 @@
   fold's ``checkpoint_latest.pth`` and the frozen towers stay as trained, so ``--resume`` is exact.
 
 Which file holds what, and when, is :mod:`training.checkpoints`'; every fold checkpoint's own SHA-256
-is :mod:`utils.checksums`' (docs/design.md §6).
+is :mod:`utils.checksums`' (docs/design.md §6, §11).
 """
 from __future__ import annotations
 

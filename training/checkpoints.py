@@ -151,7 +151,7 @@ class FoldCheckpoints:
 
     def check_disk_space(self, model: torch.nn.Module, folds_left: int, save_best: bool) -> None:
         """Refuse to start the fold when its file system cannot hold its checkpoints, and warn when it
-        cannot hold those of every fold left (estimated from the model: docs/design.md §6)."""
+        cannot hold those of every fold left (estimated from the model: docs/design.md §11)."""
         peak, kept = self.disk_bytes(model, save_best)
         present = sum(p.stat().st_size for p in (self.run_dir.best_checkpoint(self.fold),
                                                   self.run_dir.latest_checkpoint(self.fold)) if p.is_file())

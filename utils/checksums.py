@@ -5,7 +5,7 @@ A flipped byte in a checkpoint (a failing disk, a bad copy between servers) load
 checkpoints: ``{"checkpoint_best.pth": {"sha256": ..., "bytes": ...}, ...}``. :func:`save_recorded`
 and :func:`link_recorded` are the only writers of a fold's checkpoints, :func:`load_recorded` the only
 reader (predict.py, the test ensemble, ``--resume``, the gallery and the export all go through it):
-a file that differs from its record is refused in one line naming it (docs/design.md §6).
+a file that differs from its record is refused in one line naming it (docs/design.md §11).
 
 The record is written in two steps around the checkpoint's rename: before it, the entry names the
 new file and keeps the one it replaces (``replacing``); after it, the new file alone. A kill at any

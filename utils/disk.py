@@ -1,5 +1,5 @@
 """What a failed write means, said in the user's terms: which file system, how much space it has
-left, how much the file needed, and what to do (docs/design.md §6).
+left, how much the file needed, and what to do (docs/design.md §11).
 
 Torch's zip writer turns a full disk into "enforce fail at inline_container.cc ... unexpected pos";
 :func:`describe_write_error` turns the operating system's error under it into one line instead.
@@ -54,14 +54,14 @@ def describe_write_error(exc: OSError, target: Path, needed: int | None = None) 
     """One line for a failed write of ``target``: what happened and what to do. ``needed``: the bytes
     the whole file takes, when known."""
     where = file_system(target)
+    wanted = f", the file needs {human_bytes(needed)}" if needed else ""
     if exc.errno == errno.ENOSPC:
-        wanted = f", the file needs {human_bytes(needed)}" if needed else ""
         return (f"cannot write {target}: {where} is full (no space left on device: {human_bytes(free_bytes(target))} "
                 f"free{wanted}); "
                 f"free space there, or make checkpoints smaller with {SMALLER_CHECKPOINTS}, then continue "
                 "with --resume; its previous version, if any, is unchanged")
     if exc.errno == errno.EDQUOT:
-        return (f"cannot write {target}: your disk quota on {where} is used up; free space in your quota (or "
+        return (f"cannot write {target}: your disk quota on {where} is used up{wanted}; free space in your quota (or "
                 f"use {SMALLER_CHECKPOINTS}), then continue with --resume; its previous version, if any, "
                 "is unchanged")
     if exc.errno == errno.EROFS:

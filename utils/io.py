@@ -171,6 +171,10 @@ def serialized_size(state: dict[str, Any]) -> int:
     return sink.size
 
 
+# Write errors whose message says how many bytes the file needed.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 @dataclass(frozen=True)
 class Written:
     """A file as written: its SHA-256 (hex) and size in bytes."""
@@ -185,7 +189,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
 
     ``before_replace`` gets them after the bytes are on disk but before the rename: the fold's
     checksum record notes it there (utils/checksums.py), and tests simulate a crash in that window.
-    A full disk or quota is one line with the file's size (docs/design.md §6).
+    A full disk or quota is one line with the file's size (docs/design.md §11).
     """
     import torch  # here, not at the top: the study runner and leaderboard read run folders without torch
 
@@ -211,9 +215,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
         raise WriteError(describe_write_error(cause, path, needed)) from cause
     return written
 
-
-# Write errors whose message says how many bytes the file needed.
-FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def file_sha256(path: str | os.PathLike) -> str:
