@@ -251,11 +251,15 @@ def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_pa
     real_save = torch.save
     latest_saves = {"n": 0}
 
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def save_until_disk_full(obj, handle, *args, **kwargs):
-        if "optimizer" in obj:  # only checkpoint_latest.pth holds the optimizer state
+        if "optimizer" in obj and getattr(handle, "raw", None) is not None:  # checkpoint_latest.pth, to a file
             latest_saves["n"] += 1
-            if latest_saves["n"] > 1:  # epoch 0's latest is written, then the disk is full
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if latest_saves["n"] > 1:  # epoch 0's latest is written, then the disk is full at the write
+                handle.raw = FullDisk()
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_disk_full)
