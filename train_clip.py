@@ -33,7 +33,8 @@ from training.run import (Run, check_resumable, decode_images, plan_data, warn_l
 from utils.device import describe_device, mixed_precision_dtype
 from utils.errors import UserError
 from utils.logging_setup import setup_logging
-from utils.run_dir import RunDir, default_log_file
+from utils.run_dir import RunDir
+from utils.run_names import default_log_file
 from utils.seeding import seed_everything
 
 log = logging.getLogger("train_clip")

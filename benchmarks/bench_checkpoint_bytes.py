@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from tests.helpers import make_image_tree  # noqa: E402
-from training.checkpoints import full_model_state  # noqa: E402
+from training.checkpoint_format import full_model_state  # noqa: E402
 from utils.io import load_checkpoint, save_checkpoint  # noqa: E402
 from utils.run_dir import RunDir  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The jobs of a study: which runs, in which folders, doing what, with which train_clip.py arguments.
 
 A job is an image × text encoder combination, or one entry of a JSON config list. Its run folder is
-``OUTPUT_ROOT/<image>_<text>`` named by the trainer's own :func:`utils.run_dir.run_name`; config
+``OUTPUT_ROOT/<image>_<text>`` named by the trainer's own :func:`utils.run_names.run_name`; config
 entries that share a folder name get ``_cfg<index>`` each. What a job does follows its folder's
 state (:meth:`utils.run_dir.RunDir.status`): finished → skip, interrupted → resume, FORCE → rerun.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from study.settings import Settings
 from training.config import normalise_keys, with_alternatives
-from utils.run_dir import run_name
+from utils.run_names import run_name
 from utils.errors import ConfigError
 from utils.io import read_json
 from utils.run_dir import RunDir

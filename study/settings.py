@@ -24,7 +24,7 @@ from training.config import (KEY_ALIASES, NEGATED_KEYS, TrainConfig, config_fiel
                              with_alternatives)
 from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
-from utils.run_dir import DEFAULT_LOG_DIR, DEFAULT_OUTPUT_ROOT
+from utils.run_names import DEFAULT_LOG_DIR, DEFAULT_OUTPUT_ROOT
 
 RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
                    "OUTPUT_ROOT", "EXTRA_ARGS", "LOG_DIR", "LEADERBOARD_METRIC", "FORCE", "DRY_RUN", "PYTHON")

@@ -1,44 +1,34 @@
-"""Checkpoints of a fold: what they hold, the random-number state, and slimming a finished fold.
+"""Checkpoints of a fold: what they hold, the random-number state, slimming a finished fold, and
+what happens to a damaged one.
 
 ``checkpoint_best.pth`` holds the model and metadata (for predict.py); ``checkpoint_latest.pth`` also
 holds the training state (optimizer, scheduler, scaler, fold state, every RNG state) while its fold
-trains, and only the last model once the fold is finished (docs/design.md §6).
+trains, and only the last model once the fold is finished (docs/design.md §6). A finished fold whose
+last epoch is its best keeps one copy: ``checkpoint_latest.pth`` becomes a hard link to
+``checkpoint_best.pth``. The format of each file is :mod:`training.checkpoint_format`'s; every file
+is written and read through :mod:`utils.checksums`, which records and checks its SHA-256.
 
-What keeps a study's checkpoints affordable:
-
-- A frozen tower never changes, so its weights are written once per run, to ``frozen_towers.pth``
-  in the run folder; each checkpoint's ``model`` omits them and names that file (relative to the run
-  folder, so a copied folder still works) and its SHA-256. Loading puts the two back together and
-  refuses a missing or edited file.
-- A trainable tower's lookup tables (``nn.Embedding``: CLIP's 49,408-token table is 40 % of its text
-  tower) change only in the rows the class descriptions use: they get no weight decay (see
-  ``training.engine.parameter_groups``), so a row without a gradient keeps its value exactly. The
-  untrained tables go into the same file, once; a checkpoint keeps only the rows that differ from
-  them (``<key>#rows`` and ``<key>#values`` in its ``model``). In a training fold's
-  ``checkpoint_latest.pth`` AdamW's moments of such a table are stored as their non-zero rows.
-- A finished fold whose last epoch is its best keeps one copy: ``checkpoint_latest.pth`` becomes a
-  hard link to ``checkpoint_best.pth``.
-- ``--checkpoint-dtype`` casts the saved models' floating-point weights; the weights of a training
-  fold's ``checkpoint_latest.pth`` and the frozen towers stay as trained, so ``--resume`` is exact.
+A damaged checkpoint of an unfinished fold makes ``--resume`` train that fold again from its start
+(its result does not depend on where it resumed); one of a finished fold is refused, naming it.
 """
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from utils.io import CheckpointError, file_sha256, link_or_copy, load_checkpoint, save_checkpoint
-from utils.run_dir import FROZEN_TOWERS_FILE, RunDir
+from training.checkpoint_format import (CHECKPOINT_DTYPES, CHECKPOINT_FORMAT, SharedFiles, SharedWeights, cast_weights,
+                                        full_model_state, pack_zero_rows, unpack_zero_rows)
+from utils.checksums import ChangedCheckpointError, link_recorded, load_recorded, save_recorded, verify
+from utils.disk import space_shortfall
+from utils.io import WriteError, serialized_size
+from utils.run_dir import RunDir
 
-# The model may omit frozen towers and unchanged embedding rows kept in the run's frozen_towers.pth
-# ("shared_weights" names it and its hash; docs/design.md §6).
-CHECKPOINT_FORMAT = "train_clip/2"
-CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+log = logging.getLogger("train_clip")
 
 # What checkpoint_latest.pth adds to the model while its fold trains, for --resume. A finished fold
 # drops it: AdamW's two moments alone weigh twice the trainable parameters, on every fold of every run.
@@ -69,143 +59,6 @@ def restore_rng(state: dict[str, Any], sampler_generator: torch.Generator) -> No
     sampler_generator.set_state(state["sampler"])
 
 
-# Suffixes of a table's changed rows in a checkpoint's model: row indices, and those rows' values.
-ROWS, VALUES = "#rows", "#values"
-
-
-@dataclass(frozen=True)
-class SharedWeights:
-    """What the run stores once in ``frozen_towers.pth``: the frozen towers (``keys``: whole tensors
-    taken from the file), the untrained lookup tables of trainable towers (``tables``: checkpoints
-    hold their changed rows), and the file's hash."""
-
-    keys: frozenset[str]
-    sha256: str
-    tables: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def split(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``weights`` (a full state dict) without what the file holds: frozen towers left out,
-        each table reduced to the rows that differ from the untrained one."""
-        kept = {key: value for key, value in weights.items() if key not in self.keys and key not in self.tables}
-        for key, initial in self.tables.items():
-            current = weights[key].detach().cpu()
-            rows = (current != initial).any(dim=1).nonzero().squeeze(1)
-            kept[key + ROWS], kept[key + VALUES] = rows, current[rows].clone()
-        return kept
-
-    def reference(self) -> dict[str, str]:
-        return {"file": FROZEN_TOWERS_FILE, "sha256": self.sha256}
-
-
-def frozen_tower_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> frozenset[str]:
-    """Keys of ``state`` (the model's state dict) that belong to a tower without trainable parameters.
-
-    Its buffers are included: a frozen tower stays in eval mode, so BatchNorm statistics do not move.
-    """
-    frozen = [f"{name}." for name in ("image_encoder", "text_encoder")
-              if not any(p.requires_grad for p in getattr(model, name).parameters())]
-    return frozenset(key for key in state if key.startswith(tuple(frozen))) if frozen else frozenset()
-
-
-def trainable_table_keys(model: torch.nn.Module) -> frozenset[str]:
-    """State-dict keys of the trainable ``nn.Embedding`` weights (token, position, type tables)."""
-    return frozenset(f"{name}.weight" for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Embedding) and module.weight.requires_grad)
-
-
-def store_frozen_towers(run_dir: RunDir, model: torch.nn.Module,
-                        initial_state: dict[str, torch.Tensor]) -> SharedWeights | None:
-    """Write the frozen towers' weights and the trainable towers' untrained lookup tables (both from
-    the untrained ``initial_state``) once per run.
-
-    A resumed run finds the file already there and keeps it when it holds exactly these weights (or
-    only the frozen towers: a run started before tables were stored goes on saving whole tables).
-    """
-    keys = frozen_tower_keys(model, initial_state)
-    tables = trainable_table_keys(model) - keys
-    path = run_dir.frozen_towers
-    saved = load_checkpoint(path, ("model",))["model"] if path.is_file() else None
-    if saved is not None and keys and saved.keys() == keys:
-        tables = frozenset()
-    if not keys and not tables:
-        return None
-    weights = {key: initial_state[key] for key in sorted(keys | tables)}
-    if saved is not None:
-        if saved.keys() != weights.keys() or not all(torch.equal(saved[k], weights[k]) for k in weights):
-            raise CheckpointError(f"{path} does not hold the untrained weights this run starts from (the "
-                                  "file was edited, or the towers' weights changed since the run started); "
-                                  "restore the file, or start the run again with --overwrite")
-    else:
-        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": weights})
-    return SharedWeights(keys, file_sha256(path), {key: weights[key] for key in sorted(tables)})
-
-
-@dataclass
-class SharedFiles:
-    """Run files that checkpoints name (``frozen_towers.pth``), each hashed and read once however
-    many checkpoints name it: predict.py and the test-set ensemble load one checkpoint per fold."""
-
-    _read: dict[tuple[Path, int, int], tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
-
-    def read(self, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
-        """The file's SHA-256 and its weights. Keyed by size and modification time too: a file
-        replaced in between is read again."""
-        stat = path.stat()
-        key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
-        if key not in self._read:
-            self._read[key] = (file_sha256(path), load_checkpoint(path, ("model",))["model"])
-        return self._read[key]
-
-
-def full_model_state(saved: dict[str, Any], path: Path, files: SharedFiles | None = None) -> dict[str, torch.Tensor]:
-    """The whole model state of the checkpoint ``saved`` (read from ``path``, in a run's ``fold_K/``):
-    its own weights plus the frozen towers and untrained table rows of the file it names, once that
-    file's hash is checked. Pass one ``files`` to several calls to read that file once."""
-    reference = saved.get("shared_weights")
-    if reference is None:  # every weight is in the checkpoint: the run had nothing to share
-        return saved["model"]
-    name = reference.get("file") if isinstance(reference, dict) else None
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise CheckpointError(f"checkpoint {path} names its frozen towers' file wrongly ({name!r}): not a "
-                              "train_clip checkpoint")
-    shared = RunDir.of_checkpoint(path).path / name
-    if not shared.is_file():
-        raise CheckpointError(f"checkpoint {path} needs {shared}, the run's frozen towers' weights, which is "
-                              f"missing: copy the whole run folder, {name} included")
-    digest, weights = (files or SharedFiles()).read(shared)
-    if digest != reference.get("sha256"):
-        raise CheckpointError(f"{shared} is not the file checkpoint {path} was saved with (its SHA-256 "
-                              f"differs: edited or replaced); restore the run's original {name}")
-    return merge_shared(weights, saved["model"], path)
-
-
-def merge_shared(shared: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """The run file's weights updated with a checkpoint's own: whole tensors replace, changed rows
-    are written into a copy of their untrained table."""
-    merged = dict(shared)
-    for key, value in own.items():
-        if key.endswith(VALUES):
-            continue
-        if not key.endswith(ROWS):
-            merged[key] = value
-            continue
-        name = key[:-len(ROWS)]
-        if name not in shared or name + VALUES not in own:
-            raise CheckpointError(f"checkpoint {path} holds changed rows of {name} without the table they belong "
-                                  "to: not a train_clip checkpoint of this run")
-        table = shared[name].clone()
-        table[value] = own[name + VALUES].to(table.dtype)
-        merged[name] = table
-    return merged
-
-
-def cast_weights(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
-    """Floating-point tensors as ``dtype``; integer buffers unchanged. Loading casts them back
-    (``load_state_dict`` copies into the model's own tensors)."""
-    target = CHECKPOINT_DTYPES[dtype]
-    return {key: value.to(target) if value.is_floating_point() else value for key, value in state.items()}
-
-
 @dataclass
 class FoldCheckpoints:
     """Writes and reads one fold's checkpoints; ``metadata`` is what every checkpoint carries
@@ -233,7 +86,7 @@ class FoldCheckpoints:
                 "metrics": metrics, **shared, **self.metadata}
 
     def save_best(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float]) -> None:
-        save_checkpoint(self.run_dir.best_checkpoint(self.fold), self._state(model, epoch, metrics, final=True))
+        save_recorded(self.run_dir.best_checkpoint(self.fold), self._state(model, epoch, metrics, final=True))
 
     def save_latest(self, model: torch.nn.Module, epoch: int, metrics: dict[str, float],
                     training: dict[str, Any], fold_state: dict[str, Any],
@@ -241,7 +94,7 @@ class FoldCheckpoints:
         """The model with everything ``--resume`` needs to continue after ``epoch`` exactly."""
         if "optimizer" in training:
             training = {**training, "optimizer": pack_zero_rows(training["optimizer"])}
-        save_checkpoint(self.run_dir.latest_checkpoint(self.fold), {
+        save_recorded(self.run_dir.latest_checkpoint(self.fold), {
             **self._state(model, epoch, metrics, final=False), **training, "fold_state": fold_state,
             "rng": capture_rng(sampler_generator)})
 
@@ -249,7 +102,7 @@ class FoldCheckpoints:
         """Store the fold's fitted temperature (--calibrate) in ``checkpoint_best.pth``, which predict.py
         and the test ensemble divide the model's logits by."""
         path = self.run_dir.best_checkpoint(self.fold)
-        save_checkpoint(path, {**load_checkpoint(path), "temperature": temperature})
+        save_recorded(path, {**load_recorded(path), "temperature": temperature})
 
     def has_latest(self) -> bool:
         return self.run_dir.latest_checkpoint(self.fold).is_file()
@@ -257,8 +110,60 @@ class FoldCheckpoints:
     def load_latest(self) -> dict[str, Any]:
         """``checkpoint_latest.pth`` with its whole model state (frozen towers put back)."""
         path = self.run_dir.latest_checkpoint(self.fold)
-        saved = load_checkpoint(path, LATEST_KEYS)
+        saved = load_recorded(path, LATEST_KEYS)
         return {**saved, "model": full_model_state(saved, path), "optimizer": unpack_zero_rows(saved["optimizer"])}
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """What the fold continues from (:meth:`load_latest`), or None to train it from its start: none
+        was saved, or (one warning names it) a checkpoint of this unfinished fold is damaged."""
+        if not self.has_latest():
+            return None
+        try:
+            best = self.run_dir.best_checkpoint(self.fold)
+            if best.is_file():
+                verify(best)
+            return self.load_latest()
+        except ChangedCheckpointError as exc:
+            log.warning("Fold %d: %s %s; training fold %d again from its start (a fold's result does not depend "
+                        "on where it resumed; finished folds are kept)", self.fold, exc.path, exc.problem, self.fold)
+            return None
+
+    def check_finished(self) -> None:
+        """Refuse, in one line naming it, a damaged checkpoint of this finished fold."""
+        for path in (self.run_dir.best_checkpoint(self.fold), self.run_dir.latest_checkpoint(self.fold)):
+            if path.is_file():
+                verify(path)
+
+    def disk_bytes(self, model: torch.nn.Module, save_best: bool) -> tuple[int, int]:
+        """Bytes of this fold's checkpoints at most while it trains (the best, the latest with AdamW's
+        two moments, and a new latest beside the old one while it is written) and once it is finished."""
+        weights = self.shared.split(model.state_dict()) if self.shared is not None else model.state_dict()
+        extra = sum(v.nbytes for v in self.metadata.values() if isinstance(v, torch.Tensor)) + sum(
+            t.nbytes for files in self.metadata.values() if isinstance(files, dict)
+            for t in files.values() if isinstance(t, torch.Tensor))
+        tables = self.shared.tables if self.shared is not None else {}
+        # A lookup table's moments are saved as the few rows its descriptions use (pack_zero_rows).
+        moments = 2 * sum(p.nbytes for name, p in model.named_parameters() if p.requires_grad and name not in tables)
+        target = CHECKPOINT_DTYPES[self.dtype].itemsize
+        final = extra + sum(v.numel() * target if v.is_floating_point() else v.nbytes for v in weights.values())
+        rng = serialized_size({"rng": capture_rng(torch.Generator())})  # every RNG's state: ~20 KB
+        latest = extra + sum(v.nbytes for v in weights.values()) + moments + rng
+        best = final if save_best else 0
+        return best + 2 * latest, best + final
+
+    def check_disk_space(self, model: torch.nn.Module, folds_left: int, save_best: bool) -> None:
+        """Refuse to start the fold when its file system cannot hold its checkpoints, and warn when it
+        cannot hold those of every fold left (estimated from the model: docs/design.md §14)."""
+        peak, kept = self.disk_bytes(model, save_best)
+        present = sum(p.stat().st_size for p in (self.run_dir.best_checkpoint(self.fold),
+                                                  self.run_dir.latest_checkpoint(self.fold)) if p.is_file())
+        folder = self.run_dir.path
+        refusal = space_shortfall(folder, peak - present, f"fold {self.fold}'s checkpoints")
+        if refusal is not None:
+            raise WriteError(f"fold {self.fold} cannot start: {refusal}; then continue with --resume")
+        warning = space_shortfall(folder, peak - present + (folds_left - 1) * kept, f"the {folds_left} folds left")
+        if folds_left > 1 and warning is not None:
+            log.warning("%s; the run would stop when the disk is full (continue it then with --resume)", warning)
 
     def drop_training_state(self) -> None:
         """Reduce a finished fold's ``checkpoint_latest.pth`` to the last epoch's model and metadata.
@@ -269,55 +174,19 @@ class FoldCheckpoints:
         latest = self.run_dir.latest_checkpoint(self.fold)
         if not latest.is_file():
             return
-        saved = load_checkpoint(latest)
+        saved = load_recorded(latest)
         if not any(key in saved for key in TRAINING_STATE_KEYS):
             return
         best = self.run_dir.best_checkpoint(self.fold)
         fold_state = saved.get("fold_state")
         if best.is_file() and isinstance(fold_state, dict) and fold_state.get("best_epoch") == saved.get("epoch"):
-            link_or_copy(best, latest)
+            link_recorded(best, latest)
             return
         kept = {key: value for key, value in saved.items()
                 if key not in TRAINING_STATE_KEYS + OPTIONAL_TRAINING_KEYS}
-        save_checkpoint(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
-
-
-def pack_zero_rows(optimizer_state: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer's state dict with each mostly-zero matrix (AdamW's moments of a lookup table:
-    zero in every row no gradient ever reached) stored as its non-zero rows; exact, and 200 MB less
-    in every training checkpoint of a trainable CLIP text tower."""
-    return map_state_values(optimizer_state, sparse_rows)
-
-
-def unpack_zero_rows(optimizer_state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`pack_zero_rows` (a state dict without packed rows comes back as it is)."""
-    return map_state_values(optimizer_state, dense_rows)
-
-
-def map_state_values(optimizer_state: dict[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
-    """A copy of an optimizer's state dict with ``convert`` applied to every per-parameter value."""
-    return {**optimizer_state, "state": {index: {name: convert(value) for name, value in entry.items()}
-                                         for index, entry in optimizer_state["state"].items()}}
-
-
-def sparse_rows(value: Any) -> Any:
-    if not (isinstance(value, torch.Tensor) and value.ndim == 2 and value.is_floating_point()):
-        return value
-    rows = value.detach().ne(0).any(dim=1).nonzero().squeeze(1)
-    if 2 * len(rows) > value.shape[0]:
-        return value
-    return {"nonzero_rows": rows.cpu(), "values": value[rows].cpu(), "n_rows": value.shape[0]}
-
-
-def dense_rows(value: Any) -> Any:
-    if not (isinstance(value, dict) and "nonzero_rows" in value):
-        return value
-    values = value["values"]
-    dense = torch.zeros((value["n_rows"], values.shape[1]), dtype=values.dtype)
-    dense[value["nonzero_rows"]] = values
-    return dense
+        save_recorded(latest, {**kept, "model": cast_weights(kept["model"], self.dtype)})
 
 
 def load_best_model_state(run_dir: RunDir, fold: int, files: SharedFiles | None = None) -> dict[str, torch.Tensor]:
     path = run_dir.best_checkpoint(fold)
-    return full_model_state(load_checkpoint(path, ("model",)), path, files)
+    return full_model_state(load_recorded(path, ("model",)), path, files)

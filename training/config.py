@@ -16,7 +16,7 @@ from reporting.metric_table import MONITOR_METRICS
 from reporting.phrases import REPORT_LANGS
 from training.checks import check, check_finetuning, check_values
 from utils.errors import ConfigError, suggest
-from utils.run_dir import default_run_dir
+from utils.run_names import default_run_dir
 
 GROUPS = {"data": "data", "model": "model", "training": "training", "cv": "cross-validation",
           "imbalance": "class imbalance", "statistics": "statistics", "report": "report", "system": "system"}

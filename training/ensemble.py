@@ -20,10 +20,11 @@ import torch
 from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_from_config
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from reporting.calibration import apply_temperature
-from training.checkpoints import SharedFiles, full_model_state
+from training.checkpoint_format import SharedFiles, full_model_state
 from utils.device import autocast, to_device
+from utils.checksums import load_recorded
 from utils.errors import UserError
-from utils.io import CheckpointError, load_checkpoint
+from utils.io import CheckpointError
 from utils.logging_setup import get_logger
 from utils.run_dir import RunDir
 
@@ -71,7 +72,7 @@ def load_fold_model(fold: int, path: Path, device: torch.device, class_texts: li
                     files: SharedFiles | None = None) -> tuple[FoldModel, dict]:
     """Rebuild fold ``fold``'s classifier from its checkpoint; returns it and the checkpoint's metadata.
     ``files``: the run files already read (one for all folds of a run)."""
-    state = load_checkpoint(path, CHECKPOINT_KEYS)
+    state = load_recorded(path, CHECKPOINT_KEYS)  # refused when not the file that was written
     config = state["config"]
     try:
         kwargs = model_kwargs_from_config(config)

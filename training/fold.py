@@ -254,10 +254,12 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     if processes.broadcast(cfg.resume and run.run_dir.fold_finished(fold.number)):
         log.info("Fold %d finished earlier: keeping its results", fold.number)
         if processes.is_main:
+            checkpoints.check_finished()  # refused now, not after the folds left have trained
             checkpoints.drop_training_state()  # in case the earlier run stopped between the two writes
         return load_fold_result(run, fold)
     if processes.is_main:
         run.run_dir.fold_dir(fold.number).mkdir(parents=True, exist_ok=True)
+        checkpoints.check_disk_space(model, len(run.folds) - run.folds.index(fold), cfg.save_best)
     seed_everything(cfg.seed + fold.number)
     model.load_state_dict(run.initial_state)
     model.reset_text_cache()
@@ -279,8 +281,8 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "sampler_generator": generator, **scored.training_weights()}
 
-    if processes.broadcast(cfg.resume and checkpoints.has_latest()):
-        saved = checkpoints.load_latest()
+    saved = checkpoints.resume_state() if cfg.resume else None
+    if processes.broadcast(saved is not None):  # every process reads the same file; rank 0 decides
         model.load_state_dict(saved["model"])
         scored.restore(saved)
         optimizer.load_state_dict(saved["optimizer"])

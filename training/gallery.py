@@ -29,7 +29,7 @@ from reporting.report import report_from_run_dir
 from reporting.run_summary import read_summary
 from reporting.saliency import (DEFAULT_METHOD, EXPLAIN_METHODS, ClassLogits, as_rgb, class_heatmaps, save_overlay,
                                 unique_file_names)
-from training.checkpoints import SharedFiles
+from training.checkpoint_format import SharedFiles
 from training.ensemble import load_fold_model
 from utils.device import select_device
 from utils.errors import UserError, exit_status

@@ -20,7 +20,8 @@ from reporting.report import report_from_run_dir
 from reporting.run_statistics import held_out_statistics, pooled_statistics
 from reporting.run_summary import SUMMARY_VERSION, RunSummary
 from reporting.summary import format_summary_table
-from training.checkpoints import SharedFiles, load_best_model_state
+from training.checkpoint_format import SharedFiles
+from training.checkpoints import load_best_model_state
 from training.config import TrainConfig
 from training.engine import evaluate
 from training.fold import FoldResult

@@ -21,7 +21,7 @@ from data.pixels import describe_failures
 from models.clip_model import CLIPClassifier
 from models.image_encoders import random_init_note
 from models.text_checks import text_warnings
-from training.checkpoints import SharedWeights, store_frozen_towers
+from training.checkpoint_format import SharedWeights, store_frozen_towers
 from training.config import ConfigError, TrainConfig
 from training.distributed import Distributed
 from utils.io import read_json, write_json
@@ -242,28 +242,30 @@ def data_source(cfg: TrainConfig) -> str:
     return f"--data-dir {cfg.data_dir}" if cfg.data_dir else f"--data-csv {cfg.data_csv}"
 
 
-def data_folders(cfg: TrainConfig, images: ImageFolder | None = None) -> list[Path]:
-    """Folders that hold the data: the data folder, or the CSV's folder and every listed image's folder."""
-    if cfg.data_dir:
-        return [Path(cfg.data_dir)]
-    return [Path(cfg.data_csv).parent] + sorted({p.parent for p in images.paths} if images else set())
-
-
 def check_output_location(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder | None = None) -> None:
-    """Refuse an output folder that is, holds or lies inside the data (before anything is written)."""
+    """Refuse an output folder that would mix with the data (before anything is written). A data folder
+    is read whole, so the output may be neither it, nor above it, nor inside it; a CSV run reads only
+    the files the CSV lists (``images``, once scanned), so its output may be anywhere that is not one
+    of them, nor the CSV, nor a folder holding any of them."""
     if run_dir.path.exists() and not run_dir.path.is_dir():
         raise RunDirError(f"--output-dir {run_dir.path} exists and is not a folder")
     output = run_dir.path.resolve()
-    main, *image_folders = data_folders(cfg, images)
-    for folder in [main, *image_folders]:
-        data = folder.resolve()
-        named = data_source(cfg) if folder == main else f"{folder}, a folder of images listed in --data-csv"
+    if cfg.data_dir:
+        data = Path(cfg.data_dir).resolve()
         if output == data or output in data.parents:
-            raise RunDirError(f"--output-dir {run_dir.path} holds the data ({named}); a run writes only into a "
-                              "folder of its own: choose one outside the data")
+            raise RunDirError(f"--output-dir {run_dir.path} holds the data ({data_source(cfg)}); a run writes only "
+                              "into a folder of its own: choose one outside the data")
         if data in output.parents:
-            raise RunDirError(f"--output-dir {run_dir.path} is inside {named}: the next run would read its files "
-                              "as data; choose a folder outside the data")
+            raise RunDirError(f"--output-dir {run_dir.path} is inside {data_source(cfg)}: the next run would read "
+                              "its files as data; choose a folder outside the data")
+        return
+    for file, what in [(Path(cfg.data_csv), "the --data-csv file itself"),
+                       *((p, "an image listed in --data-csv") for p in (images.paths if images else []))]:
+        resolved = file.resolve()
+        if output == resolved or output in resolved.parents:
+            where = "is" if output == resolved else "holds"
+            raise RunDirError(f"--output-dir {run_dir.path} {where} {file}, {what}; a run writes only into a folder "
+                              "of its own: choose one that holds none of the data")
 
 
 def check_output_contents(cfg: TrainConfig, run_dir: RunDir) -> None:

@@ -18,14 +18,24 @@ import os
 import secrets
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from utils.disk import describe_write_error
 from utils.errors import UserError
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unreadable or holds unexpected content."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file that torch cannot read: cut short (an interrupted copy, a full disk) or damaged."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.problem = f"is incomplete or damaged (cut short by an interrupted copy or a full disk?): {detail}"
+        super().__init__(f"checkpoint {path} {self.problem}")
 
 
 class ReadError(UserError, ValueError):
@@ -47,7 +57,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise WriteError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise WriteError(describe_write_error(exc, target)) from exc
     encoding = None if "b" in mode else "utf-8"
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as handle:
@@ -61,8 +71,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         if isinstance(exc, OSError):
-            raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
-                             "is unchanged") from exc
+            raise WriteError(describe_write_error(exc, target)) from exc
         raise
     _fsync_directory(target.parent)
 
@@ -127,24 +136,85 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
         raise WriteError(f"{flag} {target} cannot be written: {exc.strerror or exc}") from None
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
-                    before_replace: Callable[[], None] | None = None) -> None:
-    """``torch.save`` ``state`` atomically.
+class HashingWriter:
+    """A binary stream that hashes and counts what goes through it to ``raw`` (None: nowhere), and
+    keeps the operating system's error, which torch's zip writer replaces by its own text."""
 
-    ``before_replace`` runs after the bytes are on disk but before the rename; tests use it
-    to simulate a crash in that window.
+    def __init__(self, raw: Any = None) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            if self.raw is not None:
+                self.raw.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.raw is not None:
+            self.raw.flush()
+
+
+def serialized_size(state: dict[str, Any]) -> int:
+    """The bytes ``torch.save(state)`` writes, counted without writing them."""
+    import torch
+
+    sink = HashingWriter()
+    torch.save(state, sink)
+    return sink.size
+
+
+# Write errors whose message says how many bytes the file needed.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file as written: its SHA-256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any],
+                    before_replace: Callable[[Written], None] | None = None) -> Written:
+    """``torch.save`` ``state`` atomically; returns the file's SHA-256 (hashed while it is written) and size.
+
+    ``before_replace`` gets them after the bytes are on disk but before the rename: the fold's
+    checksum record notes it there (utils/checksums.py), and tests simulate a crash in that window.
+    A full disk or quota is one line with the file's size (docs/design.md §14).
     """
     import torch  # here, not at the top: the study runner and leaderboard read run folders without torch
 
+    path = Path(path)
+    writer: HashingWriter | None = None
     try:
         with atomic_write(path, "wb") as handle:
-            torch.save(state, handle)
+            writer = HashingWriter(handle)
+            torch.save(state, writer)
+            written = Written(writer.sha256.hexdigest(), writer.size)
             if before_replace is not None:
-                before_replace()
-    except WriteError:
+                before_replace(written)
+    except WriteError as exc:  # at fsync or rename: the operating system's error is the cause
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in FULL:
+            raise WriteError(describe_write_error(cause, path, serialized_size(state))) from cause
         raise
     except RuntimeError as exc:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
-        raise WriteError(f"cannot write {path}: {exc}; its previous version, if any, is unchanged") from exc
+        cause = writer.error if writer is not None else None
+        if cause is None:
+            raise WriteError(f"cannot write {path}: {exc}; its previous version, if any, is unchanged") from exc
+        needed = serialized_size(state) if cause.errno in FULL else None
+        raise WriteError(describe_write_error(cause, path, needed)) from cause
+    return written
+
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -169,8 +239,7 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
         os.link(source, temporary)
     except OSError as exc:
         if exc.errno not in NO_HARD_LINKS:
-            raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
-                             "is unchanged") from exc
+            raise WriteError(describe_write_error(exc, target)) from exc
         with open(source, "rb") as original, atomic_write(target, "wb") as copy:
             shutil.copyfileobj(original, copy)
         return
@@ -179,8 +248,7 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        raise WriteError(f"cannot write {target}: {exc.strerror or exc}; its previous version, if any, "
-                         "is unchanged") from exc
+        raise WriteError(describe_write_error(exc, target)) from exc
     _fsync_directory(target.parent)
 
 
@@ -195,13 +263,23 @@ def load_checkpoint(path: str | os.PathLike, required_keys: Sequence[str] = ()) 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from exc
+        if first_line.startswith("Weights only load failed"):  # whole, but not plain tensors
+            raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from exc
+        raise DamagedCheckpointError(path, unreadable_detail(first_line)) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     missing = [key for key in required_keys if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a train_clip checkpoint")
     return state
+
+
+def unreadable_detail(torch_text: str) -> str:
+    """Torch's reason, shorn of its miniz internals ("failed finding central directory. This is an
+    internal miniz error...": the end of the zip file is missing)."""
+    if "central directory" in torch_text:
+        return "its end is missing"
+    return torch_text[:120]
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -9,10 +9,12 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
       test_predictions.csv test_metrics.json report.md report.zh.md  plots/ (gallery/)  tensorboard/
       frozen_towers.pth     the frozen towers' weights, once per run (checkpoints name it and its hash)
       fold_K/ checkpoint_best.pth checkpoint_latest.pth history.json result.json
+              checksums.json  the SHA-256 of each checkpoint, recorded when written (utils/checksums.py)
 
 A run owns exactly these names (and the temporary files of its atomic writes, and the log file
 its config names): ``--overwrite`` deletes those and nothing else, and a folder holding anything
-else is refused (docs/design.md §6).
+else is refused (docs/design.md §6). The temporary files of writes a kill interrupted are never
+needed: whoever takes the folder's lock removes them, and so does its holder on the way out.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import logging
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,51 +52,16 @@ LATEST_CHECKPOINT = "checkpoint_latest.pth"
 HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
 FROZEN_TOWERS_FILE = "frozen_towers.pth"
+CHECKSUMS_FILE = "checksums.json"
 
 RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
                        TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, *REPORT_FILES.values(), FROZEN_TOWERS_FILE})
 RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
-FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE})
+FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE, CHECKSUMS_FILE})
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
 # utils.io.atomic_write's temporary files (".NAME.XXXXXXXX.tmp"), left behind by a killed write.
 TEMPORARY_PATTERN = re.compile(r"\.(.+)\.[^.]+\.tmp")
 FOREIGN_SHOWN = 3  # foreign paths named in an error message
-
-
-def path_safe(name: str) -> str:
-    """``clip:ViT-B/32`` → ``clip_ViT-B_32``: encoder names as file-name parts."""
-    return re.sub(r"[^\w.\-]+", "_", name, flags=re.UNICODE).strip("_")
-
-
-def is_local_path(part: str) -> bool:
-    """A part of an encoder name that is a folder or file (a hub name has at most one '/')."""
-    return part.startswith(("/", "./", "../", "~")) or part.count("/") > 1
-
-
-def encoder_name_part(name: str) -> str:
-    """An encoder name as a run-folder name part; a local folder in it (``hf:/models/bert-base``) by
-    its last component, not the whole path."""
-    return path_safe(":".join(Path(part).name if is_local_path(part) else part for part in name.split(":")))
-
-
-def run_name(image_encoder: str, text_encoder: str) -> str:
-    """The default run folder (and log) name of an encoder pair."""
-    return f"{encoder_name_part(image_encoder)}_{encoder_name_part(text_encoder)}"
-
-
-# Where runs and their logs go when not told (train_clip.py and the study's settings alike),
-# relative to the working directory, as in the users' guide.
-DEFAULT_OUTPUT_ROOT = Path("checkpoints") / "clip_models"
-DEFAULT_LOG_DIR = Path("logs") / "clip_training"
-
-
-def default_run_dir(image_encoder: str, text_encoder: str) -> Path:
-    return DEFAULT_OUTPUT_ROOT / run_name(image_encoder, text_encoder)
-
-
-def default_log_file(image_encoder: str, text_encoder: str, gpu_id: int, started: datetime) -> Path:
-    """``<image>_<text>_gpu<id>_<YYYYmmdd_HHMMSS>.log`` in DEFAULT_LOG_DIR."""
-    return DEFAULT_LOG_DIR / f"{run_name(image_encoder, text_encoder)}_gpu{gpu_id}_{started:%Y%m%d_%H%M%S}.log"
 
 
 class RunDirError(UserError):
@@ -285,6 +251,20 @@ class RunDir:
             return relative[1] in FOLD_FILES or _is_temporary_of(relative[1], FOLD_FILES)
         return False
 
+    def temporary_files(self) -> list[Path]:
+        """Temporary files of the run's atomic writes (not the lock's own claims) left by a killed write."""
+        if not self.path.is_dir():
+            return []
+        folders = [(self.path, RUN_FILES - {LOCK_FILE}), *((self.fold_dir(k), FOLD_FILES) for k in self.fold_numbers())]
+        return [p for folder, names in folders for p in sorted(folder.iterdir())
+                if p.is_file() and _is_temporary_of(p.name, names)]
+
+    def remove_temporaries(self) -> None:
+        """Delete :meth:`temporary_files`; only the folder's lock holder may (nobody else writes then)."""
+        for path in self.temporary_files():
+            log.info("Removing %s, left by an interrupted write", path)
+            path.unlink(missing_ok=True)
+
     def foreign_paths(self, keep: Path | None = None) -> list[Path]:
         """Everything in the folder that no run writes (``keep``: this invocation's own log file)."""
         if not self.path.is_dir():
@@ -348,7 +328,9 @@ class RunDir:
         A second process is refused with :class:`RunLockedError` naming the holder. A holder that died
         without releasing is taken over with a warning: at once on the same host, after its lease from
         another host. A lock file (and folder) this call created is removed again when no run file was
-        written, so a run refused before writing anything leaves nothing behind.
+        written, so a run refused before writing anything leaves nothing behind. Temporary files of
+        interrupted writes are removed on taking the lock and on leaving (SIGTERM included:
+        :func:`utils.run_lock.hold` turns it into :class:`utils.run_lock.Terminated`).
         """
         created_dir, created_lock = not self.path.exists(), not self.lock_file.exists()
         with contextlib.ExitStack() as stack:
@@ -363,9 +345,11 @@ class RunDir:
             except OSError as exc:
                 raise RunDirError(f"--output-dir {self.path} cannot be written: {exc.strerror or exc}") from None
             try:
+                self.remove_temporaries()
                 yield
             finally:
                 # Still holding the lock: nobody else can be using the folder while it is tidied.
+                self.remove_temporaries()
                 if created_lock and not any(self.owns(p) for p in self.path.iterdir() if not is_lock_name(p.name)):
                     held.remove()
                     if created_dir and not any(self.path.iterdir()):

@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -317,6 +318,29 @@ class Holding:
             os.close(self.fd)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a lock is held (a batch system's preemption, ``kill PID``). Python's default would
+    end the process at once, leaving half-written temporary files and the lock; raised instead, it
+    unwinds like Ctrl-C: every atomic write removes its temporary file and the lock is released."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (signal handlers exist in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def hold(lock_file: Path, environ: Mapping[str, str] = os.environ) -> Iterator[Holding]:
     """Hold ``lock_file`` (its folder must exist). Raises :class:`LockHeld` naming a live holder,
@@ -336,6 +360,7 @@ def hold(lock_file: Path, environ: Mapping[str, str] = os.environ) -> Iterator[H
     _take_own_flock(fd)
     holding = Holding(lock_file, fd, lease)
     try:
-        yield holding
+        with sigterm_unwinds():
+            yield holding
     finally:
         holding.release()

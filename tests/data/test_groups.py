@@ -183,15 +183,26 @@ def refused(tmp_path: Path, capsys, *argv: str) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_an_output_folder_inside_a_folder_of_listed_images_is_refused(tmp_path, capsys):
+def test_a_csv_run_refuses_an_output_folder_holding_a_listed_image_or_the_csv_and_accepts_the_rest(tmp_path, capsys):
+    """A CSV run reads only the files it lists: any other folder is safe (issue 24)."""
+    from data.manifest import scan_manifest
+    from training.config import config_from_args
+    from training.run import check_output_location
+    from utils.run_dir import RunDir
+
     images = make_image_tree(tmp_path / "pacs", {"a": 2, "b": 2})
     (tmp_path / "sheets").mkdir()
     rows = [f"{path},{path.parent.name}" for path in sorted(images.rglob("*.png"))]  # absolute paths
     manifest = write_manifest(tmp_path / "sheets" / "labels.csv", ["path,label"] + rows)
-    out = images / "a" / "run"
-    message = refused(tmp_path, capsys, "--data-csv", str(manifest), "--output-dir", str(out))
-    assert f"is inside {images / 'a'}, a folder of images listed in --data-csv" in message
-    assert not out.exists()
+    message = refused(tmp_path, capsys, "--data-csv", str(manifest), "--output-dir", str(images))
+    assert f"--output-dir {images} holds {images / 'a' / 'img_000.png'}, an image listed in --data-csv" in message
+    message = refused(tmp_path, capsys, "--data-csv", str(manifest), "--output-dir", str(tmp_path))
+    assert f"holds {manifest}, the --data-csv file itself" in message
+    cfg = config_from_args(["--data-csv", str(manifest), "--output-dir", str(tmp_path / "x")])
+    listed = scan_manifest(str(manifest))
+    for safe in (tmp_path / "sheets" / "runs" / "x", images / "a" / "run", tmp_path / "elsewhere"):
+        check_output_location(cfg, RunDir(safe), listed)  # beside the CSV, beside the images: accepted
+        assert not safe.exists()
 
 
 def test_a_bad_dicom_window_is_one_line_before_anything_is_written(tmp_path, capsys):

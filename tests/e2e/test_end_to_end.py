@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import train_clip
+import training.checkpoint_format
 import training.checkpoints
 import training.engine
 from data.images import CachedImageDataset, build_image_cache
@@ -168,7 +169,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, val_paths: list[str]) -> t
     config = ckpt["config"]
     model = build_clip_model(**model_kwargs_from_config(config), class_texts=ckpt["class_texts"],
                              load_pretrained=False)
-    model.load_state_dict(training.checkpoints.full_model_state(ckpt, checkpoint))  # + the run's untrained embedding tables
+    model.load_state_dict(training.checkpoint_format.full_model_state(ckpt, checkpoint))  # + the run's untrained embedding tables
     labels = [ckpt["class_names"].index(path.split("/")[0]) for path in val_paths]
     decoded = build_image_cache([data / path for path in val_paths], config["img_size"], 64, threads=1)
     assert not decoded.failures

@@ -24,6 +24,7 @@ import train_clip
 import training.fold
 from tests.conftest import ROOT
 from tests.helpers import make_image_tree
+from utils.checksums import save_recorded
 from utils.run_dir import LOCK_FILE, RunDir
 
 
@@ -205,7 +206,7 @@ def test_predict_allow_unfinished_lists_the_folds_and_warns_about_an_untrained_m
                                                                                      tmp_path, capsys):
     best = unfinished_run / "fold_1" / "checkpoint_best.pth"
     state = torch.load(best, weights_only=True)
-    torch.save({**state, "epoch": 0}, best)  # the untrained model was the best one
+    save_recorded(best, {**state, "epoch": 0})  # the untrained model was the best one (written as a run does)
     code = predict.main(["--run-dir", str(unfinished_run), "--images", str(finished_run[0]),
                          "--output", str(tmp_path / "p.csv"), "--allow-unfinished"])
     assert code == 0

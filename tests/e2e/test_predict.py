@@ -16,7 +16,8 @@ import train_clip
 from tests.conftest import ROOT
 from tests.equivalence import PROBABILITY_TOLERANCE, assert_csv_probabilities_sum_to_one
 from tests.helpers import make_image_tree
-from utils.io import load_checkpoint, save_checkpoint
+from utils.checksums import save_recorded
+from utils.io import load_checkpoint
 
 
 
@@ -84,7 +85,7 @@ def test_ensemble_is_the_mean_of_the_folds_with_one_row_per_image(finished_run, 
     shutil.copytree(finished, run)
     best = load_checkpoint(run / "fold_2" / "checkpoint_best.pth")
     best["model"] = load_checkpoint(run / "fold_2" / "checkpoint_latest.pth")["model"]
-    save_checkpoint(run / "fold_2" / "checkpoint_best.pth", best)
+    save_recorded(run / "fold_2" / "checkpoint_best.pth", best)  # recorded, as the trainer writes it
     names = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))["class_names"]
     header, rows = run_predict(run, data, tmp_path / "all.csv")
     assert header == ["path", "predicted_class"] + [f"prob_{name}" for name in names]

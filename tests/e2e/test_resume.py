@@ -159,7 +159,7 @@ def test_kill_between_write_and_replace_keeps_old_checkpoint(tmp_path):
     path = tmp_path / "checkpoint_latest.pth"
     save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
 
-    def crash() -> None:
+    def crash(written) -> None:
         raise KeyboardInterrupt  # what a Ctrl-C (or a kill) at this moment would do
 
     with pytest.raises(KeyboardInterrupt):
@@ -251,11 +251,15 @@ def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_pa
     real_save = torch.save
     latest_saves = {"n": 0}
 
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def save_until_disk_full(obj, handle, *args, **kwargs):
-        if "optimizer" in obj:  # only checkpoint_latest.pth holds the optimizer state
+        if "optimizer" in obj and getattr(handle, "raw", None) is not None:  # checkpoint_latest.pth, to a file
             latest_saves["n"] += 1
-            if latest_saves["n"] > 1:  # epoch 0's latest is written, then the disk is full
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if latest_saves["n"] > 1:  # epoch 0's latest is written, then the disk is full at the write
+                handle.raw = FullDisk()
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_until_disk_full)
@@ -263,7 +267,7 @@ def test_full_disk_while_saving_is_an_error_and_keeps_previous_checkpoint(tmp_pa
     args = base_args(data, tiny_text_encoder, epochs=2) + ["--output-dir", str(out), "--log-file", str(tmp_path / "l.log")]
     assert train_clip.main(args) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "checkpoint_latest.pth" in err
+    assert "is full (no space left on device" in err and "checkpoint_latest.pth" in err
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")["epoch"] == 0
     assert not [p for p in (out / "fold_1").iterdir() if p.name.endswith(".tmp")]

@@ -13,7 +13,7 @@ import torchvision
 import train_clip
 import training.engine
 from models.clip_model import build_clip_model
-from training.checkpoints import full_model_state
+from training.checkpoint_format import full_model_state
 from training.config import TrainConfig
 from utils.io import load_checkpoint
 

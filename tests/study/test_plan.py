@@ -13,7 +13,7 @@ from study.settings import read_settings
 from study.validate import validate_jobs
 from training.arguments import build_parser
 from training.config import TrainConfig, config_fields, flag_of, opposite_flag_of
-from utils.run_dir import run_name
+from utils.run_names import run_name
 from utils.errors import ConfigError, UserError
 from utils.run_dir import RunDir
 

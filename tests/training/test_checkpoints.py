@@ -15,12 +15,13 @@ import torch
 
 import predict
 import train_clip
+import training.checkpoint_format
 import training.checkpoints
 import training.fold
 from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import make_image_tree
-from training.checkpoints import (CHECKPOINT_FORMAT, TRAINING_STATE_KEYS, FoldCheckpoints, full_model_state,
-                                  load_best_model_state)
+from training.checkpoint_format import CHECKPOINT_FORMAT, full_model_state
+from training.checkpoints import TRAINING_STATE_KEYS, FoldCheckpoints, load_best_model_state
 from utils.io import file_sha256, load_checkpoint, save_checkpoint
 from utils.run_dir import RunDir
 
@@ -207,6 +208,8 @@ def test_old_format_checkpoints_without_a_shared_file_still_load(frozen_text_run
         del saved["shared_weights"]
         save_checkpoint(path, {**saved, "format": "train_clip/1", "model": whole})
     (old / FROZEN_FILE).unlink()
+    for record in old.glob("fold_*/checksums.json"):  # nor did it record the checkpoints' SHA-256
+        record.unlink()
     assert predict_probs(old, data, tmp_path / "old.csv") == new
     state = load_best_model_state(RunDir(old), 1)
     assert any(key.startswith("text_encoder.") for key in state)
@@ -427,7 +430,7 @@ def test_changed_rows_put_back_into_the_untrained_table(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     run_dir.path.mkdir()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    shared = training.checkpoints.store_frozen_towers(run_dir, model, initial)
+    shared = training.checkpoint_format.store_frozen_towers(run_dir, model, initial)
     assert shared.keys == {"image_encoder.weight", "image_encoder.bias"}
     assert list(shared.tables) == ["text_encoder.0.weight"]
     with torch.no_grad():
@@ -448,7 +451,7 @@ def test_a_run_started_with_frozen_towers_only_in_its_file_keeps_whole_tables(tm
     save_checkpoint(run_dir.frozen_towers, {"format": CHECKPOINT_FORMAT,
                                             "model": {k: v for k, v in state.items() if k.startswith("image_")}})
     before = file_sha256(run_dir.frozen_towers)
-    shared = training.checkpoints.store_frozen_towers(run_dir, model, state)
+    shared = training.checkpoint_format.store_frozen_towers(run_dir, model, state)
     assert shared.tables == {} and file_sha256(run_dir.frozen_towers) == before
     assert "text_encoder.0.weight" in shared.split(state)
 
@@ -457,13 +460,13 @@ def test_predict_reads_and_hashes_the_shared_file_once_for_all_folds(frozen_text
     data, run = frozen_text_run
     expected = predict_probs(run, data, tmp_path / "before.csv")
     hashed: list[Path] = []
-    real_sha256 = training.checkpoints.file_sha256
+    real_sha256 = training.checkpoint_format.file_sha256
 
     def counting_sha256(path):
         hashed.append(Path(path))
         return real_sha256(path)
 
-    monkeypatch.setattr(training.checkpoints, "file_sha256", counting_sha256)
+    monkeypatch.setattr(training.checkpoint_format, "file_sha256", counting_sha256)
     assert predict_probs(run, data, tmp_path / "once.csv") == expected  # the 2-fold ensemble
     assert [p.name for p in hashed] == [FROZEN_FILE]
 
@@ -471,7 +474,7 @@ def test_predict_reads_and_hashes_the_shared_file_once_for_all_folds(frozen_text
 def test_shared_files_read_a_replaced_file_again(frozen_text_run, tmp_path):
     _, run = frozen_text_run
     copy = shutil.copytree(run, tmp_path / "copy")
-    files = training.checkpoints.SharedFiles()
+    files = training.checkpoint_format.SharedFiles()
     path = copy / "fold_1" / "checkpoint_best.pth"
     saved = load_checkpoint(path)
     full_model_state(saved, path, files)
@@ -479,7 +482,7 @@ def test_shared_files_read_a_replaced_file_again(frozen_text_run, tmp_path):
     first = next(iter(shared["model"]))
     shared["model"][first] = shared["model"][first] + 1
     save_checkpoint(copy / FROZEN_FILE, shared)  # edited after the first read
-    with pytest.raises(training.checkpoints.CheckpointError, match="SHA-256 differs"):
+    with pytest.raises(training.checkpoint_format.CheckpointError, match="SHA-256 differs"):
         full_model_state(saved, path, files)
 
 
@@ -508,3 +511,38 @@ def test_the_optimizer_state_of_a_lookup_table_is_saved_as_its_nonzero_rows_and_
     for opt, net in ((optimizer, model), (resumed, resumed_model)):
         step(opt, net)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()))
+
+
+# -- the estimate of a fold's checkpoint bytes that the space check before each fold uses ----------
+def train_a_step(model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 256)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_estimate_of_a_folds_checkpoint_bytes_matches_the_files_written(tmp_path: Path, dtype):
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.fold_dir(1).mkdir(parents=True)
+    checkpoints = FoldCheckpoints(run_dir, 1, {"config": {"seed": 0}}, None, dtype)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    peak, kept = checkpoints.disk_bytes(model, save_best=True)
+    optimizer = train_a_step(model)  # AdamW's two moments exist after the first step
+    checkpoints.save_best(model, 1, {"accuracy": 0.5})
+    checkpoints.save_latest(model, 1, {"accuracy": 0.5}, {"optimizer": optimizer.state_dict(), "scheduler": {},
+                                                           "scaler": {}}, {"epoch": 1, "best_epoch": 1},
+                            torch.Generator())
+    best = run_dir.best_checkpoint(1).stat().st_size
+    latest = run_dir.latest_checkpoint(1).stat().st_size
+    # While training: the best, the latest, and a new latest beside the old one. The estimate counts
+    # the tensors' bytes; the files add a few hundred bytes of zip records and pickled values each
+    # (3 files of ~0.3-0.8 MB here: under 2 %), never more than they hold: it must not refuse a fold
+    # that fits, and may be short by that overhead only.
+    actual_peak = best + 2 * latest
+    assert 0.98 * actual_peak <= peak <= actual_peak
+    checkpoints.drop_training_state()  # the finished fold keeps the best and the last model
+    actual_kept = sum({p.stat().st_ino: p.stat().st_size
+                       for p in (run_dir.best_checkpoint(1), run_dir.latest_checkpoint(1))}.values())
+    assert 0.98 * actual_kept <= kept <= 2 * actual_kept  # the latest may become a link to the best
