@@ -25,6 +25,7 @@ import predict
 import train_clip
 import training.checkpoints
 import training.fold
+from export import __main__ as export_cli
 from tests.disk_faults import fill_disk_after
 from tests.helpers import make_image_tree
 from training.ensemble import load_fold_model
@@ -280,9 +281,14 @@ def test_one_flipped_byte_is_refused_by_predict_and_the_model_loader_while_untou
     assert predict.main(["--run-dir", str(out), "--images", str(data), "--output", str(tmp_path / "p.csv")]) == 2
     message = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")][-1]
     assert f"{best} (the model fold 1 chose) changed since it was written" in message
-    # The export and the gallery rebuild fold models with the same loader (training.ensemble).
+    # The gallery rebuilds fold models with the same loader (training.ensemble), and so does the export:
     with pytest.raises(ChangedCheckpointError, match="retrain fold 1"):
         load_fold_model(1, best, torch.device("cpu"))
+    bundle = tmp_path / "bundle"
+    assert export_cli.main([str(out), "--output", str(bundle), "--format", "onnx"]) == 2
+    message = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")][-1]
+    assert f"{best} (the model fold 1 chose) changed since it was written" in message
+    assert not bundle.exists() or not any(bundle.iterdir())  # nothing exported
     for run, name in ((full, "a.csv"), (out, "b.csv")):
         assert predict.main(["--run-dir", str(run), "--images", str(data), "--output", str(tmp_path / name),
                              "--fold", "2"]) == 0
