@@ -186,7 +186,7 @@ def refused(tmp_path: Path, capsys, *argv: str) -> str:
 def test_a_csv_run_refuses_an_output_folder_holding_a_listed_image_or_the_csv_and_accepts_the_rest(tmp_path, capsys):
     """A CSV run reads only the files it lists: any other folder is safe (issue 24)."""
     from data.manifest import scan_manifest
-    from training.config import config_from_args
+    from training.arguments import config_from_args
     from training.run import check_output_location
     from utils.run_dir import RunDir
 
