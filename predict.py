@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -30,7 +29,7 @@ import torch
 from data.dicom import DicomOptions
 from data.folder import IMAGE_EXTENSIONS, list_images
 from data.images import decode_image
-from data.pixels import ImageDecodeError, describe_failures
+from data.pixels import ImageDecodeError, decode_in_batches, describe_failures
 from data.texts import load_class_texts
 from data.transforms import ToModelInput
 from models.text_checks import text_warnings
@@ -46,7 +45,6 @@ from utils.run_dir import RunDir
 
 log = logging.getLogger("train_clip.predict")
 
-DECODE_THREADS = 4  # PIL releases the GIL while decoding
 
 
 class PredictError(UserError, ValueError):
@@ -136,18 +134,8 @@ def decoded_batches(files: Sequence[tuple[Path, str]], img_size: int, batch_size
         except ImageDecodeError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            names, decoded = [], []
-            for (_, name), result in zip(chunk, pool.map(decode, [p for p, _ in chunk])):
-                if isinstance(result, str):
-                    failures.append((name, result))
-                else:
-                    names.append(name)
-                    decoded.append(result)
-            if decoded:
-                yield Batch(names, decoded, torch.stack([to_input(image) for image in decoded]))
+    for names, decoded in decode_in_batches(files, decode, batch_size, failures):
+        yield Batch(names, decoded, torch.stack([to_input(image) for image in decoded]))
 
 
 def warn_failures(failures: Sequence[tuple[str, str]]) -> None:

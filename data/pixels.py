@@ -7,8 +7,9 @@ that has no torch feeds its model exactly the pixels training saw; :func:`normal
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -108,3 +109,26 @@ def describe_failures(failures: Sequence[tuple[object, str]], limit: int = 20) -
     """``path (reason); ...`` for the first ``limit`` unreadable files, then how many more."""
     listed = "; ".join(f"{path} ({reason})" for path, reason in failures[:limit])
     return listed + (f" and {len(failures) - limit} more" if len(failures) > limit else "")
+
+
+Decoded = TypeVar("Decoded")
+DECODE_THREADS = 4  # PIL releases the GIL while decoding
+
+
+def decode_in_batches(files: Sequence[tuple[Path, str]], decode: Callable[[Path], Decoded | str], batch_size: int,
+                      failures: list[tuple[str, str]]) -> Iterator[tuple[list[str], list[Decoded]]]:
+    """(names, decoded images) of ``files`` (path, name), ``batch_size`` at a time, decoded in threads;
+    a file that ``decode`` cannot read (it returns the reason) goes to ``failures`` as (name, reason).
+    predict.py and the exported model's runner read their images through this."""
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            names, decoded = [], []
+            for (_, name), result in zip(chunk, pool.map(decode, [path for path, _ in chunk])):
+                if isinstance(result, str):
+                    failures.append((name, result))
+                else:
+                    names.append(name)
+                    decoded.append(result)
+            if decoded:
+                yield names, decoded

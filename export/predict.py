@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,7 +21,8 @@ import onnxruntime
 from data.dicom import DicomOptions
 from data.folder import DataError, list_images
 from data.manifest import manifest_images
-from data.pixels import ImageDecodeError, decode_pixels, describe_failures, normalise, source_is_dicom
+from data.pixels import (ImageDecodeError, decode_in_batches, decode_pixels, describe_failures, normalise,
+                         source_is_dicom)
 from export.layout import read_metadata, verified_model
 from reporting.prediction_csv import write_predictions
 from utils.errors import UserError
@@ -35,7 +35,6 @@ log = logging.getLogger("train_clip.export.predict")
 class RunnerError(UserError, ValueError):
     """A bad flag value of the runner; the message is meant for the user."""
 
-DECODE_THREADS = 4  # PIL releases the GIL while decoding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,18 +72,8 @@ def batches(files: Sequence[tuple[Path, str]], img_size: int, dicom: DicomOption
         except ImageDecodeError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            names, inputs = [], []
-            for (_, name), result in zip(chunk, pool.map(decode, [p for p, _ in chunk])):
-                if isinstance(result, str):
-                    failures.append((name, result))
-                else:
-                    names.append(name)
-                    inputs.append(result)
-            if inputs:
-                yield names, np.stack(inputs)
+    for names, inputs in decode_in_batches(files, decode, batch_size, failures):
+        yield names, np.stack(inputs)
 
 
 def classify(args: argparse.Namespace) -> tuple[list[str], list[str], np.ndarray, int]:

@@ -44,3 +44,18 @@ def test_decoding_gives_the_trainers_pixels_for_png_jpeg_and_dicom(tmp_path: Pat
     with (tmp_path / "scan").open("rb") as handle:
         assert torch.equal(decode_image(io.BytesIO(handle.read()), 24, window), decode_image(tmp_path / "scan", 24,
                                                                                             window))
+
+
+def test_images_decode_in_batches_of_the_readable_ones_in_order_and_failures_are_named():
+    from data.pixels import decode_in_batches
+
+    files = [(Path(f"{i}.png"), f"name {i}") for i in range(5)]
+
+    def decode(path: Path) -> int | str:
+        number = int(path.stem)
+        return f"cannot read {path}" if number == 2 else number
+
+    failures: list[tuple[str, str]] = []
+    batches = list(decode_in_batches(files, decode, 2, failures))
+    assert batches == [(["name 0", "name 1"], [0, 1]), (["name 3"], [3]), (["name 4"], [4])]
+    assert failures == [("name 2", "cannot read 2.png")]

@@ -9,7 +9,6 @@ import csv
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -111,15 +110,16 @@ def test_two_trainings_started_together_never_mix(finished_run, tmp_path, tiny_t
     untouched = {"data": checksums(data), "earlier run": checksums(finished_run[1]),
                  "notes": checksums(tmp_path)["notes.txt"]}
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    rng = random.Random(0)
-    for round_ in range(10):
+    # The second starts at once, while the first checks its inputs, while it holds the lock, and later:
+    # both refusals ("in use", "already holds results") and the race for the lock itself.
+    for round_, delay in enumerate((0.0, 0.2, 0.5, 1.0, 1.5)):
         out = tmp_path / f"run_{round_}"
         processes = []
         for lr in ("1e-3", "5e-4"):
             args = train_args(data, out, tmp_path / f"{round_}_{lr}.log", tiny_text_encoder, "--learning-rate", lr)
             processes.append(subprocess.Popen([sys.executable, str(ROOT / "train_clip.py"), *args], env=env,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-            time.sleep(rng.uniform(0, 1.5))
+            time.sleep(delay)
         results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
         codes = sorted(code for code, _ in results)
         assert codes == [0, 2], (round_, results)
