@@ -1,6 +1,7 @@
 """Builders of tiny test inputs (importable by tests and benchmarks)."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -78,3 +79,14 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=preamble)
     return path
+
+
+def read_prediction_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a predictions CSV (predict.py's, the exported runner's)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def csv_probabilities(rows: list[dict[str, str]], class_names: list[str]) -> np.ndarray:
+    return np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows])

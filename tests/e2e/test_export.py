@@ -10,7 +10,6 @@ nothing but minutes.
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from export import __main__ as export_cli
 from export import predict as runner
 from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip
 from tests.equivalence import PROBABILITY_TOLERANCE
-from tests.helpers import make_image_tree
+from tests.helpers import csv_probabilities, make_image_tree, read_prediction_csv
 from tests.weights_helpers import point_caches_at
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -76,16 +75,6 @@ class ExportedRun:
     class_names: list[str]
 
 
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def csv_probs(rows: list[dict[str, str]], class_names: list[str]) -> np.ndarray:
-    return np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows])
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                tiny_text_encoder: Path) -> ExportedRun:
@@ -105,9 +94,9 @@ def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             assert export_cli.main([str(run), "--output", str(bundles[which]), *flags]) == 0
             assert predict.main(["--run-dir", str(run), "--images", str(data), "--output",
                                  str(root / f"{which}.csv"), "--cpu", *flags]) == 0
-            header, rows = read_csv(root / f"{which}.csv")
+            header, rows = read_prediction_csv(root / f"{which}.csv")
             class_names = [column.removeprefix("prob_") for column in header[2:]]
-            expected[which] = csv_probs(rows, class_names)
+            expected[which] = csv_probabilities(rows, class_names)
         yield ExportedRun(data, run, bundles, expected, [row["path"] for row in rows], class_names)
 
 
@@ -148,10 +137,10 @@ def test_the_torch_free_runner_writes_predict_py_csv(family_run: ExportedRun, tm
     output = tmp_path / "runner.csv"
     assert runner.main([str(family_run.bundles["ensemble"]), "--images", str(family_run.data),
                         "--output", str(output)]) == 0
-    header, rows = read_csv(output)
+    header, rows = read_prediction_csv(output)
     assert header == ["path", "predicted_class"] + [f"prob_{name}" for name in family_run.class_names]
     assert [row["path"] for row in rows] == family_run.names
-    probs = csv_probs(rows, family_run.class_names)
+    probs = csv_probabilities(rows, family_run.class_names)
     np.testing.assert_allclose(probs, family_run.expected["ensemble"], rtol=0, atol=PROBABILITY_TOLERANCE)
     expected_classes = [family_run.class_names[k] for k in family_run.expected["ensemble"].argmax(axis=1)]
     assert [row["predicted_class"] for row in rows] == expected_classes

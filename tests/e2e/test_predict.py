@@ -1,7 +1,6 @@
 """predict.py on a tiny real run: it reproduces a fold's validation results and ensembles the folds."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import predict
 import train_clip
 from tests.conftest import ROOT
 from tests.equivalence import PROBABILITY_TOLERANCE, assert_csv_probabilities_sum_to_one
-from tests.helpers import make_image_tree
+from tests.helpers import csv_probabilities, make_image_tree, read_prediction_csv
 from utils.checksums import save_recorded
 from utils.io import load_checkpoint
 
@@ -40,19 +39,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_encoder: Pa
     return data, out
 
 
-def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def probabilities(rows: list[dict[str, str]], class_names: list[str]) -> np.ndarray:
-    return np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows])
-
-
 def run_predict(run: Path, images: Path, output: Path, *extra: str) -> tuple[list[str], list[dict[str, str]]]:
     assert predict.main(["--run-dir", str(run), "--images", str(images), "--output", str(output), *extra]) == 0
-    return read_rows(output)
+    return read_prediction_csv(output)
 
 
 def test_one_fold_reproduces_its_logged_validation_results(finished_run, tmp_path: Path) -> None:
@@ -69,11 +58,11 @@ def test_one_fold_reproduces_its_logged_validation_results(finished_run, tmp_pat
     accuracy = np.mean([row["predicted_class"] == row["path"].split("/")[0] for row in rows])
     assert accuracy == summary["folds"][0]["metrics"]["accuracy"]
     # Not just the accuracy: every probability equals the logged out-of-fold one.
-    _, oof = read_rows(run / "oof_predictions.csv")
+    _, oof = read_prediction_csv(run / "oof_predictions.csv")
     oof_by_path = {row["path"]: row for row in oof if row["fold"] == "1"}
     names = summary["class_names"]
-    np.testing.assert_allclose(probabilities(rows, names),
-                               probabilities([oof_by_path[row["path"]] for row in rows], names),
+    np.testing.assert_allclose(csv_probabilities(rows, names),
+                               csv_probabilities([oof_by_path[row["path"]] for row in rows], names),
                                rtol=0, atol=PROBABILITY_TOLERANCE)
 
 
@@ -91,11 +80,11 @@ def test_ensemble_is_the_mean_of_the_folds_with_one_row_per_image(finished_run, 
     assert header == ["path", "predicted_class"] + [f"prob_{name}" for name in names]
     expected = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
     assert [row["path"] for row in rows] == expected
-    probs = probabilities(rows, names)
+    probs = csv_probabilities(rows, names)
     assert_csv_probabilities_sum_to_one(probs)
     assert [row["predicted_class"] for row in rows] == [names[k] for k in probs.argmax(axis=1)]
 
-    per_fold = [probabilities(run_predict(run, data, tmp_path / f"f{k}.csv", "--fold", str(k))[1], names)
+    per_fold = [csv_probabilities(run_predict(run, data, tmp_path / f"f{k}.csv", "--fold", str(k))[1], names)
                 for k in (1, 2)]
     # The folds differ by more than rounding, so the mean means something.
     assert np.abs(per_fold[0] - per_fold[1]).max() > 10 * PROBABILITY_TOLERANCE
@@ -110,7 +99,7 @@ def test_class_texts_file_swaps_in_new_classes_in_file_order(finished_run, tmp_p
     header, rows = run_predict(run, data / "cat_a", tmp_path / "zs.csv", "--class-texts-file", str(texts))
     assert header == ["path", "predicted_class", "prob_zeta", "prob_alpha"]
     assert len(rows) == 8 and {row["predicted_class"] for row in rows} <= {"zeta", "alpha"}
-    assert_csv_probabilities_sum_to_one(probabilities(rows, ["zeta", "alpha"]))
+    assert_csv_probabilities_sum_to_one(csv_probabilities(rows, ["zeta", "alpha"]))
 
 
 def test_new_chinese_descriptions_into_an_english_tokenizer_are_warned_about(finished_run, tmp_path: Path,
