@@ -125,6 +125,9 @@ def full_model_state(saved: dict[str, Any], path: Path, files: SharedFiles | Non
     """The whole model state of the checkpoint ``saved`` (read from ``path``, in a run's ``fold_K/``):
     its own weights plus the frozen towers and untrained table rows of the file it names, once that
     file's hash is checked. Pass one ``files`` to several calls to read that file once."""
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not in train_clip's format {CHECKPOINT_FORMAT} "
+                              f"(it says {saved.get('format')!r}): not a checkpoint this version wrote")
     reference = saved.get("shared_weights")
     if reference is None:  # every weight is in the checkpoint: the run had nothing to share
         return saved["model"]

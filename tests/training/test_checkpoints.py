@@ -22,7 +22,8 @@ from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import make_image_tree
 from training.checkpoint_format import CHECKPOINT_FORMAT, full_model_state
 from training.checkpoints import TRAINING_STATE_KEYS, FoldCheckpoints, load_best_model_state
-from utils.io import file_sha256, load_checkpoint, save_checkpoint
+from utils.checksums import save_recorded
+from utils.io import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from utils.run_dir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -197,22 +198,21 @@ def test_an_edited_or_missing_frozen_towers_file_is_refused_in_one_line(frozen_t
     assert not output.exists()
 
 
-def test_old_format_checkpoints_without_a_shared_file_still_load(frozen_text_run, tmp_path):
-    """A run written before this change (format train_clip/1: every weight in every checkpoint)."""
+@pytest.mark.parametrize("mark", ["train_clip/1", None])
+def test_a_checkpoint_of_another_format_is_refused_naming_the_file(frozen_text_run, tmp_path, capsys, mark):
     data, run = frozen_text_run
-    new = predict_probs(run, data, tmp_path / "new.csv")
-    old = shutil.copytree(run, tmp_path / "old")
-    for path in checkpoints_of(old):
+    copy = shutil.copytree(run, tmp_path / "copy")
+    for path in checkpoints_of(copy):
         saved = load_checkpoint(path)
-        whole = full_model_state(saved, path)
-        del saved["shared_weights"]
-        save_checkpoint(path, {**saved, "format": "train_clip/1", "model": whole})
-    (old / FROZEN_FILE).unlink()
-    for record in old.glob("fold_*/checksums.json"):  # nor did it record the checkpoints' SHA-256
-        record.unlink()
-    assert predict_probs(old, data, tmp_path / "old.csv") == new
-    state = load_best_model_state(RunDir(old), 1)
-    assert any(key.startswith("text_encoder.") for key in state)
+        saved.pop("format") if mark is None else saved.update(format=mark)
+        save_recorded(path, saved)
+    output = tmp_path / "out.csv"
+    assert predict.main(["--run-dir", str(copy), "--images", str(data), "--output", str(output)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and "checkpoint_best.pth" in err[0] and CHECKPOINT_FORMAT in err[0], err
+    assert not output.exists()
+    with pytest.raises(CheckpointError, match=CHECKPOINT_FORMAT):
+        load_best_model_state(RunDir(copy), 1)
 
 
 # ---------------------------------------------------------------------------------------------
