@@ -438,7 +438,7 @@ def test_changed_rows_put_back_into_the_untrained_table(tmp_path):
     own = shared.split(model.state_dict())
     assert own["text_encoder.0.weight#rows"].tolist() == [2, 7] and "image_encoder.weight" not in own
     path = run_dir.best_checkpoint(1)
-    whole = full_model_state({"model": own, "shared_weights": shared.reference()}, path)
+    whole = full_model_state({"format": CHECKPOINT_FORMAT, "model": own, "shared_weights": shared.reference()}, path)
     assert all(torch.equal(whole[k], v) for k, v in model.state_dict().items())
 
 
