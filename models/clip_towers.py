@@ -300,8 +300,9 @@ def describe_projections(image_name: str, text_name: str, paired: bool, image_ne
                          text_new: tuple[int, int] | None) -> str:
     """One log line: which projections are CLIP's own and which are new (``(in, out)`` of a new one)."""
     if paired:
+        bias = " and bias" if family_of(image_name, IMAGE) is SIGLIP else ""
         return (f"Projections: {image_name} and {text_name} are one CLIP model: its own image and text "
-                f"projections and logit scale are kept (no new layers; epoch 0 is its zero-shot accuracy)")
+                f"projections and logit scale{bias} are kept (no new layers; epoch 0 is its zero-shot accuracy)")
 
     def side(kind: str, name: str, new: tuple[int, int] | None) -> str:
         own = f"{name}'s own projection, then " if is_clip_name(name) else ""

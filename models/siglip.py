@@ -74,8 +74,9 @@ def load_tokenizer(target: str, name: str, flag: str, weights_flag: str, weights
     try:
         return hf_models.load_tokenizer(target, name, flag, weights_flag, weights)
     except ImportError as exc:  # Google's SigLIP tokenizers are SentencePiece models
-        raise WeightsNotFoundError(f"{flag} {name}: its tokenizer needs a package that is not installed "
-                                   f"({first_line(exc)})") from exc
+        reason = first_line(exc).split(". ")[0]  # transformers' first sentence names the missing library
+        raise WeightsNotFoundError(f"{flag} {name}: its tokenizer cannot be loaded ({reason}); install the "
+                                   f"package it names (pip install sentencepiece for Google's SigLIP models)") from exc
 
 
 def processor_from_files(files: dict[str, torch.Tensor]) -> Any:

@@ -39,6 +39,8 @@ def test_a_siglip_pair_starts_from_its_zero_shot_trains_and_predicts_from_the_ru
     tokenizer = BertTokenizer.from_pretrained(tiny_siglip)
     name = f"siglip:{tiny_siglip}"
     out = train(tmp_path, image_tree, name, name, "--use-cv", "--n-splits", "2")
+    log = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "its own image and text projections and logit scale and bias are kept" in log
     checkpoint = load_checkpoint(out / "fold_1" / "checkpoint_latest.pth")
     expected = ImageInput.of(processor_from_files(checkpoint["text_encoder_files"]))
 

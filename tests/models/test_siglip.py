@@ -3,6 +3,8 @@ zero-shot (float64), SigLIP's tokenisation and input, offline resolution that fa
 the --list-encoders rows and the files a checkpoint keeps."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import shutil
 from pathlib import Path
@@ -171,3 +173,29 @@ def test_list_encoders_shows_siglip_towers_and_their_cached_sizes(tmp_path, caps
         row = next(line for line in section.splitlines() if line.startswith("siglip:ViT-B/16 "))
         assert row.split()[1:] == ["SigLIP", "?", "?", "not", "cached"]
     assert "siglip:<hub name or folder>" in image_section
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is not None, reason="sentencepiece is installed")
+def test_a_sentencepiece_tokenizer_without_its_package_is_one_line_naming_it(tmp_path):
+    folder = tmp_path / "google-like"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
+    (folder / "spiece.model").write_bytes(b"a SentencePiece model")
+    with pytest.raises(WeightsNotFoundError, match=rf"--text-encoder siglip:{folder}: its tokenizer cannot be loaded "
+                                                   r"\(SiglipTokenizer requires the SentencePiece library.*\); "
+                                                   r"install the package it names \(pip install sentencepiece"):
+        siglip.load_tokenizer(str(folder), f"siglip:{folder}", "--text-encoder", "--text-weights")
+
+
+def test_download_of_a_siglip_name_serves_both_towers_offline(tmp_path, monkeypatch, capsys, tiny_siglip):
+    from models import download
+
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # What a download leaves in the cache (the hub is out of reach here).
+    snapshot = put_in_hf_cache(hub_cache, "google/medsiglip-448", {f.name: f for f in tiny_siglip.iterdir()})
+    assert download.main([MEDSIGLIP]) == 0
+    assert f"{MEDSIGLIP}: {snapshot / 'model.safetensors'}" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = build_image_encoder(MEDSIGLIP, img_size=IMG)  # the image side reads the same cache
+    assert encoder.feature_dim == 32 and encoder.name == MEDSIGLIP
