@@ -64,7 +64,7 @@ def make_tiny_siglip(folder: Path, seed: int = 0, logit_scale: float = 2.0, logi
     config = SiglipConfig(
         text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 1,
                      "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
-                     "projection_size": 32},
+                     "projection_size": 32, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},  # the vocabulary's
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 16})
     torch.manual_seed(seed)

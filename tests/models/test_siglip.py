@@ -199,3 +199,11 @@ def test_download_of_a_siglip_name_serves_both_towers_offline(tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = build_image_encoder(MEDSIGLIP, img_size=IMG)  # the image side reads the same cache
     assert encoder.feature_dim == 32 and encoder.name == MEDSIGLIP
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "preprocessor_config.json"])
+def test_a_folder_lacking_weights_or_its_processor_config_is_refused_naming_the_name(tiny_siglip, missing):
+    (tiny_siglip / missing).unlink()
+    name = f"siglip:{tiny_siglip}"
+    with pytest.raises(WeightsNotFoundError, match=rf"--text-encoder {name}: cannot load the HuggingFace model folder"):
+        build_clip_model(name, name, 8, 0.07, [["a"]], img_size=IMG)  # never a random start
