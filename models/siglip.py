@@ -10,7 +10,7 @@ Both towers end in SigLIP's own heads, so they give SigLIP's embeddings exactly 
 *last* position (SigLIP pools there, whatever token sits there, and was trained on texts padded to
 its context: tokens are padded to ``max_length`` and no attention mask is passed, as transformers'
 docs say to); the image tower pools the patch tokens with its attention-pooling (MAP) head. The
-heads are held as each tower's ``projection``, as Chinese-CLIP's are (LP-FT's head, models of
+heads are held as each tower's ``projection``, as Chinese-CLIP's are (LP-FT's head in
 training/finetune.py). The input size and normalisation are the processor config's; checkpoints
 carry the config, tokenizer and processor files, so a run folder rebuilds the towers offline.
 """
