@@ -13,19 +13,17 @@ HuggingFace cache.
 """
 from __future__ import annotations
 
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from models import hf_models
 from models.families import CHINESE_CLIP
-from models.hf_files import context_length, files_as_tensors, tokenize, write_files
-from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
+from models.hf_files import context_length, tokenize
+from models.hf_models import load_tokenizer, saved_files
+from models.names import UnknownEncoderError
 from models.token_report import TokenReport, hf_token_report
-from models.weights import hf_from_pretrained, incompatible_weights
 
 PREFIX = CHINESE_CLIP.prefix
 ALIASES = {
@@ -40,7 +38,7 @@ NOT_IN_TRANSFORMERS = ("RN50",)
 # The image processor of every OFA-Sys checkpoint normalises with OpenAI CLIP's statistics.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-CONFIG_FILE = "config.json"
+KIND = hf_models.HFModelKind(PREFIX, CHINESE_CLIP.title, "chinese_clip", "ChineseCLIPConfig", "ChineseCLIPModel")
 
 
 def valid_names() -> list[str]:
@@ -48,78 +46,28 @@ def valid_names() -> list[str]:
 
 
 def resolve(model: str, flag: str, check_exists: bool = True) -> str:
-    """The hub id or folder of ``cn-clip:<model>`` (loads nothing). A checkpoint restore does not
-    ``check_exists``: the run folder carries the files, the model's own folder may be gone."""
-    if model in ALIASES:
-        return ALIASES[model]
+    """The hub id or folder of ``cn-clip:<model>`` (loads nothing; see :func:`models.hf_models.resolve`)."""
     if model in NOT_IN_TRANSFORMERS:
         raise UnknownEncoderError(
             f"{flag} {PREFIX}{model}: Chinese-CLIP's {model} is published only for the cn_clip package; "
             f"transformers' ChineseCLIPModel builds ViT towers only, so use {PREFIX}ViT-B/16 (the smallest, "
             f"86M-parameter image tower) instead")
-    path_like = model.startswith(("/", "./", "../", "~"))
-    if path_like and check_exists and not Path(model).expanduser().is_dir():
-        raise UnknownEncoderError(f"{flag} {PREFIX}{model}: the folder {model} does not exist")
-    if path_like or "/" in model or Path(model).is_dir():  # "org/name" on the hub, or a local folder
-        return model
-    raise unknown_encoder("Chinese-CLIP", flag, PREFIX + model, valid_names())
-
-
-def _check_is_chinese_clip(config: Any, flag: str, name: str) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type != "chinese_clip":
-        raise UnknownEncoderError(f"{flag} {name}: not a Chinese-CLIP model (its config.json says model_type "
-                                  f"'{model_type}'); for a plain text encoder use hf:<name or folder>")
+    return hf_models.resolve(KIND, model, flag, ALIASES, valid_names(), check_exists)
 
 
 def load_config(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> Any:
     """The ``ChineseCLIPConfig`` of a hub model or folder (refused when it is another kind of model)."""
-    from transformers import ChineseCLIPConfig
-
-    config = hf_from_pretrained(ChineseCLIPConfig, weights or target, flag, name, weights_flag)
-    _check_is_chinese_clip(config, flag, name)
-    return config
+    return hf_models.load_config(KIND, target, name, flag, weights_flag, weights)
 
 
 def load_pretrained_model(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> nn.Module:
     """The whole ``ChineseCLIPModel`` with its pretrained weights, loaded strictly."""
-    from transformers import ChineseCLIPModel
-    from transformers.utils import logging as hf_logging
-
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()  # a weights-loading bar only clutters log files
-    load_config(target, name, flag, weights_flag, weights)
-    source = weights or target
-    model, info = hf_from_pretrained(ChineseCLIPModel, source, flag, name, weights_flag, output_loading_info=True)
-    # transformers fills missing weights with random ones and only warns: refuse instead.
-    missing, mismatched = list(info["missing_keys"]), list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        raise incompatible_weights(weights_flag if weights else flag, Path(source), name,
-                                   RuntimeError(f"missing {missing[:5]}, mismatched {mismatched[:5]}"))
-    return model
-
-
-def load_tokenizer(target: str, name: str, flag: str, weights_flag: str, weights: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    return hf_from_pretrained(AutoTokenizer, weights or target, flag, name, weights_flag)
+    return hf_models.load_pretrained_model(KIND, target, name, flag, weights_flag, weights)
 
 
 def config_from_files(files: dict[str, torch.Tensor]) -> Any:
     """The ``ChineseCLIPConfig`` among a checkpoint's saved files."""
-    from transformers import ChineseCLIPConfig
-
-    if CONFIG_FILE not in files:
-        raise WeightsNotFoundError(f"the checkpoint's Chinese-CLIP files lack {CONFIG_FILE}")
-    with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-        write_files({CONFIG_FILE: files[CONFIG_FILE]}, Path(folder))
-        return ChineseCLIPConfig.from_pretrained(folder)
-
-
-def config_files(config: Any) -> dict[str, torch.Tensor]:
-    with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-        config.save_pretrained(folder)
-        return files_as_tensors(Path(folder))
+    return hf_models.config_from_files(KIND, files)
 
 
 class ChineseCLIPTextEncoder(nn.Module):
@@ -149,19 +97,11 @@ class ChineseCLIPTextEncoder(nn.Module):
 
     @classmethod
     def from_saved_files(cls, files: dict[str, torch.Tensor]) -> "ChineseCLIPTextEncoder":
-        from transformers import AutoTokenizer
-
-        with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-            write_files(files, Path(folder))
-            tokenizer = AutoTokenizer.from_pretrained(folder)  # reads its files completely here
-        return cls.from_config(config_from_files(files), tokenizer)
+        return cls.from_config(config_from_files(files), hf_models.tokenizer_from_files(KIND, files))
 
     def saved_files(self) -> dict[str, torch.Tensor]:
         """Tokenizer files and the whole model's config.json (a pair rebuilds its image tower from it)."""
-        with tempfile.TemporaryDirectory(prefix="train_clip_cn_clip_") as folder:
-            self.tokenizer.save_pretrained(folder)
-            self.clip_config.save_pretrained(folder)
-            return files_as_tensors(Path(folder))
+        return saved_files(self.tokenizer, self.clip_config)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return tokenize(self.tokenizer, texts, self.context_length)

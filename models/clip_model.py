@@ -5,7 +5,8 @@ normalised embeddings of its descriptions, renormalised (docs/design.md §3). Pr
 softmax over ``logit_scale · image @ classes.T``.
 
 When both towers are one CLIP model (:mod:`models.clip_towers`), the towers already end in that
-CLIP's own projections: the classifier adds none (identity) and starts from CLIP's logit scale.
+CLIP's own projections: the classifier adds none (identity) and starts from CLIP's logit scale
+(and, for SigLIP, keeps its logit bias and leaves its scale uncapped: docs/design.md §3).
 """
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class CLIPClassifier(nn.Module):
     def __init__(self, image_encoder: ImageEncoder, text_encoder: nn.Module, embed_dim: int,
                  temperature: float, class_texts: Sequence[Sequence[str]],
-                 clip_logit_scale: float | None = None) -> None:
+                 clip_logit_scale: float | None = None, clip_logit_bias: float | None = None,
+                 cap_logit_scale: bool = True) -> None:
         """``clip_logit_scale`` (a log, as CLIP stores it) marks paired CLIP towers: their embeddings
-        are already shared, so no projections are added and ``embed_dim``/``temperature`` are unused."""
+        are already shared, so no projections are added and ``embed_dim``/``temperature`` are unused.
+        ``clip_logit_bias`` is SigLIP's; ``cap_logit_scale`` False leaves the scale uncapped (SigLIP's
+        learned scale may exceed CLIP's cap of 100, and its zero-shot probabilities need it as it is)."""
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -48,6 +52,12 @@ class CLIPClassifier(nn.Module):
             self.text_proj = nn.Linear(text_encoder.feature_dim, embed_dim)
             initial_scale = math.log(1.0 / temperature)
         self.logit_scale = nn.Parameter(torch.tensor(initial_scale))
+        self.max_logit_scale = MAX_LOGIT_SCALE if cap_logit_scale else None
+        if clip_logit_bias is not None:
+            # SigLIP's bias: scale · cos + bias are SigLIP's own logits (its sigmoid scores). The same for
+            # every class, it changes no softmax probability and gets no gradient from the class loss;
+            # a buffer, so checkpoints keep it beside the scale.
+            self.register_buffer("logit_bias", torch.tensor(float(clip_logit_bias)))
         # How often the text tower ran since the last reset (tests check the frozen-text cache).
         self.text_encoder_calls = 0
         self._frozen_text_features: torch.Tensor | None = None
@@ -105,7 +115,8 @@ class CLIPClassifier(nn.Module):
         return F.normalize(self.image_proj(self.image_encoder(images)), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        capped = self.logit_scale if self.max_logit_scale is None else self.logit_scale.clamp(max=self.max_logit_scale)
+        return capped.exp()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image embeddings, class embeddings and the logit scale (what the loss needs)."""
@@ -162,7 +173,8 @@ def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temp
         towers = build_clip_pair(pair, text_encoder, load_pretrained, img_size, text_weights, text_files)
         image = ImageEncoder(split_suffix(image_encoder).base, towers.image.backbone, towers.image.feature_dim,
                              towers.image.files)
-        model = CLIPClassifier(image, towers.text, embed_dim, temperature, class_texts, towers.logit_scale)
+        model = CLIPClassifier(image, towers.text, embed_dim, temperature, class_texts, towers.logit_scale,
+                               towers.logit_bias, towers.capped)
         if load_pretrained and embed_dim != image.feature_dim:
             log.info("--embed-dim %d is not used: the paired towers keep their CLIP's own %d-d embedding",
                      embed_dim, image.feature_dim)

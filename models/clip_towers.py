@@ -1,22 +1,26 @@
-"""CLIP image towers (``--image-encoder clip:...`` / ``cn-clip:...``) and paired towers.
+"""CLIP image towers (``--image-encoder clip:...`` / ``cn-clip:...`` / ``siglip:...``) and paired towers.
 
 A CLIP image tower is the vision half of an open_clip model (``clip:ViT-B/32``, any
-``clip:<open_clip model>``, ``clip:hf-hub:<repo>`` such as BiomedCLIP) or of a Chinese-CLIP model
-(``cn-clip:ViT-B/16``, ...): the same names as the text side, resolved by the same code. Like the
-text side, these names load their pretrained weights unless ``:scratch`` is added.
+``clip:<open_clip model>``, ``clip:hf-hub:<repo>`` such as BiomedCLIP), of a Chinese-CLIP model
+(``cn-clip:ViT-B/16``, ...) or of a SigLIP model (``siglip:MedSigLIP-448``, ...): the same names as
+the text side, resolved by the same code. Like the text side, these names load their pretrained
+weights unless ``:scratch`` is added.
 
 Every CLIP tower ends in its model's own projection, so it gives the CLIP embedding. Two towers
 are a **pair** when both names give the same model with the same weights (the same name, both
 pretrained or both ``:scratch``, and the same ``--image-weights``/``--text-weights``). A pair is
 loaded once and the classifier keeps that CLIP's projections and logit scale (no new layers): epoch
-0 is that CLIP's own zero-shot accuracy and fine-tuning starts from it. A tower that is not in a
-pair gets a new projection from its CLIP embedding into ``--embed-dim``, as any other encoder does.
+0 is that CLIP's own zero-shot accuracy and fine-tuning starts from it. A SigLIP pair also keeps
+SigLIP's logit bias, and its logit scale is not capped at CLIP's 100 (SigLIP has no cap; design §3).
+A tower that is not in a pair gets a new projection from its CLIP embedding into ``--embed-dim``,
+as any other encoder does.
 
 The trainer's images are normalised with ImageNet's statistics (data/transforms.py); a CLIP image
 tower first converts them to its model's own normalisation, an exact per-channel affine map.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import chinese_clip
-from models.families import CHINESE_CLIP, IMAGE, OPEN_CLIP, family_of, is_clip_name
+from models import chinese_clip, siglip
+from models.families import CHINESE_CLIP, IMAGE, OPEN_CLIP, SIGLIP, TRANSFORMERS_CLIP_FAMILIES, family_of, is_clip_name
+from models.hf_models import config_from_files, saved_files
 from models.names import EncoderSource, split_suffix
 from models.open_clip_towers import OpenCLIPTextEncoder, load_open_clip, resolve_open_clip
 from utils.errors import ConfigError
@@ -43,11 +48,12 @@ INPUT_STD = (0.229, 0.224, 0.225)
 
 def resolve_clip_source(base: str, pretrained: bool, flag: str = TEXT_FLAG,
                         check_exists: bool = True) -> EncoderSource:
-    """``clip:<model>`` or ``cn-clip:<model>`` (no suffix) for either tower; ``flag`` is the one errors
-    name (``check_exists`` False: a restore, the model's folder may be gone)."""
+    """``clip:<model>``, ``cn-clip:<model>`` or ``siglip:<model>`` (no suffix) for either tower; ``flag`` is
+    the one errors name (``check_exists`` False: a restore, the model's folder may be gone)."""
     family = family_of(base, IMAGE)
-    if family is CHINESE_CLIP:
-        return EncoderSource(family.key, chinese_clip.resolve(family.model(base), flag, check_exists), None, pretrained)
+    if family in TRANSFORMERS_CLIP_FAMILIES:
+        resolve = chinese_clip.resolve if family is CHINESE_CLIP else siglip.resolve
+        return EncoderSource(family.key, resolve(family.model(base), flag, check_exists), None, pretrained)
     return resolve_open_clip(OPEN_CLIP.model(base), pretrained, flag)
 
 
@@ -58,8 +64,9 @@ def resolve_clip_image(name: str, weights: str | None = None, check_exists: bool
         raise ConfigError(f"{IMAGE_FLAG} {name} asks for random weights but {IMAGE_WEIGHTS_FLAG} {weights} is "
                           f"given; drop one of them")
     source = resolve_clip_source(parsed.base, parsed.pretrained is not False, IMAGE_FLAG, check_exists)
-    if weights is not None and source.kind == CHINESE_CLIP.key and Path(weights).is_file():
-        raise ConfigError(f"{IMAGE_WEIGHTS_FLAG} {weights}: {parsed.base} needs a Chinese-CLIP model folder "
+    family = family_of(parsed.base, IMAGE)
+    if weights is not None and family in TRANSFORMERS_CLIP_FAMILIES and Path(weights).is_file():
+        raise ConfigError(f"{IMAGE_WEIGHTS_FLAG} {weights}: {parsed.base} needs a {family.title} model folder "
                           f"(config.json and weights, as save_pretrained writes), not a file")
     return source
 
@@ -106,11 +113,14 @@ class CLIPImage:
 
 @dataclass
 class CLIPPair:
-    """Both towers of one CLIP model, and its logit scale (a log, as CLIP stores it)."""
+    """Both towers of one CLIP model, its logit scale (a log, as CLIP stores it) and, for SigLIP, its logit
+    bias and no cap on the scale."""
 
     image: CLIPImage
     text: nn.Module
     logit_scale: float
+    logit_bias: float | None = None
+    capped: bool = True
 
 
 def _open_clip_statistics(source: EncoderSource, visual: nn.Module) -> tuple[tuple, tuple]:
@@ -123,12 +133,16 @@ def _open_clip_statistics(source: EncoderSource, visual: nn.Module) -> tuple[tup
     return tuple(mean), tuple(std)
 
 
+def _check_size(name: str, size: int | None, img_size: int | None, why: str) -> None:
+    if img_size is not None and size is not None and int(size) != img_size:
+        raise ConfigError(f"--img-size {img_size}: {IMAGE_FLAG} {name} was built for {size}-pixel images ({why}); "
+                          f"use --img-size {size}")
+
+
 def _check_open_clip_size(name: str, visual: nn.Module, img_size: int | None) -> None:
     size = getattr(visual, "image_size", None)
     size = size[0] if isinstance(size, (tuple, list)) else size
-    if img_size is not None and size is not None and int(size) != img_size:
-        raise ConfigError(f"--img-size {img_size}: {IMAGE_FLAG} {name} was built for {size}-pixel images (its "
-                          f"position embeddings are fixed); use --img-size {size}")
+    _check_size(name, size, img_size, "its position embeddings are fixed")
 
 
 def _check_patch_multiple(name: str, tower: chinese_clip.ChineseCLIPImageTower, img_size: int | None) -> None:
@@ -148,7 +162,27 @@ def _chinese_clip_image(name: str, tower: chinese_clip.ChineseCLIPImageTower, co
                         img_size: int | None) -> CLIPImage:
     _check_patch_multiple(name, tower, img_size)
     backbone = CLIPImageBackbone(tower, chinese_clip.IMAGE_MEAN, chinese_clip.IMAGE_STD)
-    return CLIPImage(backbone, tower.feature_dim, chinese_clip.config_files(config))
+    return CLIPImage(backbone, tower.feature_dim, saved_files(config))
+
+
+def _siglip_image(name: str, tower: siglip.SiglipImageTower, config: Any, processor: Any,
+                  img_size: int | None) -> CLIPImage:
+    """The processor config's size and normalisation: SigLIP's own input (its zero-shot is at that size)."""
+    expected = siglip.ImageInput.of(processor)
+    _check_size(name, expected.size, img_size, f"its {siglip.PROCESSOR_FILE}")
+    backbone = CLIPImageBackbone(tower, expected.mean, expected.std)
+    return CLIPImage(backbone, tower.feature_dim, saved_files(config, processor))
+
+
+def _build_siglip_image(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+                        weights: str | None, files: dict[str, torch.Tensor] | None) -> CLIPImage:
+    if files and not pretrained:  # a restore: the checkpoint's config and processor
+        config, processor = config_from_files(siglip.KIND, files), siglip.processor_from_files(files)
+        return _siglip_image(name, siglip.SiglipImageTower.from_config(config), config, processor, img_size)
+    loaded = siglip.load(source.model, name, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, pretrained, weights, with_tokenizer=False)
+    tower = (siglip.SiglipImageTower.from_siglip(loaded.model) if loaded.model is not None
+             else siglip.SiglipImageTower.from_config(loaded.config))
+    return _siglip_image(name, tower, loaded.config, loaded.processor, img_size)
 
 
 def _open_clip_embed_dim(config_name: str) -> int:
@@ -161,11 +195,13 @@ def build_clip_image(name: str, load_pretrained: bool = True, img_size: int | No
                      weights: str | None = None, files: dict[str, torch.Tensor] | None = None) -> CLIPImage:
     """The image tower of the CLIP model ``name`` alone (the text tower is not kept).
 
-    ``files`` are a checkpoint's ``image_encoder_files`` (a Chinese-CLIP config): with them, and
-    ``load_pretrained`` False, nothing else is read.
+    ``files`` are a checkpoint's ``image_encoder_files`` (a Chinese-CLIP config, a SigLIP config and
+    processor config): with them, and ``load_pretrained`` False, nothing else is read.
     """
     source = resolve_clip_image(name, weights, check_exists=load_pretrained)
     pretrained = source.pretrained and load_pretrained
+    if source.kind == SIGLIP.key:
+        return _build_siglip_image(source, name, pretrained, img_size, weights, files if not load_pretrained else None)
     if source.kind == OPEN_CLIP.key:
         loaded = load_open_clip(source, name, pretrained, weights, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG)
         return _open_clip_image(source, name, loaded.model.visual, _open_clip_embed_dim(loaded.config_name),
@@ -204,9 +240,11 @@ def build_clip_pair(source: EncoderSource, name: str, load_pretrained: bool = Tr
     """Both towers of one CLIP model, loaded once (one copy of the weights in memory).
 
     ``name`` is the text side's name (the pair's weights are resolved there); ``text_files`` are a
-    checkpoint's ``text_encoder_files`` (a Chinese-CLIP tokenizer and config).
+    checkpoint's ``text_encoder_files`` (a Chinese-CLIP or SigLIP tokenizer and config).
     """
     pretrained = source.pretrained and load_pretrained
+    if source.kind == SIGLIP.key:
+        return _siglip_pair(source, name, pretrained, img_size, weights, text_files if not load_pretrained else None)
     if source.kind == OPEN_CLIP.key:
         loaded = load_open_clip(source, name, pretrained, weights, TEXT_FLAG, TEXT_WEIGHTS_FLAG)
         scale = float(loaded.model.logit_scale.detach())
@@ -233,12 +271,38 @@ def build_clip_pair(source: EncoderSource, name: str, load_pretrained: bool = Tr
     return CLIPPair(_chinese_clip_image(name, tower, config, img_size), text, scale)
 
 
+# SigLIP's initialisation (Zhai et al. 2023, §3.3): transformers zero-initialises both, expecting weights.
+SIGLIP_INITIAL_SCALE, SIGLIP_INITIAL_BIAS = math.log(10.0), -10.0
+
+
+def _siglip_pair(source: EncoderSource, name: str, pretrained: bool, img_size: int | None, weights: str | None,
+                 text_files: dict[str, torch.Tensor] | None) -> CLIPPair:
+    if text_files:  # a restore: the checkpoint's files, and its state gives the scale and bias
+        text = siglip.SiglipTextEncoder.from_saved_files(text_files)
+        tower = siglip.SiglipImageTower.from_config(text.clip_config)
+        scale, bias = SIGLIP_INITIAL_SCALE, SIGLIP_INITIAL_BIAS
+    else:
+        loaded = siglip.load(source.model, name, TEXT_FLAG, TEXT_WEIGHTS_FLAG, pretrained, weights)
+        if loaded.model is None:
+            from transformers import SiglipModel
+
+            model, scale, bias = SiglipModel(loaded.config), SIGLIP_INITIAL_SCALE, SIGLIP_INITIAL_BIAS
+        else:
+            model = loaded.model
+            scale, bias = float(model.logit_scale.detach()), float(model.logit_bias.detach())
+        text = siglip.SiglipTextEncoder.from_siglip(model, loaded.tokenizer, loaded.processor)
+        tower = siglip.SiglipImageTower.from_siglip(model)
+    image = _siglip_image(name, tower, text.clip_config, text.processor, img_size)
+    return CLIPPair(image, text, scale, bias, capped=False)
+
+
 def describe_projections(image_name: str, text_name: str, paired: bool, image_new: tuple[int, int] | None,
                          text_new: tuple[int, int] | None) -> str:
     """One log line: which projections are CLIP's own and which are new (``(in, out)`` of a new one)."""
     if paired:
+        bias = " and bias" if family_of(image_name, IMAGE) is SIGLIP else ""
         return (f"Projections: {image_name} and {text_name} are one CLIP model: its own image and text "
-                f"projections and logit scale are kept (no new layers; epoch 0 is its zero-shot accuracy)")
+                f"projections and logit scale{bias} are kept (no new layers; epoch 0 is its zero-shot accuracy)")
 
     def side(kind: str, name: str, new: tuple[int, int] | None) -> str:
         own = f"{name}'s own projection, then " if is_clip_name(name) else ""

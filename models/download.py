@@ -5,7 +5,7 @@ server without one.
 Image encoders: the weights file goes where the trainer looks (``$TORCH_HOME/hub/checkpoints`` for
 torchvision, the HuggingFace cache for timm). Text encoders are built exactly as training builds
 them, which fetches weights, configuration and tokenizer files into the HuggingFace cache. A CLIP
-name (``clip:...``, ``cn-clip:...``) fetches the whole model, so it serves both ``--image-encoder``
+name (``clip:...``, ``cn-clip:...``, ``siglip:...``) fetches the whole model, so it serves both ``--image-encoder``
 and ``--text-encoder``. Both
 use the trainer's own resolution code (:mod:`models.weights`), so what is fetched here is what
 training finds later.

@@ -1,13 +1,13 @@
 """Encoder families: the one table of which names belong to whom (docs/design.md §3).
 
 A name given to ``--image-encoder`` or ``--text-encoder`` belongs to exactly one family, told by its
-prefix (``clip:``, ``cn-clip:``, ``hf:``, ``timm:``) or, without one, by the tower: the image
+prefix (``clip:``, ``cn-clip:``, ``siglip:``, ``hf:``, ``timm:``) or, without one, by the tower: the image
 registry's table (torchvision and timm backbones: ResNet, EfficientNet, StarNet, ConvNeXt, ViT) or
 a HuggingFace text encoder (an alias such as ``bert-base-chinese``, or a model folder). The family
 says whether a name starts from pretrained weights when it carries no ``:pretrained`` /
 ``:scratch`` suffix, whose weights those are, and how the methods paragraph says so. Everyone else
 asks here (:func:`family_of`) instead of testing prefixes; the builders live in the family's module
-(``image_encoders``, ``text_encoders``, ``open_clip_towers``, ``chinese_clip``, ``clip_towers``).
+(``image_encoders``, ``text_encoders``, ``open_clip_towers``, ``chinese_clip``, ``siglip``, ``clip_towers``).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class EncoderFamily:
 
 OPEN_CLIP = EncoderFamily("clip", "OpenCLIP", "clip:", frozenset({IMAGE, TEXT}), True, "OpenCLIP")
 CHINESE_CLIP = EncoderFamily("cn-clip", "Chinese-CLIP", "cn-clip:", frozenset({IMAGE, TEXT}), True, "Chinese-CLIP")
+SIGLIP = EncoderFamily("siglip", "SigLIP", "siglip:", frozenset({IMAGE, TEXT}), True, "SigLIP")
 TIMM = EncoderFamily("timm", "timm", "timm:", frozenset({IMAGE}), False, "ImageNet")
 HUGGINGFACE = EncoderFamily("hf", "HuggingFace", "hf:", frozenset({TEXT}), True, None)
 # Without a prefix: the image registry's table, or a HuggingFace alias or folder on the text side.
@@ -49,8 +50,11 @@ IMAGE_REGISTRY = EncoderFamily("registry", "registry", "", frozenset({IMAGE}), F
 HUGGINGFACE_NAMED = EncoderFamily("hf", "HuggingFace", "", frozenset({TEXT}), True, None)
 
 # Prefixed families first: the unprefixed ones own whatever is left on their tower.
-FAMILIES = (OPEN_CLIP, CHINESE_CLIP, TIMM, HUGGINGFACE, IMAGE_REGISTRY, HUGGINGFACE_NAMED)
-CLIP_FAMILIES = (OPEN_CLIP, CHINESE_CLIP)
+FAMILIES = (OPEN_CLIP, CHINESE_CLIP, SIGLIP, TIMM, HUGGINGFACE, IMAGE_REGISTRY, HUGGINGFACE_NAMED)
+# Models whose one name serves both towers (a pair keeps the model's own projections and logit scale).
+CLIP_FAMILIES = (OPEN_CLIP, CHINESE_CLIP, SIGLIP)
+# Those among them that transformers builds (a model folder or hub name; checkpoints keep its files).
+TRANSFORMERS_CLIP_FAMILIES = (CHINESE_CLIP, SIGLIP)
 
 
 def family_of(name: str, tower: str) -> EncoderFamily:
@@ -60,7 +64,7 @@ def family_of(name: str, tower: str) -> EncoderFamily:
 
 
 def is_clip_name(name: str) -> bool:
-    """A CLIP model's name (``clip:`` or ``cn-clip:``): the same name serves both towers."""
+    """A CLIP model's name (``clip:``, ``cn-clip:`` or ``siglip:``): the same name serves both towers."""
     return family_of(name, IMAGE) in CLIP_FAMILIES
 
 

@@ -3,7 +3,7 @@
 An image encoder maps a (B, 3, H, W) batch to pooled features (B, feature_dim).
 ``NAME:pretrained`` (or ``NAME:true``) loads ImageNet weights; plain ``NAME`` is random init;
 ``--image-weights FILE`` loads that file instead (any encoder). ``timm:<model name>`` opens the
-door to every timm model. ``clip:<model>`` and ``cn-clip:<model>`` are CLIP image towers
+door to every timm model. ``clip:<model>``, ``cn-clip:<model>`` and ``siglip:<model>`` are CLIP image towers
 (:mod:`models.clip_towers`), pretrained unless ``:scratch``, as on the text side. Weights come from the file, else the library's cache, else a download
 (:mod:`models.weights`); when none can be had the build fails, never falls back to random weights.
 """
@@ -42,7 +42,7 @@ class ImageEncoderSpec:
 
     name: str
     family: str
-    library: str  # "torchvision", "timm", or "clip"/"cn-clip" (a CLIP image tower)
+    library: str  # "torchvision", "timm", or "clip"/"cn-clip"/"siglip" (a CLIP image tower)
     arch: str  # torchvision builder name, timm model name, or the CLIP model
     feature_dim: int | None
     weights: str | None
@@ -109,7 +109,7 @@ IMAGE_ENCODERS: dict[str, ImageEncoderSpec] = {
 
 def valid_image_encoder_names() -> list[str]:
     return list(IMAGE_ENCODERS) + [f"{TIMM_PREFIX}<timm model name>", "clip:<model> (as --text-encoder)",
-                                   "cn-clip:<model> (as --text-encoder)"]
+                                   "cn-clip:<model> (as --text-encoder)", "siglip:<model> (as --text-encoder)"]
 
 
 class ImageEncoder(nn.Module):
@@ -124,7 +124,7 @@ class ImageEncoder(nn.Module):
         self._files = files or {}
 
     def saved_files(self) -> dict[str, torch.Tensor]:
-        """Files a checkpoint keeps to rebuild this encoder without any cache (a Chinese-CLIP config)."""
+        """Files a checkpoint keeps to rebuild this encoder without any cache (a Chinese-CLIP or SigLIP config)."""
         return self._files
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,7 +151,7 @@ def _timm_spec(model: str) -> ImageEncoderSpec:
 def image_encoder_spec(base: str) -> ImageEncoderSpec:
     """The registry row of a name without suffix (``resnet50``, ``timm:convnext_nano``, ``clip:ViT-B/32``)."""
     if is_clip_name(base):
-        # Describes only (saliency asks for a restored model's family): a cn-clip folder may be gone.
+        # Describes only (saliency asks for a restored model's family): a cn-clip/siglip folder may be gone.
         source = resolve_clip_image(base, check_exists=False)
         return ImageEncoderSpec(base, family_of(base, IMAGE).title, source.kind, source.model, None, source.tag)
     if family_of(base, IMAGE) is TIMM:

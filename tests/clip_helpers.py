@@ -1,5 +1,6 @@
 """Tiny, randomly initialised CLIP models saved as the hub publishes them (offline, in a second):
-a Chinese-CLIP folder (transformers) and an open_clip hf-hub repo in a HuggingFace cache."""
+a Chinese-CLIP folder and a SigLIP folder (transformers), and an open_clip hf-hub repo in a
+HuggingFace cache."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,6 +42,36 @@ def make_tiny_chinese_clip(folder: Path, seed: int = 0) -> Path:
     model = ChineseCLIPModel(config)
     with torch.no_grad():
         model.logit_scale.fill_(4.0)  # not the default init, so a test sees whose scale is used
+    model.save_pretrained(folder)
+    return folder
+
+
+# Not SigLIP's 0.5s, so that a test sees the processor config's statistics used.
+SIGLIP_MEAN, SIGLIP_STD = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+
+
+def make_tiny_siglip(folder: Path, seed: int = 0, logit_scale: float = 2.0, logit_bias: float = -3.0) -> Path:
+    """A 1-layer SigLIP (32-px ViT, patch 16, no class token; 32-d embedding), a WordPiece tokenizer and
+    an image processor config, saved as ``save_pretrained`` writes them: what ``siglip:<folder>`` reads.
+    ``logit_scale`` and ``logit_bias`` are set (transformers initialises both to 0)."""
+    from transformers import BertTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizer(str(write_vocabulary(folder / "vocab.txt")))
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=SIGLIP_MEAN,
+                         image_std=SIGLIP_STD).save_pretrained(folder)
+    config = SiglipConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
+                     "projection_size": 32, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},  # the vocabulary's
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16})
+    torch.manual_seed(seed)
+    model = SiglipModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(logit_scale)
+        model.logit_bias.fill_(logit_bias)
     model.save_pretrained(folder)
     return folder
 

@@ -68,7 +68,7 @@ def check_finetuning(cfg: Any) -> None:
     check(0 <= cfg.wise_alpha <= 1, f"--wise-alpha must be between 0 and 1, got {cfg.wise_alpha}")
     check(cfg.wise_alpha == 1 or has_zero_shot_start(cfg),
           "--wise-alpha needs a pretrained zero-shot start to interpolate with: --image-encoder and "
-          "--text-encoder the same clip:/cn-clip: model, pretrained (not :scratch), with the same weights")
+          "--text-encoder the same clip:/cn-clip:/siglip: model, pretrained (not :scratch), with the same weights")
     check(0 <= cfg.lp_epochs < cfg.epochs,
           f"--lp-epochs must be in [0, --epochs) ({cfg.epochs}): LP-FT trains everything after it, got {cfg.lp_epochs}")
     check(0 < cfg.layer_decay <= 1, f"--layer-decay must be in (0, 1] (1: off), got {cfg.layer_decay}")

@@ -64,15 +64,15 @@ class TrainConfig:
                          "from disk.", "data")
     # model
     image_encoder: str = _opt("resnet18", "Image encoder name (see --list-encoders; timm:<model> for any timm "
-                              "model); add ':pretrained' for ImageNet weights. clip:<model> and cn-clip:<model> "
-                              "are CLIP image towers (pretrained unless ':scratch'); with the same --text-encoder "
+                              "model); add ':pretrained' for ImageNet weights. clip:<model>, cn-clip:<model> and "
+                              "siglip:<model> are CLIP image towers (pretrained unless ':scratch'); with the same --text-encoder "
                               "the model keeps that CLIP's projections.", "model")
     text_encoder: str = _opt("clip:ViT-B/32", "Text encoder: clip:<model>, clip:hf-hub:<repo>, cn-clip:<model>, "
-                             "a HuggingFace name, or hf:<name or folder>; add ':scratch' for random weights.",
+                             "siglip:<model>, a HuggingFace name, or hf:<name or folder>; add ':scratch' for random weights.",
                              "model")
     image_weights: Optional[str] = _opt(
         None, "Weights file for the image encoder (a state dict: .pth/.pt/.bin/.safetensors; for clip:* as "
-        "--text-weights, for cn-clip:* a model folder); taken before the library caches and downloads "
+        "--text-weights, for cn-clip:* and siglip:* a model folder); taken before the library caches and downloads "
         "(see docs/encoders.md).", "model")
     text_weights: Optional[str] = _opt(
         None, "Weights for the text encoder: for clip:* a weights file (or a folder holding one); for "

@@ -94,7 +94,8 @@ def wise_ft(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tens
 
 
 # LP-FT's head: the classifier's projections and scale, and paired CLIP towers' own final projections
-# (open_clip: the ViT's ``proj`` and ``text_projection``; Chinese-CLIP: each tower's ``projection``).
+# (open_clip: the ViT's ``proj`` and ``text_projection``; Chinese-CLIP: each tower's ``projection``;
+# SigLIP: its heads, held as each tower's ``projection`` too: the image tower's attention pooling).
 HEAD = re.compile(r"^(logit_scale|(image|text)_proj\..+|image_encoder\.backbone\.tower\.(proj|projection\..+)"
                   r"|text_encoder\.(clip\.text_projection|projection\..+))$")
 

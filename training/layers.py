@@ -21,6 +21,9 @@ MATCHERS = {
     "ChineseCLIPImageTower": {"stem": r"^vision_model\.(?:embeddings|pre_layrnorm)",
                               "blocks": [(r"^vision_model\.encoder\.layers\.(\d+)", None),
                                          (r"^(?:vision_model\.post_layernorm|projection)", (99999,))]},
+    "SiglipImageTower": {"stem": r"^vision_model\.embeddings",  # no class token, no pre-norm
+                         "blocks": [(r"^vision_model\.encoder\.layers\.(\d+)", None),
+                                    (r"^(?:vision_model\.post_layernorm|projection)", (99999,))]},
 }
 PREFIX = "image_encoder.backbone."
 

@@ -27,7 +27,7 @@ from data.images import decode_image
 from data.transforms import ToModelInput
 from export import __main__ as export_cli
 from export import predict as runner
-from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip
+from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip, make_tiny_siglip
 from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import csv_probabilities, make_image_tree, read_prediction_csv
 from tests.weights_helpers import point_caches_at
@@ -53,6 +53,10 @@ def _chinese_clip(root: Path, mp: pytest.MonkeyPatch, bert: Path) -> tuple[str, 
     return f"cn-clip:{make_tiny_chinese_clip(root / 'cn_clip')}", f"hf:{bert}"  # a new projection on the tower
 
 
+def _siglip(root: Path, mp: pytest.MonkeyPatch, bert: Path) -> tuple[str, str]:
+    return f"siglip:{make_tiny_siglip(root / 'siglip')}", f"hf:{bert}"  # the MAP head, then a new projection
+
+
 FAMILIES = {
     "ResNet": _plain("resnet18"),
     "EfficientNet": _plain("efficientnet-b0"),
@@ -62,6 +66,7 @@ FAMILIES = {
     "timm": _plain("timm:mobilenetv3_small_050"),
     "clip": _open_clip,
     "cn-clip": _chinese_clip,
+    "siglip": _siglip,
 }
 
 

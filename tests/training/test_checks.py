@@ -17,6 +17,8 @@ def test_wise_ft_needs_one_pretrained_clip_model_on_both_towers():
     assert has_zero_shot_start(config(image_encoder="clip:ViT-B/32", text_encoder="clip:ViT-B/32"))
     assert not has_zero_shot_start(config(image_encoder="clip:ViT-B/32:scratch", text_encoder="clip:ViT-B/32:scratch"))
     assert not has_zero_shot_start(config(image_encoder="resnet18:pretrained", text_encoder="clip:ViT-B/32"))
+    assert has_zero_shot_start(config(image_encoder="siglip:MedSigLIP-448", text_encoder="siglip:MedSigLIP-448"))
+    assert not has_zero_shot_start(config(image_encoder="siglip:MedSigLIP-448", text_encoder="siglip:ViT-B/16"))
     check_finetuning(config(image_encoder="clip:ViT-B/32", text_encoder="clip:ViT-B/32", wise_alpha=0.5))
     with pytest.raises(ConfigError, match="--wise-alpha needs a pretrained zero-shot start"):
         check_finetuning(config(wise_alpha=0.5))

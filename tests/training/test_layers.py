@@ -10,7 +10,7 @@ from torch import nn
 from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip
+from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip, make_tiny_siglip
 from tests.weights_helpers import point_caches_at
 from training.config import TrainConfig
 from training.engine import parameter_groups, train_one_epoch
@@ -84,11 +84,13 @@ def test_impossible_groups_are_refused_naming_the_flag(tiny_text_encoder):
 def test_clip_vit_towers_have_their_groups(tmp_path, monkeypatch):
     _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
     cache_tiny_open_clip(hub_cache, tmp_path / "tiny_clip_repo")
-    chinese = make_tiny_chinese_clip(tmp_path / "cn")
+    chinese, siglip = make_tiny_chinese_clip(tmp_path / "cn"), make_tiny_siglip(tmp_path / "siglip")
     for name, first, block, last in [
             (TINY_CLIP_NAME, "conv1.weight", "transformer.resblocks.0.ln_1.weight", "proj"),
             (f"cn-clip:{chinese}", "vision_model.embeddings.patch_embedding.weight",
-             "vision_model.encoder.layers.0.layer_norm1.weight", "projection.weight")]:
+             "vision_model.encoder.layers.0.layer_norm1.weight", "projection.weight"),
+            (f"siglip:{siglip}", "vision_model.embeddings.patch_embedding.weight",  # no class token, no pre-norm
+             "vision_model.encoder.layers.0.layer_norm1.weight", "projection.probe")]:
         model = build_clip_model(name, name, 512, 0.07, [["猫"], ["狗"]], img_size=32)
         ids = layer_ids(model)
         tower = "image_encoder.backbone.tower."
