@@ -94,7 +94,7 @@ def adapt_towers(model: CLIPClassifier, rank: int, encoders: Mapping[str, str]) 
 def merge_adapters(module: nn.Module) -> None:
     """Fold every adapter into its weight (``W + s·BA``, checked finite) and put the plain layer back, in
     place: the module then has the architecture and state-dict keys it had before :func:`adapt_towers`."""
-    for name, child in module.named_children():
+    for name, child in list(module.named_children()):
         if not isinstance(child, BaseTunerLayer):
             merge_adapters(child)
         elif hasattr(child, "unload_and_optionally_merge_module"):  # a ParamWrapper (in_proj_weight)
@@ -103,6 +103,7 @@ def merge_adapters(module: nn.Module) -> None:
         else:
             child.merge(safe_merge=True)
             setattr(module, name, child.get_base_layer())
+    module.__dict__.pop("peft_config", None)  # what inject_adapter_in_model left on the tower
 
 
 def base_keys(model: nn.Module) -> list[str]:
