@@ -29,8 +29,6 @@ import re
 from typing import Any, Iterable, Mapping
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from models.clip_model import CLIPClassifier
@@ -75,6 +73,9 @@ def adapt_towers(model: CLIPClassifier, rank: int, encoders: Mapping[str, str]) 
     a paired tower's own projection and the parts outside the towers train."""
     if not rank:
         return
+    # Imported here: peft takes seconds to import, which only a LoRA run should pay.
+    from peft import LoraConfig, inject_adapter_in_model
+
     for attribute, flag, freeze_flag in TOWERS:
         tower = getattr(model, attribute)
         if not any(p.requires_grad for p in tower.parameters()):
@@ -94,6 +95,8 @@ def adapt_towers(model: CLIPClassifier, rank: int, encoders: Mapping[str, str]) 
 def merge_adapters(module: nn.Module) -> None:
     """Fold every adapter into its weight (``W + s·BA``, checked finite) and put the plain layer back, in
     place: the module then has the architecture and state-dict keys it had before :func:`adapt_towers`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # as in adapt_towers
+
     for name, child in list(module.named_children()):
         if not isinstance(child, BaseTunerLayer):
             merge_adapters(child)
