@@ -85,11 +85,21 @@ def adapt_towers(model: CLIPClassifier, rank: int, encoders: Mapping[str, str]) 
             raise ConfigError(f"--lora-rank: {flag} {encoders[attribute]} has no Linear layers in numbered blocks "
                               f"(attention, MLP) to adapt; freeze it with {freeze_flag}, or drop --lora-rank")
         head = {name for name, _ in tower.named_parameters() if HEAD.match(f"{attribute}.{name}")}
+        for name in fused:
+            last_parameter(tower.get_submodule(name.rpartition(".")[0]), "in_proj_weight")
         config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none", target_modules=linear,
                             target_parameters=fused or None)
         inject_adapter_in_model(config, tower)
         for name, parameter in tower.named_parameters():
             parameter.requires_grad_(is_adapter(name) or name in head)
+
+
+def last_parameter(module: nn.Module, name: str) -> None:
+    """Move ``module``'s parameter ``name`` to the end of its parameters. peft's parametrization takes it out
+    at each call and registers it again after, at the end: where it already is, the order of the
+    parameters and of the state dict stays the same, which timm's ModelEmaV3 (``--ema-decay``) relies on (it
+    pairs the two models' ``state_dict().values()``)."""
+    module._parameters[name] = module._parameters.pop(name)
 
 
 def merge_adapters(module: nn.Module) -> None:

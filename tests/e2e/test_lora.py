@@ -1,6 +1,6 @@
-"""--lora-rank in a whole run on the tiny open_clip pair: the checkpoints hold only the adapters and the
-head, an interrupted run resumes exactly, the run records the rank, predict.py and the export run the
-merged model and give the run's own probabilities."""
+"""--lora-rank in a whole run on the tiny open_clip pair (with --ema-decay and --lp-epochs, which combine
+with it): the checkpoints hold only the adapters and the head, an interrupted run resumes exactly, the run
+records the rank, predict.py and the export run the merged model and give the run's own probabilities."""
 from __future__ import annotations
 
 import csv
@@ -28,7 +28,8 @@ from utils.io import load_checkpoint
 from utils.run_dir import RunDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-LORA = ("--lora-rank", "4")
+# LP-FT's first epoch trains the head alone: the run is interrupted there, the adapters train after resuming.
+LORA = ("--lora-rank", "4", "--ema-decay", "0.5", "--lp-epochs", "1")
 
 
 def fold_1_logged(run: Path) -> dict[str, list[float]]:
@@ -52,9 +53,10 @@ def test_a_lora_run_keeps_only_adapters_resumes_exactly_and_predicts_with_the_me
 
     saved = load_checkpoint(full / "fold_1" / "checkpoint_best.pth")
     assert saved["model"] and all(is_adapter(key) or HEAD.match(key) for key in saved["model"])
+    assert all(saved["model"][key].any() for key in saved["model"] if "lora_B" in key)  # the adapters trained
     assert saved["lora"]["rank"] == 4 and TINY_CLIP_NAME in saved["lora"]["base"]
     assert json.loads((full / "config.json").read_text())["lora_rank"] == 4
-    assert json.loads((full / "cv_summary.json").read_text())["fine_tuning"] == "LoRA r=4"
+    assert json.loads((full / "cv_summary.json").read_text())["fine_tuning"] == "EMA 0.5, LP-FT 1 ep, LoRA r=4"
     assert "fine-tuned with LoRA (Hu et al. 2022, the peft library) of rank 4" in (full / "report.md").read_text()
 
     merged, _ = load_fold_model(1, full / "fold_1" / "checkpoint_best.pth", torch.device("cpu"))

@@ -15,7 +15,7 @@ from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.loss import class_contrastive_loss
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip
+from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip
 from tests.equivalence import assert_same_float64
 from tests.weights_helpers import point_caches_at
 from training.checkpoint_format import store_frozen_towers
@@ -38,6 +38,21 @@ def tiny_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CLIPClassifier
     cache_tiny_open_clip(hub_cache, tmp_path / "tiny_clip_repo")
     torch.manual_seed(0)
     return build_clip_model(TINY_CLIP_NAME, TINY_CLIP_NAME, 16, 0.07, TEXTS, img_size=32)
+
+
+@pytest.fixture(params=["open_clip pair", "chinese-clip pair", "timm vit + bert"])
+def family(request: pytest.FixtureRequest, tmp_path: Path, tiny_text_encoder: Path) -> tuple[CLIPClassifier, dict]:
+    """A tiny model of each family LoRA is meant for, and its encoder names."""
+    if request.param == "open_clip pair":
+        return request.getfixturevalue("tiny_pair"), PAIR
+    names = ({"image_encoder": f"cn-clip:{make_tiny_chinese_clip(tmp_path / 'cn_clip')}"} if "chinese" in request.param
+             else {"image_encoder": "timm:vit_tiny_patch16_224", "text_encoder": f"hf:{tiny_text_encoder}"})
+    names.setdefault("text_encoder", names["image_encoder"])
+    torch.manual_seed(0)
+    model = build_clip_model(names["image_encoder"], names["text_encoder"], 16, 0.07, TEXTS, img_size=32)
+    if "timm" in request.param:  # two of ViT-Ti's 12 blocks are as good a test, six times faster
+        model.image_encoder.backbone.blocks = model.image_encoder.backbone.blocks[:2]
+    return model, names
 
 
 def images(dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -69,11 +84,12 @@ def test_the_rule_picks_attention_and_mlp_layers_of_the_numbered_blocks_in_each_
     assert lora_targets(timm.create_model("resnet18", num_classes=0)) == ([], [])  # convolutions only
 
 
-def test_only_the_adapters_and_the_head_get_gradients_and_the_base_is_never_written(tiny_pair):
-    model = tiny_pair
-    adapt_towers(model, 4, PAIR)
+def test_only_the_adapters_and_the_head_get_gradients_and_the_base_is_never_written(family):
+    model, names = family
+    adapt_towers(model, 4, names)
     assert has_adapters(model.image_encoder) and has_adapters(model.text_encoder)
     base = {key: value.clone() for key, value in model.state_dict().items() if key in base_keys(model)}
+    order = list(model.state_dict())  # which --ema-decay's ModelEmaV3 pairs by position with its copy's
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     for _ in range(2):
@@ -85,16 +101,19 @@ def test_only_the_adapters_and_the_head_get_gradients_and_the_base_is_never_writ
             assert parameter.requires_grad == trains, name
             assert (parameter.grad is not None) == trains, name
         optimizer.step()
-    adapters = [name for name, _ in model.named_parameters() if is_adapter(name)]
-    assert any(".attn.lora_A." in name for name in adapters)  # the fused q/k/v of both towers
+        assert list(model.state_dict()) == order
+    if names is PAIR:  # the fused q/k/v of both towers
+        assert {"image_encoder", "text_encoder"} == {name.split(".")[0] for name, _ in model.named_parameters()
+                                                     if ".attn.lora_A." in name}
     assert all(torch.equal(model.state_dict()[key], value) for key, value in base.items())
     assert any(not torch.equal(value, 0 * value) for name, value in model.named_parameters() if "lora_B" in name)
 
 
-def test_epoch_0_is_the_base_model_and_the_merged_weights_predict_as_the_adapted_model(tiny_pair):
-    model = tiny_pair.double().eval()
+def test_epoch_0_is_the_base_model_and_the_merged_weights_predict_as_the_adapted_model(family):
+    model, names = family
+    model = model.double().eval()
     plain = copy.deepcopy(model)
-    adapt_towers(model, 4, PAIR)
+    adapt_towers(model, 4, names)
     x = images(torch.float64)
     with torch.no_grad():
         # B = 0 at the start: exactly the base model (its zero-shot classifier for a pair).
@@ -106,9 +125,12 @@ def test_epoch_0_is_the_base_model_and_the_merged_weights_predict_as_the_adapted
         merged = copy.deepcopy(model)
         merge_adapters(merged)
         assert not has_adapters(merged) and merged.state_dict().keys() == plain.state_dict().keys()
-        # One layer of each tower: sums of at most width (32) or 4·width products.
-        assert_same_float64(merged.encode_images(x), adapted[0], 4 * 32)
-        assert_same_float64(merged.encode_classes(), adapted[1], 4 * 32)
+        # A merged BERT tower has no trainable parameter left, and a frozen text tower's features are cached
+        # in float32 (CLIPClassifier._text_features): marked trainable, it runs in float64 as the adapted one.
+        merged.requires_grad_(True)
+        # Sums of at most 4·width (the MLP) products per layer, 2 layers of width 192 at most (the ViT-Ti).
+        assert_same_float64(merged.encode_images(x), adapted[0], 2 * 4 * 192)
+        assert_same_float64(merged.encode_classes(), adapted[1], 2 * 4 * 192)
 
 
 def test_the_frozen_base_goes_to_the_run_file_and_a_checkpoint_keeps_the_adapters_and_the_head(tiny_pair, tmp_path):
