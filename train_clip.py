@@ -27,6 +27,7 @@ from training.distributed import Distributed
 from training.engine import configure_determinism, out_of_memory_error
 from training.fold import run_fold
 from training.inputs import checked_and_locked
+from training.lora import adapt_towers, lora_record
 from training.results import write_reports, write_summary
 from training.run import (Run, check_resumable, decode_images, plan_data, warn_leakage,
                           warn_model_choices, write_run_files)
@@ -63,6 +64,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
                              class_texts, freeze_image=cfg.freeze_image, freeze_text=cfg.freeze_text,
                              img_size=cfg.img_size, image_weights=cfg.image_weights,
                              text_weights=cfg.text_weights)
+    encoders = {"image_encoder": cfg.image_encoder, "text_encoder": cfg.text_encoder}
+    adapt_towers(model, cfg.lora_rank, encoders)  # --lora-rank: peft's adapters, the towers' base frozen
     if processes.is_main:  # the same start-up warnings from every torchrun process would only repeat
         warn_model_choices(cfg, model, images.class_names)
     initial_state = copy.deepcopy(model.state_dict())
@@ -73,7 +76,8 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
         model.compile_towers()
     run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, plan.folds, plan.test_idx, model,
               initial_state, model.text_encoder.saved_files(), image_files=model.image_encoder.saved_files(),
-              processes=processes, network=processes.wrap(model, device))
+              processes=processes, network=processes.wrap(model, device),
+              adapters=lora_record(model, cfg.lora_rank, encoders, initial_state))
     if processes.enabled:
         log.info("One training over %d processes (torchrun): --batch-size %d is the global batch, %d images "
                  "per process and step", processes.world_size, cfg.batch_size, cfg.batch_size // processes.world_size)

@@ -24,6 +24,10 @@ METHODS: tuple[tuple[str, Any, Callable[[Any], str], Callable[[Any], str]], ...]
     ("unlocked_groups", 0, lambda n: f"last {n} groups",
      lambda n: f"Only the last {n} layer group(s) of the image encoder were trained; the earlier ones, their "
                "normalisation statistics included, stayed fixed."),
+    ("lora_rank", 0, lambda r: f"LoRA r={r}",
+     lambda r: f"The encoders were fine-tuned with LoRA (Hu et al. 2022, the peft library) of rank {r}: low-rank "
+               "adapters of their attention and MLP layers were trained, their pretrained weights frozen (the "
+               "projections and the logit scale trained); predictions use the adapters merged into the weights."),
 )
 
 

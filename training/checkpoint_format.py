@@ -1,6 +1,7 @@
 """A checkpoint's on-disk format: what keeps a study's checkpoints affordable, and reading it back whole.
 
-- A frozen tower never changes, so its weights are written once per run, to ``frozen_towers.pth``
+- A frozen tower never changes (nor does the frozen base of a tower with LoRA adapters), so its
+  weights are written once per run, to ``frozen_towers.pth``
   in the run folder; each checkpoint's ``model`` omits them and names that file (relative to the run
   folder, so a copied folder still works) and its SHA-256. Loading puts the two back together and
   refuses a missing or edited file.
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 
+from training.lora import has_adapters
 from utils.io import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from utils.run_dir import FROZEN_TOWERS_FILE, RunDir
 
@@ -62,13 +64,19 @@ class SharedWeights:
 
 
 def frozen_tower_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> frozenset[str]:
-    """Keys of ``state`` (the model's state dict) that belong to a tower without trainable parameters.
+    """Keys of ``state`` (the model's state dict) that belong to a tower without trainable parameters,
+    or to the frozen base of a tower with LoRA adapters (training.lora: all but its trainable parameters).
 
-    Its buffers are included: a frozen tower stays in eval mode, so BatchNorm statistics do not move.
+    Their buffers are included: a frozen tower stays in eval mode, and so does a BatchNorm whose weights
+    are all frozen inside an adapted one (``CLIPClassifier.train``), so their statistics do not move.
     """
-    frozen = [f"{name}." for name in ("image_encoder", "text_encoder")
-              if not any(p.requires_grad for p in getattr(model, name).parameters())]
-    return frozenset(key for key in state if key.startswith(tuple(frozen))) if frozen else frozenset()
+    keys: set[str] = set()
+    for name in ("image_encoder", "text_encoder"):
+        tower = getattr(model, name)
+        trainable = {f"{name}.{key}" for key, p in tower.named_parameters() if p.requires_grad}
+        if not trainable or has_adapters(tower):
+            keys.update(key for key in state if key.startswith(f"{name}.") and key not in trainable)
+    return frozenset(keys)
 
 
 def trainable_table_keys(model: torch.nn.Module) -> frozenset[str]:

@@ -75,6 +75,23 @@ def check_finetuning(cfg: Any) -> None:
     check(cfg.unlocked_groups >= 0, f"--unlocked-groups must be non-negative (0: all), got {cfg.unlocked_groups}")
     check(not cfg.freeze_image or (cfg.layer_decay == 1 and cfg.unlocked_groups == 0),
           "--layer-decay and --unlocked-groups shape the image backbone's training: drop --freeze-image")
+    check_lora(cfg)
+
+
+def check_lora(cfg: Any) -> None:
+    """``--lora-rank`` (training.lora): the adapters are what trains in the towers, so the methods that
+    shape how a tower's own weights train do not apply."""
+    check(cfg.lora_rank >= 0, f"--lora-rank must be non-negative (0: off), got {cfg.lora_rank}")
+    if not cfg.lora_rank:
+        return
+    check(not (cfg.freeze_image and cfg.freeze_text),
+          "--lora-rank adapts the trainable towers, and --freeze-image with --freeze-text leaves none: drop one")
+    check(cfg.layer_decay == 1 and cfg.unlocked_groups == 0,
+          "--lora-rank freezes the image backbone's own weights and trains adapters in all its blocks: "
+          "--layer-decay and --unlocked-groups do not apply; drop them")
+    check(cfg.wise_alpha == 1,
+          "--wise-alpha with --lora-rank: interpolating the adapters' factors A and B does not interpolate "
+          "their product BA, the weights' change; drop one of them")
 
 
 def has_zero_shot_start(cfg: Any) -> bool:

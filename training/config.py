@@ -112,6 +112,8 @@ class TrainConfig:
                               "gets this factor more (e.g. 0.75; 1: off).", "training")
     unlocked_groups: int = _opt(0, "Train only the last N layer groups of the image backbone (0: all).",
                                 "training")
+    lora_rank: int = _opt(0, "LoRA (peft): train rank-R adapters of the towers' attention and MLP layers, their "
+                          "pretrained weights frozen; checkpoints hold only the adapters (0: off).", "training")
     seed: int = _opt(42, "Seed of model initialisation, sampling and augmentation.", "training")
     monitor: str = _opt("balanced_accuracy", "Metric that picks checkpoint_best.pth (on the images of "
                         "--select-on).",

@@ -21,6 +21,7 @@ from models.clip_model import CLIPClassifier, build_clip_model, model_kwargs_fro
 from models.names import UnknownEncoderError, WeightsNotFoundError
 from reporting.calibration import apply_temperature
 from training.checkpoint_format import SharedFiles, full_model_state
+from training.lora import adapt_towers, check_base, merge_adapters
 from utils.device import autocast, to_device
 from utils.checksums import load_recorded
 from utils.errors import UserError
@@ -86,12 +87,17 @@ def load_fold_model(fold: int, path: Path, device: torch.device, class_texts: li
                                  image_files=state.get("image_encoder_files"))
     except (UnknownEncoderError, WeightsNotFoundError) as exc:
         raise type(exc)(f"cannot rebuild the model of {path}: {exc}") from exc
+    lora_rank = int(config.get("lora_rank", 0))
+    adapt_towers(model, lora_rank, config)  # --lora-rank: the adapters the checkpoint holds
     weights = full_model_state(state, path, files)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit the model its config describes: {first}") from exc
+    if lora_rank:
+        check_base(model, state.get("lora"), path)
+        merge_adapters(model)  # predict.py, the gallery and the export run the plain, merged model
     if class_texts is not None:
         model.set_class_texts(class_texts)
     model.to(device).eval()

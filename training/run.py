@@ -58,6 +58,8 @@ class Run:
     # when there are several processes (``model`` is always the plain model: evaluation, checkpoints).
     processes: Distributed = field(default_factory=Distributed)
     network: torch.nn.Module | None = field(default=None, repr=False)
+    # --lora-rank: the adapters' rank and base, recorded in every checkpoint (training.lora.lora_record).
+    adapters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.network is None:
@@ -71,7 +73,7 @@ class Run:
         """What every checkpoint carries besides the weights, so predict.py needs nothing else."""
         return {"config": self.cfg.to_dict(), "class_names": list(self.images.class_names),
                 "class_texts": self.class_texts, "text_encoder_files": self.text_files,
-                "image_encoder_files": self.image_files}
+                "image_encoder_files": self.image_files, **self.adapters}
 
     def record_time(self) -> None:
         """Add this segment's time so far to the run's total (kept across interruptions)."""

@@ -29,6 +29,12 @@ def test_wise_ft_needs_one_pretrained_clip_model_on_both_towers():
     ({"ema_decay": 1.0}, r"--ema-decay must be in \[0, 1\)"),
     ({"epochs": 3, "lp_epochs": 3}, r"--lp-epochs must be in \[0, --epochs\) \(3\)"),
     ({"freeze_image": True, "unlocked_groups": 2}, "drop --freeze-image"),
+    ({"lora_rank": -1}, "--lora-rank must be non-negative"),
+    ({"lora_rank": 4, "freeze_image": True, "freeze_text": True}, "--freeze-image with --freeze-text leaves none"),
+    ({"lora_rank": 4, "layer_decay": 0.8}, "--layer-decay and --unlocked-groups do not apply"),
+    ({"lora_rank": 4, "unlocked_groups": 2}, "--layer-decay and --unlocked-groups do not apply"),
+    ({"lora_rank": 4, "image_encoder": "clip:ViT-B/32", "text_encoder": "clip:ViT-B/32", "wise_alpha": 0.5},
+     "--wise-alpha with --lora-rank"),
 ])
 def test_each_impossible_method_setting_is_one_line_naming_its_flag(changes, message):
     with pytest.raises(ConfigError, match=message):
