@@ -1,4 +1,4 @@
-"""The study runner behind ``run_train_clip.sh``: many ``train_clip.py`` jobs, one per GPU slot.
+"""The study runner behind ``run_train_clip.sh``: many ``train_clip.py`` jobs, JOBS_PER_GPU per GPU slot.
 
 ``settings`` reads the script's settings block and the environment, ``plan`` turns them into jobs
 (run folders, skip / resume / rerun, each job's command), ``validate`` checks every job before the

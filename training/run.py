@@ -58,6 +58,8 @@ class Run:
     # when there are several processes (``model`` is always the plain model: evaluation, checkpoints).
     processes: Distributed = field(default_factory=Distributed)
     network: torch.nn.Module | None = field(default=None, repr=False)
+    # Seconds of the training epochs timed so far, any fold: what utils.progress.time_left estimates from.
+    epoch_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.network is None:
