@@ -137,6 +137,8 @@ def read_record(path: Path) -> Progress | FailureRecord | None:
     if kind is None:
         return None
     try:
-        return kind(**document)
-    except TypeError:
+        record = kind(**document)
+        dt.datetime.fromisoformat(record.updated)
+    except (TypeError, ValueError):
         return None
+    return record

@@ -70,7 +70,9 @@ def test_records_are_read_back_as_written(tmp_path: Path, monkeypatch: pytest.Mo
     assert read_record(path) == failed
 
 
-@pytest.mark.parametrize("text", [None, "not json", "[1, 2]", '{"state": "paused"}', '{"state": "failed"}'])
+@pytest.mark.parametrize("text", [None, "not json", "[1, 2]", '{"state": "paused"}', '{"state": "failed"}',
+                                  '{"state": "failed", "status": "exit 1", "reason": "", "log": null, '
+                                  '"updated": "yesterday"}'])
 def test_a_missing_or_foreign_record_reads_as_none(tmp_path: Path, text: str | None) -> None:
     path = tmp_path / "progress.json"
     if text is not None:
