@@ -6,6 +6,7 @@
 #   EPOCHS=5 GPUS="0 1" IMAGE_ENCODERS="resnet18 resnet50" bash run_train_clip.sh
 #   bash run_train_clip.sh --dry-run                        # check and show the jobs, run nothing
 #   bash run_train_clip.sh --help
+#   bash run_train_clip.sh --status                         # where each job stands (from another terminal)
 #   bash run_train_clip.sh --list-jobs | --count-jobs | --job-index I | --leaderboard   # on a cluster
 #
 # Each setting below may also be given in the environment (which wins); arrays as
@@ -37,6 +38,7 @@ DATA_DIR="single_label_data"
 # GPUs: one job runs on each listed GPU at a time (list a GPU twice to run two jobs on it)
 GPUS=(0)
 GPUS_PER_JOB=1                       # 2 or more: torchrun jobs on groups of GPUS, e.g. GPUS=(0 1 2 3) by 2
+JOBS_PER_GPU=1                       # 2 or more: that many jobs at once on each GPU (small models and images)
 
 # Training parameters
 BATCH_SIZE=16

@@ -30,6 +30,7 @@ from reporting.study_winner import DEFAULT_BBC_RESAMPLES, DEFAULT_BBC_SEED, Winn
 from reporting.tables import Table, format_interval, format_mean_std, format_number, render_markdown
 from utils.errors import exit_status
 from utils.io import atomic_write, write_csv
+from utils.progress import format_duration
 
 log = logging.getLogger("train_clip.leaderboard")
 
@@ -59,17 +60,6 @@ def rank(entries: Sequence[Entry], metric: str) -> list[Entry]:
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
-def format_duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "-"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
-
-
 def against_top(ranked: Sequence[Entry], metric: str) -> list[TTest | str | None]:
     """Each run against the first on ``metric``: the corrected t-test, why it is not done, or None (the top)."""
     if not ranked:

@@ -1,6 +1,6 @@
 """``python -m study``: run a whole study (``run_train_clip.sh`` sets it up and hands over here).
 
-    python -m study [--dry-run] [--help] [--list-jobs | --count-jobs | --job-index I | --leaderboard]
+    python -m study [--dry-run] [--help] [--list-jobs | --count-jobs | --job-index I | --leaderboard | --status]
                     [-- NAME=VALUE ...]
 
 The words after ``--`` are the settings block of ``run_train_clip.sh``; the environment wins
@@ -17,21 +17,23 @@ from typing import Mapping, Sequence, TextIO
 
 from reporting.leaderboard import build_leaderboard, write_leaderboard
 from study.array import print_job_list, run_job_index, shown_command, task_of
-from study.devices import Devices, find_devices, task_devices
+from study.devices import Devices, find_devices, refuse_jobs_per_gpu_in_an_array, task_devices
 from study.plan import SKIP, Job, describe_action, plan_jobs
 from study.scheduler import Failure, Outcome, Scheduler
 from study.settings import Settings, describe_raw, read_settings
+from study.status import print_status
 from utils.errors import ConfigError, UserError
 
-MODES = ("--list-jobs", "--count-jobs", "--leaderboard")
+MODES = ("--list-jobs", "--count-jobs", "--leaderboard", "--status")
+ARRAY_MODES = ("--list-jobs", "--count-jobs", "--job-index")
 
 USAGE = """\
 Usage: bash run_train_clip.sh [--dry-run] [--help]
-       bash run_train_clip.sh --list-jobs | --count-jobs | --job-index I | --leaderboard
+       bash run_train_clip.sh --list-jobs | --count-jobs | --job-index I | --leaderboard | --status
 
 Trains every IMAGE_ENCODERS × TEXT_ENCODERS combination (or, with USE_MULTI_CONFIG=true, every
-entry of CONFIG_FILE) with train_clip.py: one job per GPU in GPUS at a time, the rest queued; on a
-machine without CUDA one job at a time on the CPU. Each job writes OUTPUT_ROOT/<image>_<text>/ and
+entry of CONFIG_FILE) with train_clip.py: JOBS_PER_GPU jobs (default one) per GPU in GPUS at a
+time, the rest queued; on a machine without CUDA one job at a time on the CPU. Each job writes OUTPUT_ROOT/<image>_<text>/ and
 logs to LOG_DIR/<image>_<text>_gpu<id>_<YYYYmmdd_HHMMSS>.log. Jobs whose folder holds a finished
 run are skipped; interrupted ones are resumed. Every job is checked before the first starts. At the
 end a leaderboard is printed and written to OUTPUT_ROOT/leaderboard.csv and leaderboard.md.
@@ -43,6 +45,9 @@ On a cluster, one job per array task (see the README, "A study on a SLURM cluste
                   torchrun, one process per GPU); exit 0 trained or finished already, 1 failed,
                   75 another process holds its folder (nothing done: rerun the task later)
   --leaderboard   rank whatever runs of the study have finished (unfinished ones are listed)
+  --status        one line per job, from its run folder (also from another terminal or node):
+                  done / running on GPU k, fold f of F, epoch e of E, time left / failed, with
+                  its log / waiting; the count on stderr
 
 Settings are the variables at the top of run_train_clip.sh; the environment overrides them, arrays
 as space-separated words:
@@ -57,6 +62,9 @@ The runner's own settings:
   GPUS                   GPU indices; one job per entry at a time (repeat an index for two jobs)
   GPUS_PER_JOB           GPUs per job (default 1); more: GPUS in groups, each job a torchrun job of
                          that many processes seeing its group only (GPUS="0 1 2 3" GPUS_PER_JOB=2)
+  JOBS_PER_GPU           jobs at once on each GPU (or group) of GPUS (default 1); more pays for small
+                         models and images that leave most of a GPU idle (watch nvidia-smi); not
+                         for an array (--job-index)
   IMAGE_ENCODERS         image encoder names, e.g. resnet18 resnet50:pretrained
   TEXT_ENCODERS          text encoder names, e.g. clip:ViT-B/32 bert-base-chinese
   USE_MULTI_CONFIG       true: one job per entry of CONFIG_FILE (a JSON list)
@@ -167,7 +175,8 @@ def describe_log(failure: Failure) -> str:
 def run_study(jobs: list[Job], settings: Settings, devices: Devices, out: TextIO) -> int:
     settings.output_root.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
-    scheduler = Scheduler(devices.slots, settings.log_dir, out, settings.poll_seconds)
+    scheduler = Scheduler(devices.slots, settings.log_dir, out, settings.poll_seconds,
+                          jobs_per_slot=devices.jobs_per_slot)
     outcome = scheduler.run([task_of(job, settings) for job in jobs if job.action != SKIP])
     if outcome.stopped_by is not None:
         return 128 + outcome.stopped_by
@@ -179,7 +188,12 @@ def run_study(jobs: list[Job], settings: Settings, devices: Devices, out: TextIO
 
 def run_mode(command_line: CommandLine, jobs: list[Job], settings: Settings, environ: Mapping[str, str],
              out: TextIO) -> int:
-    """--count-jobs, --list-jobs, --leaderboard or --job-index."""
+    """--count-jobs, --list-jobs, --leaderboard, --status or --job-index."""
+    if command_line.mode == "--status":
+        print_status(jobs, settings, out)
+        return 0
+    if command_line.mode in ARRAY_MODES:
+        refuse_jobs_per_gpu_in_an_array(settings)
     if command_line.mode == "--count-jobs":
         print(len(jobs), file=out)
         return 0

@@ -2,7 +2,8 @@
 
 A slot is one GPU of GPUS, or (``GPUS_PER_JOB`` = K > 1) a group of K of them whose jobs are
 ``torchrun`` jobs of K processes seeing only their group's GPUs; on a machine without CUDA one CPU
-slot. An array task (``--job-index``) has one slot: the GPUs its scheduler made visible to it.
+slot. ``JOBS_PER_GPU`` jobs share each GPU slot at once (the CPU slot runs one). An array task
+(``--job-index``) has one slot: the GPUs its scheduler made visible to it, one job.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ TORCHRUN = ["-m", "torch.distributed.run", "--rdzv-backend", "c10d", "--rdzv-end
 class Devices:
     slots: list[Slot]
     description: str  # for the plan's first line
+    jobs_per_slot: int = 1  # JOBS_PER_GPU on GPU slots; the CPU runs one job at a time
 
 
 def cuda_device_count() -> int:
@@ -54,14 +56,20 @@ def group_slot(group: tuple[int, ...], hide_cuda: bool = False) -> Slot:
     return Slot(tag, None, hide_cuda, processes=len(group), visible=",".join(map(str, group)))
 
 
+def jobs_at_once(jobs_per_gpu: int) -> str:
+    return "one job" if jobs_per_gpu == 1 else f"{jobs_per_gpu} jobs (JOBS_PER_GPU)"
+
+
 def find_devices(settings: Settings) -> Devices:
-    """One slot per group of GPUS_PER_JOB entries of GPUS; one CPU slot on a machine without CUDA."""
+    """One slot per group of GPUS_PER_JOB entries of GPUS, running JOBS_PER_GPU jobs at once; one CPU
+    slot, one job at a time, on a machine without CUDA."""
     groups = gpu_groups(settings.gpus, settings.gpus_per_job)
     per_job = f", {settings.gpus_per_job} per job (torchrun)" if settings.gpus_per_job > 1 else ""
+    at_once = jobs_at_once(settings.jobs_per_gpu)
     if settings.force_cpu:  # testing switch: the GPU schedule unchanged, but no job sees CUDA
         slots = [group_slot(g, hide_cuda=True) for g in groups]
-        return Devices(slots, f"on the CPU (DRIVER_FORCE_CPU){per_job}, one job per GPU slot at a time: "
-                              + " ".join(s.tag for s in slots))
+        return Devices(slots, f"on the CPU (DRIVER_FORCE_CPU){per_job}, {at_once} per GPU slot at a time: "
+                              + " ".join(s.tag for s in slots), settings.jobs_per_gpu)
     count = cuda_device_count()
     if count == 0:
         return Devices([Slot("cpu")], "on the CPU (CUDA is not available), one at a time")
@@ -70,8 +78,16 @@ def find_devices(settings: Settings) -> Devices:
             raise ConfigError(f"GPUS: there is no GPU {gpu}; this machine has {count} CUDA device(s) "
                               f"(0..{count - 1})")
     return Devices([group_slot(g) for g in groups],
-                   f"on GPUs {' '.join(map(str, settings.gpus))}{per_job}, one job per "
-                   f"{'group' if per_job else 'GPU'} at a time")
+                   f"on GPUs {' '.join(map(str, settings.gpus))}{per_job}, {at_once} per "
+                   f"{'group' if per_job else 'GPU'} at a time", settings.jobs_per_gpu)
+
+
+def refuse_jobs_per_gpu_in_an_array(settings: Settings) -> None:
+    """An array task runs one job on the GPUs its scheduler gave it: JOBS_PER_GPU has no meaning there."""
+    if settings.jobs_per_gpu > 1:
+        raise ConfigError(f"JOBS_PER_GPU={settings.jobs_per_gpu} is for a study on one machine: an array task "
+                          "runs one job on the GPUs SLURM gives it; set JOBS_PER_GPU=1 for the array (to share "
+                          "a GPU between tasks, ask SLURM for a share of one, e.g. --gres=shard:1)")
 
 
 def task_devices(settings: Settings, environ: Mapping[str, str] = os.environ) -> Devices:

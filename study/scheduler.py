@@ -1,7 +1,8 @@
-"""Run jobs on slots: one job per slot at a time, each in a process group of its own.
+"""Run jobs on slots: up to ``jobs_per_slot`` jobs per slot at a time, each in a process group of its own.
 
-A slot is a GPU of GPUS (or the CPU). Jobs start in order, each on the next free slot; the
-scheduler looks for finished ones every ``poll_seconds``. A job's own process group (its own
+A slot is a GPU of GPUS (a group of them, or the CPU); JOBS_PER_GPU = K lets K jobs share it. Jobs
+start in order, each on the least busy slot with room (the first of equals), so every slot gets a
+job before any gets a second; the scheduler looks for finished ones every ``poll_seconds``. A job's own process group (its own
 session) keeps Ctrl-C in the terminal from reaching it directly: on SIGINT, SIGTERM or SIGHUP the
 scheduler stops every job's whole group (data-loader workers included), lists what was left
 unfinished and reports the signal, so the caller exits 130, 143 or 129.
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from utils.io import WriteError
+from utils.progress import SLOT_VARIABLE, FailureRecord, now_iso, write_record
 from utils.run_dir import RunDir
 from utils.run_lock import describe
 
@@ -75,6 +78,7 @@ class Running:
     log: Path
     process: subprocess.Popen
     started: float
+    place: int = 0  # the index of its slot (two slots may be equal: GPUS=(0 0))
 
     @property
     def console(self) -> Path:
@@ -145,8 +149,9 @@ def tidy_console(log: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 class Scheduler:
     def __init__(self, slots: list[Slot], log_dir: Path, out: TextIO, poll_seconds: float = 1.0,
-                 stop_grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+                 stop_grace_seconds: float = STOP_GRACE_SECONDS, jobs_per_slot: int = 1) -> None:
         self.slots = slots
+        self.jobs_per_slot = jobs_per_slot
         self.log_dir = log_dir
         self.out = out
         self.poll_seconds = poll_seconds
@@ -157,22 +162,39 @@ class Scheduler:
         """Run ``tasks`` in order on the slots; returns when all ended or a signal stopped them."""
         outcome = Outcome()
         queue = deque(tasks)
-        running: dict[int, Running] = {}
+        running: list[Running] = []
         with self._catching_stop_signals():
             while (queue or running) and self.signal_received is None:
-                for index, slot in enumerate(self.slots):
-                    if index not in running and self.signal_received is None:
-                        started = self._start_next(queue, slot, outcome)
-                        if started is not None:
-                            running[index] = started
+                self._fill_slots(queue, running, outcome)
                 if running:
                     time.sleep(self.poll_seconds)
-                for index in [i for i, job in running.items() if job.process.poll() is not None]:
-                    self._finish(running.pop(index), outcome)
+                for job in [job for job in running if job.process.poll() is not None]:
+                    running.remove(job)
+                    self._finish(job, outcome)
             if self.signal_received is not None:
-                self._stop(list(running.values()), list(queue))
+                self._stop(running, list(queue))
                 outcome.stopped_by = self.signal_received
         return outcome
+
+    def _fill_slots(self, queue: deque[Task], running: list[Running], outcome: Outcome) -> None:
+        """Start queued tasks while a slot has room, each on the least busy slot."""
+        while queue and self.signal_received is None:
+            place = self._least_busy(running)
+            if place is None:
+                return
+            started = self._start_next(queue, self.slots[place], outcome)
+            if started is None:
+                return
+            started.place = place
+            running.append(started)
+
+    def _least_busy(self, running: list[Running]) -> int | None:
+        """The index of the slot running the fewest jobs (the first of equals), None when all are full."""
+        load = [0] * len(self.slots)
+        for job in running:
+            load[job.place] += 1
+        place = min(range(len(self.slots)), key=load.__getitem__)
+        return place if load[place] < self.jobs_per_slot else None
 
     @contextlib.contextmanager
     def _catching_stop_signals(self) -> Iterator[None]:
@@ -213,7 +235,7 @@ class Scheduler:
     def _start(self, task: Task, slot: Slot) -> Running:
         log = log_path(self.log_dir, task.name, slot)
         # The console is a file: no progress bars.
-        env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", **slot.environment())
+        env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", **{SLOT_VARIABLE: slot.tag}, **slot.environment())
         with open(console_path(log), "wb") as console:
             process = subprocess.Popen(task.command(slot, log), stdin=subprocess.DEVNULL, stdout=console,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -237,9 +259,10 @@ class Scheduler:
             outcome.skipped.append(job.task.name)
             return
         status = describe_status(returncode)
+        reason = failure_reason(job.log, job.console)
         outcome.failed.append(Failure(job.task.name, status, job.log))
-        event(self.out, f"FAILED {job.task.name} on {job.slot.tag} after {elapsed} ({status}): "
-                        f"{failure_reason(job.log, job.console)}")
+        record_failure(job.task.run_dir, status, reason, job.log)
+        event(self.out, f"FAILED {job.task.name} on {job.slot.tag} after {elapsed} ({status}): {reason}")
         print(f"       log: {job.log}", file=self.out)
         if job.console.is_file():
             print(f"       console output: {job.console}", file=self.out)
@@ -274,6 +297,13 @@ class Scheduler:
             signal_group(job.process, signal.SIGKILL)
             job.process.wait()
             tidy_console(job.log)
+
+
+def record_failure(run_dir: Path, status: str, reason: str, log: Path) -> None:
+    """Note the failure in the run folder's progress.json for ``--status``; a folder that cannot be
+    written (a full disk) only loses that note: the failure is reported anyway."""
+    with contextlib.suppress(WriteError):
+        write_record(RunDir(run_dir).progress, FailureRecord(status, reason, str(log), now_iso()))
 
 
 def signal_group(process: subprocess.Popen, signal_number: int) -> None:

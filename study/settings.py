@@ -3,7 +3,7 @@
 The script hands its own block over as arguments (``NAME=VALUE``; an array as ``NAME=()`` and one
 ``NAME+=ITEM`` per item) and leaves the environment as it was given. Two kinds of settings:
 
-- the runner's own (:data:`RUNNER_SETTINGS`: GPUS, IMAGE_ENCODERS, OUTPUT_ROOT, FORCE, ...);
+- the runner's own (:data:`RUNNER_SETTINGS`: GPUS, JOBS_PER_GPU, IMAGE_ENCODERS, OUTPUT_ROOT, FORCE, ...);
 - every other setting is a ``TrainConfig`` field in capitals, by one rule: ``WEIGHT_SMOOTH_FACTOR=0.5``
   → ``--weight-smooth-factor 0.5``, ``USE_CV=true`` → ``--use-cv`` (false: ``--no-use-cv``),
   ``USE_AMP=false`` → ``--no-amp``. Config-key aliases work as names too (``USE_AMP``, ``NO_AMP``).
@@ -26,7 +26,7 @@ from reporting.leaderboard import DEFAULT_METRIC, ranked_metric
 from utils.errors import ConfigError, UserError, suggest
 from utils.run_names import DEFAULT_LOG_DIR, DEFAULT_OUTPUT_ROOT
 
-RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
+RUNNER_SETTINGS = ("GPUS", "GPUS_PER_JOB", "JOBS_PER_GPU", "IMAGE_ENCODERS", "TEXT_ENCODERS", "USE_MULTI_CONFIG", "CONFIG_FILE",
                    "OUTPUT_ROOT", "EXTRA_ARGS", "LOG_DIR", "LEADERBOARD_METRIC", "FORCE", "DRY_RUN", "PYTHON")
 # TrainConfig fields the runner sets for each job itself.
 CHOSEN_PER_JOB = frozenset({"output_dir", "log_file", "gpu_id", "resume", "overwrite", "image_encoder",
@@ -63,6 +63,7 @@ class Settings:
 
     gpus: tuple[int, ...] = (0,)
     gpus_per_job: int = 1  # more than one: torchrun jobs on groups of GPUS
+    jobs_per_gpu: int = 1  # jobs at once on each GPU (or group of GPUS_PER_JOB)
     image_encoders: tuple[str, ...] = ()
     text_encoders: tuple[str, ...] = ()
     use_multi_config: bool = False
@@ -212,9 +213,10 @@ def parse_gpus(words: list[str]) -> tuple[int, ...]:
     return tuple(int(word) for word in words)
 
 
-def parse_gpus_per_job(value: str) -> int:
+def parse_count(name: str, value: str, what: str) -> int:
+    """A whole number of ``what``, 1 or more (GPUS_PER_JOB, JOBS_PER_GPU)."""
     if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"GPUS_PER_JOB must be a whole number of GPUs, 1 or more, got '{value}'")
+        raise ConfigError(f"{name} must be a whole number of {what}, 1 or more, got '{value}'")
     return int(value)
 
 
@@ -249,7 +251,8 @@ def read_settings(block_arguments: Sequence[str], environ: Mapping[str, str], dr
     defaults = Settings()
     return Settings(
         gpus=parse_gpus(parse_words("GPUS", raw["GPUS"])) if "GPUS" in raw else defaults.gpus,
-        gpus_per_job=parse_gpus_per_job(scalar(raw, "GPUS_PER_JOB", "1")),
+        gpus_per_job=parse_count("GPUS_PER_JOB", scalar(raw, "GPUS_PER_JOB", "1"), "GPUs"),
+        jobs_per_gpu=parse_count("JOBS_PER_GPU", scalar(raw, "JOBS_PER_GPU", "1"), "jobs"),
         image_encoders=tuple(parse_words("IMAGE_ENCODERS", raw.get("IMAGE_ENCODERS", ""))),
         text_encoders=tuple(parse_words("TEXT_ENCODERS", raw.get("TEXT_ENCODERS", ""))),
         use_multi_config=parse_bool("USE_MULTI_CONFIG", scalar(raw, "USE_MULTI_CONFIG", "false")),

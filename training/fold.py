@@ -30,6 +30,7 @@ from training.finetune import LinearProbe, ScoredModel
 from training.layers import lock_groups
 from training.run import Run
 from utils.io import read_json, write_json
+from utils.progress import TimeLeft, describe_time_left, epoch_progress, slot_of_this_process, time_left, write_record
 from utils.seeding import seed_everything, seed_worker
 
 log = logging.getLogger("train_clip")
@@ -194,11 +195,25 @@ def record_epoch(run: Run, fold: Fold, state: FoldState, epoch: int, stats: dict
         checkpoints.save_best(model, epoch, scalar_metrics(metrics))
     checkpoints.save_latest(model, epoch, scalar_metrics(metrics), training, vars(state), generator)
     run.record_time()
+    left = note_progress(run, fold, epoch, started)
     inner = "" if loaders.inner is None else f"  inner {cfg.monitor} {chooser[cfg.monitor]:.4f}"
-    log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f%s  %.1fs%s",
+    log.info("fold %d epoch %3d/%d  loss %s  lr %s  acc %.4f  bal_acc %.4f  macro_f1 %.4f%s  %.1fs%s  %s",
              fold.number, epoch, cfg.epochs, f"{stats['train_loss']:.4f}" if stats else "   -  ",
              f"{stats['lr']:.2e}" if stats else "   -   ", metrics["accuracy"], metrics["balanced_accuracy"],
-             metrics["macro_f1"], inner, row["seconds"], "  *best*" if improved else "")
+             metrics["macro_f1"], inner, row["seconds"], "  *best*" if improved else "", describe_time_left(left))
+
+
+def note_progress(run: Run, fold: Fold, epoch: int, started: float) -> TimeLeft:
+    """Time the epoch (all of it: training, validation, checkpoints), estimate the time left from the
+    epochs timed so far and write the run's progress.json (rank 0 only calls this)."""
+    if epoch > 0:  # epoch 0 only evaluates
+        run.epoch_seconds.append(time.perf_counter() - started)
+    place = run.folds.index(fold) + 1
+    left = time_left(run.epoch_seconds, epoch, run.cfg.epochs, len(run.folds) - place)
+    write_record(run.run_dir.progress, epoch_progress(slot_of_this_process(str(run.device)), fold.number,
+                                                      len(run.folds), place, epoch, run.cfg.epochs, left,
+                                                      run.cfg.log_file))
+    return left
 
 
 def tensorboard_writer(run: Run, fold: Fold) -> Any:
@@ -290,6 +305,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
         scaler.load_state_dict(saved["scaler"])
         state = FoldState(**saved["fold_state"])
         restore_rng(saved["rng"], generator)
+        run.epoch_seconds.extend(row["seconds"] for row in state.history if row["epoch"] > 0)
         log.info("Fold %d: resuming after epoch %d", fold.number, state.epoch)
     else:
         inner = (f" (of them {len(fold.inner_val_idx)} held out as the inner validation split that chooses the "

@@ -60,6 +60,8 @@ class Run:
     network: torch.nn.Module | None = field(default=None, repr=False)
     # --lora-rank: the adapters' rank and base, recorded in every checkpoint (training.lora.lora_record).
     adapters: dict[str, Any] = field(default_factory=dict)
+    # Seconds of the training epochs timed so far, any fold: what utils.progress.time_left estimates from.
+    epoch_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.network is None:

@@ -5,6 +5,7 @@ study runner) goes through :class:`RunDir`, so the layout below is spelled out o
 
     OUTPUT_DIR/
       .train_clip.lock      held by the running process (host, pid, start time, lease: utils.run_lock)
+      progress.json         where the training stands, or how its job failed (utils/progress.py)
       config.json folds.json run_time.json cv_summary.json oof_predictions.csv
       test_predictions.csv test_metrics.json report.md report.zh.md  plots/ (gallery/)  tensorboard/
       frozen_towers.pth     the frozen towers' weights, once per run (checkpoints name it and its hash)
@@ -53,9 +54,11 @@ HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
 FROZEN_TOWERS_FILE = "frozen_towers.pth"
 CHECKSUMS_FILE = "checksums.json"
+PROGRESS_FILE = "progress.json"
 
 RUN_FILES = frozenset({LOCK_FILE, CONFIG_FILE, FOLDS_FILE, RUN_TIME_FILE, SUMMARY_FILE, OOF_FILE,
-                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, *REPORT_FILES.values(), FROZEN_TOWERS_FILE})
+                       TEST_PREDICTIONS_FILE, TEST_METRICS_FILE, *REPORT_FILES.values(), FROZEN_TOWERS_FILE,
+                       PROGRESS_FILE})
 RUN_FOLDERS = frozenset({PLOTS_DIR, TENSORBOARD_DIR})  # everything below them is the run's
 FOLD_FILES = frozenset({BEST_CHECKPOINT, LATEST_CHECKPOINT, HISTORY_FILE, RESULT_FILE, CHECKSUMS_FILE})
 FOLD_DIR_PATTERN = re.compile(r"fold_([1-9][0-9]*)")
@@ -149,6 +152,10 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / LOCK_FILE
 
+    @property
+    def progress(self) -> Path:
+        return self.path / PROGRESS_FILE
+
     def fold_dir(self, fold: int) -> Path:
         return self.path / f"fold_{fold}"
 
@@ -201,7 +208,7 @@ class RunDir:
         """``complete`` (finished), ``partial`` (something of a run is there) or ``empty``."""
         if self.is_finished():
             return "complete"
-        if self.path.is_dir() and any(not is_lock_name(p.name) for p in self.path.iterdir()):
+        if self.path.is_dir() and any(not is_bookkeeping_name(p.name) for p in self.path.iterdir()):
             return "partial"
         return "empty"
 
@@ -281,10 +288,11 @@ class RunDir:
         return foreign
 
     def holds_results(self, keep: Path | None = None) -> bool:
-        """Whether any file of a run (other than the lock and ``keep``) is there."""
+        """Whether any file of a run (other than the bookkeeping and ``keep``) is there."""
         if not self.path.is_dir():
             return False
-        return any(p.is_file() and not is_lock_name(p.name) and p.resolve() != keep for p in self.path.rglob("*"))
+        return any(p.is_file() and not is_bookkeeping_name(p.name) and p.resolve() != keep
+                   for p in self.path.rglob("*"))
 
     def check_only_run_files(self, keep: Path | None = None) -> None:
         """Refuse a folder that holds anything a run does not write (it is someone's folder)."""
@@ -350,7 +358,8 @@ class RunDir:
             finally:
                 # Still holding the lock: nobody else can be using the folder while it is tidied.
                 self.remove_temporaries()
-                if created_lock and not any(self.owns(p) for p in self.path.iterdir() if not is_lock_name(p.name)):
+                if created_lock and not any(self.owns(p) for p in self.path.iterdir()
+                                            if not is_bookkeeping_name(p.name)):
                     held.remove()
                     if created_dir and not any(self.path.iterdir()):
                         self.path.rmdir()
@@ -373,6 +382,11 @@ class RunDir:
 def is_lock_name(name: str) -> bool:
     """The lock file, or a claim or break file of :mod:`utils.run_lock` (bookkeeping, not results)."""
     return name == LOCK_FILE or _is_temporary_of(name, frozenset({LOCK_FILE}))
+
+
+def is_bookkeeping_name(name: str) -> bool:
+    """The lock's files or the progress record: a folder holding only these holds no results."""
+    return is_lock_name(name) or name == PROGRESS_FILE or _is_temporary_of(name, frozenset({PROGRESS_FILE}))
 
 
 def _read_json_or_none(path: Path) -> Any:

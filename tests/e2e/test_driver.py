@@ -6,6 +6,7 @@ The runner's parts are unit-tested in tests/study/test_plan.py and tests/study/t
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -129,6 +130,47 @@ def test_failed_job_is_named_with_its_log_and_fails_the_run(study) -> None:
     assert " ERROR --image-encoder starnet_s1:pretrained: pretrained weights not found" in \
         (cwd / log[1]).read_text(encoding="utf-8")
     assert "2 finished, 0 skipped (already finished), 1 failed" in result.stdout
+
+
+def test_every_epoch_line_ends_with_the_time_left(study) -> None:
+    cwd, _ = study
+    log = next((cwd / "logs" / "clip_training").glob(f"{GOOD[0]}_gpu*.log")).read_text(encoding="utf-8")
+    ends = [line.split("  left: ", 1)[1] for line in log.splitlines() if re.search(r"fold \d epoch +\d/1", line)]
+    assert len(ends) == 4, log  # epochs 0 and 1 of two folds
+    assert ends[0] == "known after the first training epoch"
+    assert re.fullmatch(r"fold 0s, run \d+s", ends[1])  # one fold of one epoch after this one
+    assert re.fullmatch(r"fold (\d+)s, run \1s", ends[2])  # fold 2's epoch 0: its one epoch is all that is left
+    assert ends[3] == "fold 0s, run 0s"
+
+
+def test_status_reads_what_the_study_left(study, tmp_path: Path) -> None:
+    from study.status import job_status
+    from utils.progress import Progress, read_record
+    from utils.run_dir import RunDir
+
+    cwd, _ = study
+    result = run_driver(cwd, "--status", IMAGE_ENCODERS="starnet_s050 starnet_s1:pretrained starnet_s050:scratch",
+                        timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [["0", GOOD[0], "done"], ["1", BAD, "failed"],
+                                                     ["2", GOOD[1], "done"]], result.stdout
+    failed = re.fullmatch(r"1  \S+ +failed \(exit 2\): --image-encoder starnet_s1:pretrained: pretrained weights "
+                          r"not found.*; log: (.+)", lines[1])
+    assert failed and (cwd / failed[1]).is_file(), lines[1]
+    assert result.stderr.endswith(f"3 job(s) in {OUTPUT_ROOT}: 2 done, 0 running, 1 failed, 0 waiting\n")
+    # The record the trainer wrote after its last epoch, as --status reads it.
+    run = RunDir(cwd / OUTPUT_ROOT / GOOD[0])
+    record = read_record(run.progress)
+    assert isinstance(record, Progress), run.progress.read_text(encoding="utf-8")
+    assert (record.fold_index, record.folds, record.epoch, record.epochs) == (2, 2, 1, 1)
+    assert record.slot in ("gpu0", "gpu1") and record.run_left_s == 0.0
+    assert Path(record.log).name.startswith(f"{GOOD[0]}_{record.slot}_")
+    stopped = RunDir(tmp_path / "stopped")  # had its process died there, with no results yet
+    stopped.path.mkdir()
+    stopped.progress.write_bytes(run.progress.read_bytes())
+    assert job_status(stopped, dt.datetime.now().astimezone(), "h").line() == \
+        "waiting: interrupted after fold 2 of 2, epoch 1 of 1 (resumed when it runs again)"
 
 
 def test_second_run_skips_finished_jobs(study) -> None:

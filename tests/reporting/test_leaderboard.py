@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from reporting import leaderboard
-from reporting.leaderboard import format_duration
 from reporting.run_entries import parse_summary
 from reporting.tables import display_width
 from utils.io import write_json
@@ -149,10 +148,6 @@ def test_runs_without_comparable_folds_are_named_under_the_table(study: Path,
     with pytest.raises(SystemExit):
         leaderboard.main([str(study), "--bbc-resamples", "-1"])
     assert "--bbc-resamples must be 0 or more, got -1" in capsys.readouterr().err
-
-
-def test_format_duration() -> None:
-    assert [format_duration(s) for s in (7, 125, 4000, math.nan)] == ["7s", "2m 05s", "1h 06m", "-"]
 
 
 def test_the_leaderboard_and_the_config_load_neither_numpy_nor_torch() -> None:

@@ -38,6 +38,13 @@ elif behaviour == "crash":  # before its logging began: only console output
 elif behaviour == "warn":
     log_line("INFO", "done")
     print("UserWarning: something the log does not say", file=sys.stderr)
+elif behaviour == "wait":  # runs until the test releases it
+    open(marker, "w").close()
+    release = os.path.join(os.path.dirname(marker), "release")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log_line("INFO", "released")
 elif behaviour == "hang":  # a worker of its own, like a data loader's
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     log_line("INFO", "training")
@@ -65,10 +72,12 @@ def make_task(fake_trainer: Path, name: str, behaviour: str, seen: list | None =
     return Task(name, "run", fake_trainer.parent / "runs" / name, command)
 
 
-def run(tmp_path: Path, tasks: list[Task], slots: list[Slot] | None = None) -> tuple[Outcome, str]:
+def run(tmp_path: Path, tasks: list[Task], slots: list[Slot] | None = None,
+        jobs_per_slot: int = 1) -> tuple[Outcome, str]:
     out = io.StringIO()
     (tmp_path / "logs").mkdir(exist_ok=True)
-    scheduler = Scheduler(slots or [Slot("gpu0", 0), Slot("gpu1", 1)], tmp_path / "logs", out, poll_seconds=0.05)
+    scheduler = Scheduler(slots or [Slot("gpu0", 0), Slot("gpu1", 1)], tmp_path / "logs", out, poll_seconds=0.05,
+                          jobs_per_slot=jobs_per_slot)
     return scheduler.run(tasks), out.getvalue()
 
 
@@ -166,3 +175,81 @@ def test_a_signal_stops_every_job_group_and_lists_what_was_left(tmp_path: Path, 
     workers = [int(m.read_text()) for m in markers]
     assert not any(process_alive(pid) for pid in workers)  # the job's whole group was stopped
     assert signal.getsignal(signal_number) == handler_before  # the handlers are put back
+
+
+# ---------------------------------------------------------------------------------------------
+# JOBS_PER_GPU: K jobs at once on each slot
+# ---------------------------------------------------------------------------------------------
+def release_when(tmp_path: Path, names: list[str], seen_started: list[set[str]]) -> threading.Thread:
+    """A thread that waits until the "wait" jobs ``names`` all run, notes which jobs have started
+    half a second later (a job started too many would be there), then releases every waiting job."""
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"{n}.started").is_file() for n in names) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # ten polls of the scheduler
+        seen_started.append({p.name.removesuffix(".started") for p in tmp_path.glob("*.started")})
+        (tmp_path / "release").touch()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def most_at_once(output: str) -> dict[str, int]:
+    """The most jobs running at once on each slot, from the scheduler's start and end events (it
+    starts a job only after it saw another end, so this is what ran)."""
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    for kind, slot in re.findall(r"^\[[^]]+\] (start|done|FAILED)\s+\S+ on (\S+)", output, re.M):
+        running[slot] = running.get(slot, 0) + (1 if kind == "start" else -1)
+        most[slot] = max(most.get(slot, 0), running[slot])
+    return most
+
+
+def test_k_jobs_run_at_once_on_each_slot_never_more(tmp_path: Path, fake_trainer: Path) -> None:
+    seen: list = []
+    names = [f"job{i}" for i in range(7)]
+    tasks = [make_task(fake_trainer, name, "wait", seen) for name in names]
+    started: list[set[str]] = []
+    release_when(tmp_path, names[:4], started)
+    outcome, output = run(tmp_path, tasks, jobs_per_slot=2)
+    assert started == [set(names[:4])], output  # two slots of two: the fifth waited for a place
+    assert sorted(outcome.finished) == names and not outcome.failed
+    # every slot gets a job before any gets a second
+    assert [tag for _, tag, _ in seen[:4]] == ["gpu0", "gpu1", "gpu0", "gpu1"]
+    assert most_at_once(output) == {"gpu0": 2, "gpu1": 2}
+
+
+def test_a_failed_job_frees_its_place_and_the_others_go_on(tmp_path: Path, fake_trainer: Path) -> None:
+    tasks = [make_task(fake_trainer, "bad", "fail"), make_task(fake_trainer, "first", "wait"),
+             make_task(fake_trainer, "second", "wait"), make_task(fake_trainer, "third", "wait")]
+    started: list[set[str]] = []
+    # "second" can only start in the place "bad" left, while "first" still runs
+    release_when(tmp_path, ["first", "second"], started)
+    outcome, output = run(tmp_path, tasks, [Slot("gpu0", 0)], jobs_per_slot=2)
+    assert started == [{"first", "second"}], output  # and "third" waited: two at once
+    assert [f.name for f in outcome.failed] == ["bad"] and sorted(outcome.finished) == ["first", "second", "third"]
+    assert most_at_once(output) == {"gpu0": 2}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_stops_all_k_jobs_of_a_slot(tmp_path: Path, fake_trainer: Path) -> None:
+    names = ["one", "two", "three", "four"]
+    tasks = [make_task(fake_trainer, name, "hang") for name in names]
+    markers = [tmp_path / f"{name}.started" for name in names[:3]]
+
+    def interrupt_when_three_run() -> None:
+        deadline = time.monotonic() + 60
+        while not all(m.is_file() and m.read_text() for m in markers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_three_run, daemon=True).start()
+    outcome, output = run(tmp_path, tasks, [Slot("gpu0", 0)], jobs_per_slot=3)
+    assert outcome.stopped_by == signal.SIGINT
+    unfinished = output.split("Left unfinished:", 1)[1]
+    for name in names[:3]:
+        assert f"{name}  (stopped on gpu0; log: " in unfinished
+    assert "four  (not started)" in unfinished
+    assert not any(process_alive(int(m.read_text())) for m in markers)  # every job's workers too
