@@ -31,7 +31,7 @@ from training.lora import adapt_towers, lora_record
 from training.results import write_reports, write_summary
 from training.run import (Run, check_resumable, decode_images, plan_data, warn_leakage,
                           warn_model_choices, write_run_files)
-from utils.device import describe_device, mixed_precision_dtype
+from utils.device import compile_mode, describe_device, mixed_precision_dtype
 from utils.errors import UserError
 from utils.logging_setup import setup_logging
 from utils.run_dir import RunDir
@@ -73,7 +73,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
     if device.type == "cuda":
         model.image_encoder.to(memory_format=torch.channels_last)
     if cfg.compile:
-        model.compile_towers()
+        model.compile_towers(compile_mode(cfg.compile_mode, device))
     run = Run(cfg, run_dir, device, amp_dtype, images, decoded.cache, class_texts, plan.folds, plan.test_idx, model,
               initial_state, model.text_encoder.saved_files(), image_files=model.image_encoder.saved_files(),
               processes=processes, network=processes.wrap(model, device),

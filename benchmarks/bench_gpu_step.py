@@ -24,8 +24,9 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,10 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks.output import write_result  # noqa: E402
-from models.clip_model import build_clip_model  # noqa: E402
+from models.clip_model import CLIPClassifier, build_clip_model  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.engine import build_optimizer, train_one_epoch, warmup_cosine  # noqa: E402
-from utils.device import autocast, mixed_precision_dtype, to_device  # noqa: E402
+from utils.device import autocast, compile_mode, mixed_precision_dtype, to_device  # noqa: E402
 
 CLASS_TEXTS = [[f"a handwritten digit {word}", f"a scanned image of the number {digit} written by hand"]
                for digit, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven",
@@ -72,6 +73,48 @@ def print_profile(label: str, device: torch.device, run: Callable[[], None]) -> 
     print(profile.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
 
 
+@dataclass
+class TrainingStep:
+    """What ``train_one_epoch`` needs besides a loader, built as train_clip.py builds it."""
+
+    model: CLIPClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def epoch(self, loader: Iterable,
+              augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+        return train_one_epoch(self.model, loader, self.optimizer, self.scheduler, self.scaler, self.device,
+                               self.amp_dtype, True, 1, augment=augment)
+
+
+def build_training_step(image_encoder: str, text_encoder: str, trainable_text: bool, img_size: int, batch_size: int,
+                        device: torch.device, amp: bool, compiled: str | None) -> TrainingStep:
+    """The model on ``device`` (channels_last on CUDA; compiled unless ``compiled`` is None, as
+    train_clip.py --compile --compile-mode ``compiled`` does), fused AdamW, a constant LR."""
+    model = build_clip_model(image_encoder, text_encoder, 512, 0.07, CLASS_TEXTS, freeze_text=not trainable_text,
+                             load_pretrained=False, img_size=img_size)
+    model.to(device)
+    if device.type == "cuda":  # as train_clip.py does
+        model.image_encoder.to(memory_format=torch.channels_last)
+    if compiled is not None:
+        model.compile_towers(compile_mode(compiled, device))
+    optimizer = build_optimizer(model, TrainConfig(learning_rate=1e-4, batch_size=batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 0))
+    amp_dtype = mixed_precision_dtype(device, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return TrainingStep(model, optimizer, scheduler, scaler, device, amp_dtype)
+
+
+def synthetic_batch(batch_size: int, img_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A normalised image batch with labels and indices, pinned on CUDA as the trainer's loader pins it."""
+    batch = (torch.randn(batch_size, 3, img_size, img_size), torch.randint(0, len(CLASS_TEXTS), (batch_size,)),
+             torch.arange(batch_size))
+    return tuple(t.pin_memory() for t in batch) if device.type == "cuda" else batch
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-encoder", default="resnet50")
@@ -86,39 +129,28 @@ def main() -> int:
                         help="Also profile N steps of each (torch.profiler) and print where the time goes.")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the image encoder (default: on CUDA only).")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead"), default="default",
+                        help="torch.compile's mode, as train_clip.py --compile-mode (reduce-overhead: CUDA graphs).")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_step.json"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compile_ = device.type == "cuda" if args.compile is None else args.compile
-    amp_dtype = mixed_precision_dtype(device, not args.no_amp)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    model = build_clip_model(args.image_encoder, args.text_encoder, 512, 0.07, CLASS_TEXTS,
-                             freeze_text=not args.trainable_text, load_pretrained=False, img_size=args.img_size)
-    backbone = copy.deepcopy(model.image_encoder).to(device)  # before compiling ours: a plain copy
-    model.to(device)
-    if device.type == "cuda":  # as train_clip.py does
-        model.image_encoder.to(memory_format=torch.channels_last)
-        backbone.to(memory_format=torch.channels_last)
+    step = build_training_step(args.image_encoder, args.text_encoder, args.trainable_text, args.img_size,
+                               args.batch_size, device, not args.no_amp, compiled=None)
+    backbone = copy.deepcopy(step.model.image_encoder)  # a plain copy, before ours is compiled
     if compile_:
-        model.compile_towers()  # as train_clip.py --compile
-        backbone.compile()
-
-    cfg = TrainConfig(learning_rate=1e-4, batch_size=args.batch_size)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10**6, 0))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    pin = device.type == "cuda"
-    batch = (torch.randn(args.batch_size, 3, args.img_size, args.img_size),
-             torch.randint(0, len(CLASS_TEXTS), (args.batch_size,)), torch.arange(args.batch_size))
-    if pin:
-        batch = tuple(t.pin_memory() for t in batch)
+        step.model.compile_towers(compile_mode(args.compile_mode, device))
+        backbone.compile(mode=compile_mode(args.compile_mode, device))
+    amp_dtype = step.amp_dtype
+    batch = synthetic_batch(args.batch_size, args.img_size, device)
 
     def ours(steps: int) -> None:
-        train_one_epoch(model, [batch] * steps, optimizer, scheduler, scaler, device, amp_dtype, True, 1)
+        step.epoch([batch] * steps)
 
     def backbone_only(steps: int) -> None:
         backbone.train()
@@ -144,7 +176,8 @@ def main() -> int:
     print(f"{'backbone forward + backward (' + args.image_encoder + ')':<48}{baseline:>10.1f}")
     print(f"{'train_clip training step':<48}{ours_rate:>10.1f}")
     print(f"ours / backbone: {ratio:.1%} (target on a GPU: >= 70%) on {name}; {args.img_size} px, batch "
-          f"{args.batch_size}, amp {amp_dtype}, channels_last {device.type == 'cuda'}, compile {compile_}")
+          f"{args.batch_size}, amp {amp_dtype}, channels_last {device.type == 'cuda'}, compile {compile_}"
+          f"{' (' + args.compile_mode + ')' if compile_ else ''}")
     result = {"device": name, "machine": platform.platform(), "torch": torch.__version__,
               "args": {**vars(args), "compile": compile_}, "amp_dtype": str(amp_dtype),
               "backbone_images_per_s": baseline, "ours_images_per_s": ours_rate, "ratio": ratio,

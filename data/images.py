@@ -53,6 +53,11 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def channels(self) -> int:
+        """1 when every image is grayscale, else 3 (also when an image past the RAM budget is not
+        known): what a batch of uint8 images needs to stack (:class:`data.batch_transforms.ToChannels`)."""
+        return 1 if all(image is not None and image.shape[0] == 1 for image in self.images) else 3
+
     def get(self, index: int) -> torch.Tensor:
         cached = self.images[index]
         return cached if cached is not None else decode_image(self.paths[index], self.img_size, self.dicom)

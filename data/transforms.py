@@ -36,14 +36,29 @@ def build_augmentation(level: str, img_size: int) -> v2.Transform | None:
 
 
 class ToModelInput:
-    """uint8 (C, H, W) with C in {1, 3} → normalised float (3, H, W)."""
+    """uint8 (..., C, H, W) with C in {1, 3} → normalised float (..., 3, H, W), on the image's device:
+    one image in a data-loader worker, or a whole batch on the training device
+    (:class:`data.batch_transforms.BatchAugmentation`)."""
 
     def __init__(self) -> None:
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        # The statistics on each device they were needed on: copying them from host memory at every
+        # batch would make the host wait for the GPU.
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float().div_(255.0)
-        if x.shape[0] == 1:  # grayscale radiograph: same intensity on all three channels
-            x = x.expand(3, -1, -1)
-        return (x - self.mean) / self.std
+        return self.normalise(image.float().div_(255.0))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float intensities in [0, 1] (..., C, H, W) → the model's input; grayscale gets the same
+        intensity on all three channels."""
+        if x.shape[-3] == 1:
+            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+        mean, std = (self.mean, self.std) if x.device.type == "cpu" else self._statistics(x.device)
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
+
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        return self._on_device[device]

@@ -126,15 +126,16 @@ class CLIPClassifier(nn.Module):
     def logits(image_emb: torch.Tensor, class_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return scale.float() * image_emb.float() @ class_emb.float().t()
 
-    def compile_towers(self) -> None:
+    def compile_towers(self, mode: str | None = None) -> None:
         """torch.compile, in place (Module.compile: the state-dict keys stay those of the plain
         towers, so checkpoints load with or without --compile): the image tower, and the text tower
         when it trains. A trainable text tower runs every step on the same few short sequences: eager,
         launching its hundreds of small kernels (and autocast's weight casts) costs the CPU more than
-        the GPU's work; a frozen one runs once per fold and is not worth compiling."""
-        self.image_encoder.compile()
+        the GPU's work; a frozen one runs once per fold and is not worth compiling. ``mode`` is
+        torch.compile's (None: its default; ``reduce-overhead``: CUDA graphs)."""
+        self.image_encoder.compile(mode=mode)
         if not self.text_tower_frozen():
-            self.text_encoder.compile()
+            self.text_encoder.compile(mode=mode)
 
     def train(self, mode: bool = True) -> "CLIPClassifier":
         super().train(mode)

@@ -48,6 +48,7 @@ def check_values(cfg: Any) -> None:
            "--test-fraction needs the best checkpoints: drop --no-save-best")
     check(cfg.weight_smooth_factor >= 0,
            f"--weight-smooth-factor must be non-negative, got {cfg.weight_smooth_factor}")
+    check(cfg.compile or cfg.compile_mode == "default", f"--compile-mode {cfg.compile_mode} needs --compile")
     check(cfg.num_workers >= 0, f"--num-workers must be non-negative, got {cfg.num_workers}")
     check(cfg.gpu_id >= 0, f"--gpu-id must be non-negative, got {cfg.gpu_id}")
     check(cfg.image_weights is None or Path(cfg.image_weights).exists(),

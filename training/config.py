@@ -58,6 +58,10 @@ class TrainConfig:
     augmentation: str = _opt("standard", "Training augmentation (none: resize only; minimal: small "
                              "shifts/rotations; standard: crop, flip, rotation, brightness/contrast).",
                              "data", choices=("none", "minimal", "standard"))
+    augment_on: str = _opt("workers", "Where --augmentation runs: workers (each image, in the data-loader worker "
+                           "processes) or device (whole batches on the training device, the GPU when there is one; "
+                           "the workers then only index the decoded images).", "data",
+                           choices=("workers", "device"))
     strict_images: bool = _opt(False, "Stop on an unreadable image instead of skipping it with a warning.",
                                "data")
     cache_mb: int = _opt(4096, "RAM budget (MiB) for decoded images; beyond it images are re-read "
@@ -176,6 +180,10 @@ class TrainConfig:
     amp: bool = _opt(True, "Disable mixed precision on CUDA.", "system", flag="--no-amp", negate=True)
     compile: bool = _opt(False, "Compile the image encoder, and a trainable text tower, with torch.compile "
                          "(faster steps after a slower first one; needs a C compiler).", "system")
+    compile_mode: str = _opt("default", "torch.compile mode with --compile: default, or reduce-overhead (CUDA "
+                             "graphs: each step replays the recorded kernels, less host time per step for small "
+                             "backbones; CUDA only, the default mode elsewhere).", "system",
+                             choices=("default", "reduce-overhead"))
     overwrite: bool = _opt(False, "Replace the results already in --output-dir.", "system")
     resume: bool = _opt(False, "Continue the interrupted run in --output-dir (its config.json is the "
                         "base; flags that change results must match it).", "system")

@@ -39,9 +39,11 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, amp_dtype: torch.dtype | None, symmetric: bool,
                     epoch: int, description: str = "", processes: Distributed = Distributed(),
-                    accum_steps: int = 1, after_step: Callable[[], None] | None = None) -> dict[str, float]:
+                    accum_steps: int = 1, after_step: Callable[[], None] | None = None,
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the mean loss, the last learning rate, AMP-skipped steps and
     the seconds the pass took (data loading included: the training throughput without validation).
+    ``augment`` (``--augment-on device``) turns each uint8 batch into the model's input on ``device``.
 
     Under torchrun ``model`` is wrapped in DistributedDataParallel and ``loader`` yields this
     process's share of each step: the loss is that of the whole step's batch (gathered), as in one
@@ -53,7 +55,12 @@ def train_one_epoch(model: CLIPClassifier, loader: DataLoader, optimizer: torch.
     count, skipped = 0, 0
     bars = None if processes.is_main else True  # None: a bar on a terminal only; one bar per run
     for step, (images, labels, _) in enumerate(tqdm(loader, desc=description, leave=False, disable=bars), 1):
+        # A new step: CUDA graphs (--compile-mode reduce-overhead) may reuse the memory of the last
+        # step's outputs, all of them consumed by now; without CUDA graphs this only counts.
+        torch.compiler.cudagraph_mark_step_begin()
         labels = labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         scale_before = scaler.get_scale() if scaler.is_enabled() else None
         if accum_steps > 1:  # one process: torchrun and --accum-steps exclude each other (Distributed.check_config)

@@ -11,19 +11,21 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from data.batch_transforms import BatchAugmentation, ToChannels
 from data.folds import Fold
-from data.images import CachedImageDataset
+from data.images import CachedImageDataset, ImageCache
 from data.sampling import SeededSampler, weighted_sampler
 from data.transforms import ToModelInput, build_augmentation
 from reporting.calibration import apply_temperature, fit_temperature
 from reporting.metrics import classification_metrics, expected_calibration_error, scalar_metrics
 from training.checkpoints import FoldCheckpoints, restore_rng
+from training.config import TrainConfig
 from training.distributed import ShardedBatchSampler, merge_evaluations, shard
 from training.engine import build_optimizer, evaluate, train_one_epoch, warmup_cosine
 from training.finetune import LinearProbe, ScoredModel
@@ -85,10 +87,8 @@ def make_loaders(run: Run, fold: Fold,
     """Training loader (shuffled or class-weighted, seeded augmentation) over the images the model
     fits, the validation loader and the inner validation loader (None without an inner split)."""
     cfg = run.cfg
-    to_input = ToModelInput()
     fit_idx = fold.fit_idx
-    train_set = CachedImageDataset(run.cache, fit_idx, run.labels,
-                                   build_augmentation(cfg.augmentation, cfg.img_size), to_input)
+    train_set = training_set(cfg, run.cache, fit_idx, run.labels)
     if cfg.use_weighted_sampling:
         base = weighted_sampler([run.labels[i] for i in fit_idx], len(run.images.class_names),
                                 cfg.weight_method, cfg.weight_smooth_factor, generator)
@@ -111,6 +111,21 @@ def make_loaders(run: Run, fold: Fold,
         train_loader = DataLoader(train_set, batch_sampler=shares, generator=loader_generator, **common)
     inner_loader = scoring_loader(run, fold.inner_val_idx, common) if fold.inner_val_idx else None
     return train_loader, scoring_loader(run, fold.val_idx, common), inner_loader, sampler
+
+
+def training_set(cfg: TrainConfig, cache: ImageCache, indices: Sequence[int],
+                 labels: Sequence[int]) -> CachedImageDataset:
+    """The images a fold trains on: augmented in the loader's workers, or (--augment-on device) as
+    cached, uint8, for :func:`batch_augmentation` on the device."""
+    if cfg.augment_on == "device":
+        return CachedImageDataset(cache, indices, labels, None, ToChannels(cache.channels()))
+    return CachedImageDataset(cache, indices, labels, build_augmentation(cfg.augmentation, cfg.img_size),
+                              ToModelInput())
+
+
+def batch_augmentation(cfg: TrainConfig, seed: int, process: int = 0) -> BatchAugmentation | None:
+    """With --augment-on device: the augmentation of whole batches, seeded as the fold's sampler."""
+    return BatchAugmentation(cfg.augmentation, seed, process) if cfg.augment_on == "device" else None
 
 
 def scoring_loader(run: Run, indices: list[int], common: dict[str, Any]) -> DataLoader:
@@ -280,6 +295,7 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
     model.reset_text_cache()
     generator = torch.Generator().manual_seed(cfg.seed + fold.number)
     train_loader, val_loader, inner_loader, sampler = make_loaders(run, fold, generator)
+    augment = batch_augmentation(cfg, cfg.seed + fold.number, processes.rank)
     loaders = Loaders(val_loader, inner_loader)
     lock_groups(model, cfg.unlocked_groups, cfg.image_encoder)
     optimizer = build_optimizer(model, cfg)
@@ -323,11 +339,13 @@ def run_fold(run: Run, fold: Fold) -> FoldResult:
             break
         started = time.perf_counter()
         sampler.set_epoch(epoch)
+        if augment is not None:
+            augment.set_epoch(epoch)
         probe.enter(epoch)
         stats = train_one_epoch(run.network, train_loader, optimizer, scheduler, scaler, device, run.amp_dtype,
                                 cfg.loss == "symmetric", epoch,
                                 description=f"fold {fold.number} epoch {epoch}/{cfg.epochs}", processes=processes,
-                                accum_steps=cfg.accum_steps, after_step=scored.after_step)
+                                accum_steps=cfg.accum_steps, after_step=scored.after_step, augment=augment)
         processes.broadcast_buffers(model)  # the model every process evaluates is the one rank 0 saves
         if scored.ema is not None:
             processes.broadcast_buffers(scored.ema.module)

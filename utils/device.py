@@ -31,6 +31,18 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
+def compile_mode(requested: str, device: torch.device) -> str | None:
+    """torch.compile's ``mode`` for ``--compile-mode`` on ``device`` (None: its default). reduce-overhead
+    records CUDA graphs, which need CUDA: on another device the default mode, and a warning says so."""
+    if requested == "default":
+        return None
+    if device.type != "cuda":
+        log.warning("--compile-mode %s records CUDA graphs, which need a GPU: compiling in the default mode on %s",
+                    requested, device.type)
+        return None
+    return requested
+
+
 def select_device(gpu_id: int, force_cpu: bool = False) -> torch.device:
     """``cuda:<gpu_id>``, or the CPU when CUDA is not available (or ``force_cpu``)."""
     if force_cpu or not torch.cuda.is_available():

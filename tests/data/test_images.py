@@ -1,10 +1,12 @@
 """Image decoding: modes, bit depths, padding to square."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from data.images import decode_image
+from data.images import ImageCache, decode_image
 
 
 def save(tmp_path, name, image):
@@ -78,3 +80,11 @@ def test_large_image_is_shrunk_to_the_requested_size(tmp_path):
     assert out.shape == (3, 24, 24)
 
 
+
+
+def test_the_cache_knows_whether_a_batch_of_its_images_needs_three_channels():
+    gray, colour = torch.zeros((1, 4, 4), dtype=torch.uint8), torch.zeros((3, 4, 4), dtype=torch.uint8)
+    paths = [Path(f"img_{i}.png") for i in range(2)]
+    assert ImageCache(paths, 4, [gray, gray]).channels() == 1
+    assert ImageCache(paths, 4, [gray, colour]).channels() == 3
+    assert ImageCache(paths, 4, [gray, None]).channels() == 3  # past the RAM budget: not known, so room for colour

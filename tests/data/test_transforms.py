@@ -52,3 +52,10 @@ def test_to_model_input_leaves_the_cached_image_untouched():
     image = torch.full((1, 4, 4), 100, dtype=torch.uint8)
     ToModelInput()(image)
     assert image.dtype == torch.uint8 and int(image[0, 0, 0]) == 100
+
+
+def test_the_model_input_of_a_batch_is_that_of_each_image():
+    for channels in (1, 3):
+        images = torch.randint(0, 256, (3, channels, 4, 4), dtype=torch.uint8)
+        # The same float32 operations on each image, batched or not.
+        assert torch.equal(ToModelInput()(images), torch.stack([ToModelInput()(image) for image in images]))

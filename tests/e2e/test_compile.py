@@ -24,17 +24,20 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
                                  reason="torch.compile's CPU backend (inductor) needs a C compiler")]
 
 
-@pytest.mark.parametrize("freeze_text, compiled_towers", [
-    (False, ["ImageEncoder", "HFTextEncoder"]),  # the trainable text tower runs every step
-    (True, ["ImageEncoder"]),  # a frozen one runs once per fold: not worth its compilation
+@pytest.mark.parametrize("freeze_text, compiled_towers, compile_mode", [
+    (False, ["ImageEncoder", "HFTextEncoder"], []),  # the trainable text tower runs every step
+    # A frozen one runs once per fold: not worth its compilation. CUDA graphs on the CPU: the default mode.
+    (True, ["ImageEncoder"], ["--compile-mode", "reduce-overhead"]),
 ])
 def test_compile_trains_one_epoch_and_saves_plain_state_dict_keys(tmp_path: Path, tiny_text_encoder: Path,
-                                                                   monkeypatch, freeze_text, compiled_towers):
-    compiled = []
+                                                                   monkeypatch, freeze_text, compiled_towers,
+                                                                   compile_mode):
+    compiled, modes = [], []
     original = torch.nn.Module.compile
 
     def record(module, *args, **kwargs):
         compiled.append(type(module).__name__)
+        modes.append(kwargs.get("mode"))
         return original(module, *args, **{**kwargs, "backend": "eager"})
 
     monkeypatch.setattr(torch.nn.Module, "compile", record)
@@ -45,9 +48,12 @@ def test_compile_trains_one_epoch_and_saves_plain_state_dict_keys(tmp_path: Path
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--log-file", str(tmp_path / "run.log"),
             "--image-encoder", "starnet_s050", "--text-encoder", f"hf:{tiny_text_encoder}", "--img-size", "32",
             "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--embed-dim", "16", "--compile",
-            "--bootstrap-resamples", "0"] + (["--freeze-text"] if freeze_text else [])
+            "--bootstrap-resamples", "0"] + (["--freeze-text"] if freeze_text else []) + compile_mode
     assert train_clip.main(argv) == 0
     assert compiled == compiled_towers
+    assert modes == [None] * len(compiled)  # torch.compile's default mode, as without --compile-mode
+    fallback = "--compile-mode reduce-overhead records CUDA graphs, which need a GPU"
+    assert (fallback in (tmp_path / "run.log").read_text()) == bool(compile_mode)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the encoder was traced, not skipped
     state = load_best_model_state(RunDir(out), 1)
     assert any(key.startswith("image_encoder.") for key in state) and any(key.startswith("text_encoder.")

@@ -288,12 +288,23 @@ def test_missing_config_file(tmp_path):
     (["--select-on", "last", "--patience", "3"], "--patience needs a choice of epoch"),
     (["--select-on", "last", "--calibrate", "temperature"], "--calibrate temperature needs images to fit it on"),
     (["--calibrate", "platt"], "--calibrate: invalid choice 'platt'"),
+    (["--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead needs --compile"),
+    (["--compile", "--compile-mode", "max-autotune"], "--compile-mode: invalid choice 'max-autotune'"),
+    (["--augment-on", "gpu"], "--augment-on: invalid choice 'gpu'; expected one of workers, device"),
 ])
 def test_value_checks_name_the_flag(argv, message):
     if argv:
         argv = ["--data-dir", "d"] + argv
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_args(argv)
+
+
+def test_augmentation_on_the_device_and_cuda_graphs_are_opt_in():
+    default = config_from_args(["--data-dir", "d"])
+    assert (default.augment_on, default.compile, default.compile_mode) == ("workers", False, "default")
+    chosen = config_from_args(["--data-dir", "d", "--augment-on", "device", "--compile", "--compile-mode",
+                               "reduce-overhead"])
+    assert (chosen.augment_on, chosen.compile, chosen.compile_mode) == ("device", True, "reduce-overhead")
 
 
 def test_bad_flag_value_is_one_line_naming_the_flag():
