@@ -46,7 +46,8 @@ RECIPES: dict[str, list[str]] = {
     "layer decay 0.8": ["--layer-decay", "0.8"],
     "last 4 groups": ["--unlocked-groups", "4"],
 }
-NOT_APPLICABLE = {"WiSE-FT": "needs paired pretrained CLIP towers (a zero-shot start); none offline"}
+NOT_APPLICABLE = {"WiSE-FT": "needs paired pretrained CLIP towers (a zero-shot start); none offline",
+                  "LoRA": "a resnet18 has no attention blocks to adapt (see bench_lora.py)"}
 
 
 def demo_args(images: Path, texts: Path, args: argparse.Namespace, out: Path) -> list[str]:

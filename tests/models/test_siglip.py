@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train_clip
 from models.clip_model import MAX_LOGIT_SCALE, build_clip_model
