@@ -137,11 +137,14 @@ def descendants(pid: int) -> list[int]:
 
 
 def is_dead(pid: int) -> bool:
-    """Gone, or a zombie (its files, the lock among them, are closed)."""
+    """Gone, or a zombie whose every thread has ended. The main thread turns zombie first while the
+    others are still exiting, and the files (the lock's among them) close with the last thread."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for task in Path(f"/proc/{pid}/task").iterdir()]
+    except FileNotFoundError:  # the process, or one of its threads, is gone meanwhile: look again
+        return not Path(f"/proc/{pid}").exists()
+    return all(state in ("Z", "X") for state in states)
 
 
 def run_until_fold_2_epoch_1(command: list[str], out: Path) -> None:
