@@ -29,18 +29,6 @@ def tiny_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny batches gain nothing from two threads, and lose much when other jobs share the cores
-    (a training module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """Three classes (one with a Chinese name) of 8 small images each."""

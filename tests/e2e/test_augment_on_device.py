@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
 import train_clip
@@ -14,7 +13,6 @@ from data.batch_transforms import BatchAugmentation
 from tests.e2e.test_finetuning import histories, interrupt_after_fold_1_epoch_1
 from tests.helpers import make_image_tree
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 def run_args(data: Path, text_encoder: Path, out: Path) -> list[str]:

@@ -18,7 +18,7 @@ from training.checkpoints import full_model_state, load_best_model_state
 from utils.io import load_checkpoint
 from utils.run_dir import RunDir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow]
 TEMPLATE = "a photo of {class_name}"
 SCORES = ("val_loss", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece")  # of the scored images
 

@@ -19,8 +19,7 @@ from tests.helpers import make_image_tree
 from training.checkpoints import load_best_model_state
 from utils.run_dir import RunDir
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
+pytestmark = [pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
                                  reason="torch.compile's CPU backend (inductor) needs a C compiler")]
 
 

@@ -39,7 +39,6 @@ from training.distributed import Distributed, ShardedBatchSampler, merge_evaluat
 from utils.io import load_checkpoint
 
 TOLERANCE = 1e-2  # see the module's docstring
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_args(data: Path, text_encoder: Path) -> list[str]:

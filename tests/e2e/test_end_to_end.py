@@ -24,7 +24,6 @@ from utils.run_dir import RunDir
 CLASSES = {"cat_a": 8, "cat_b": 8, "股骨柄A": 8}
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 EPOCHS = 2
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(root: Path, text_encoder: Path, *extra: str, log_file: Path | None = None) -> tuple[Path, list[str]]:

@@ -32,7 +32,7 @@ from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.helpers import csv_probabilities, make_image_tree, read_prediction_csv
 from tests.weights_helpers import point_caches_at
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow]
 
 CLASSES = {"cat_a": 6, "股骨柄B": 6}
 

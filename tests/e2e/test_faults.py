@@ -32,7 +32,7 @@ from training.ensemble import load_fold_model
 from utils.checksums import ChangedCheckpointError
 from utils.io import load_checkpoint, read_json
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread", "no_report")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_report")]
 
 
 def run_args(data: Path, text_encoder: Path, out: Path, log: Path) -> list[str]:

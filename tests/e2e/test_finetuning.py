@@ -11,7 +11,7 @@ import train_clip
 import training.fold
 from tests.helpers import make_image_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow]
 
 # The methods that go together on a tiny BERT and StarNet, in one run: each one's flags, its label in
 # the leaderboard and a phrase of the methods paragraph (WiSE-FT needs CLIP towers: tests/e2e/test_wise_ft.py).

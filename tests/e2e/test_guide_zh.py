@@ -24,8 +24,7 @@ GUIDE = ROOT / "docs" / "zh" / "README.md"
 TEXT = GUIDE.read_text(encoding="utf-8")
 SEED_SECTIONS = ["快速开始", "支持的模型", "训练参数说明", "数据准备", "训练输出", "训练日志", "常见问题", "示例命令"]
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(shutil.which("bash") is None,
-                                                                       reason="needs bash")]
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
 def test_the_guide_follows_the_users_guide_and_is_linked_from_the_readme() -> None:

@@ -29,7 +29,7 @@ from utils.checksums import load_recorded, save_recorded
 from utils.io import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from utils.run_dir import RunDir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow]
 # LP-FT's first epoch trains the head alone: the run is interrupted there, the adapters train after resuming.
 LORA = ("--lora-rank", "4", "--ema-decay", "0.5", "--lp-epochs", "1", "--test-fraction", "0.2")
 

@@ -22,7 +22,6 @@ from utils.run_dir import RunDir
 
 N_PATIENTS, IMAGES_PER_PATIENT, SIZE = 20, 3, 32
 CLASSES = ("loose", "stable")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def patient_images(seed: int = 0) -> list[tuple[str, str, np.ndarray]]:

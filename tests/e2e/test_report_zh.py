@@ -14,7 +14,6 @@ from reporting.leaderboard import main as leaderboard_main
 from reporting.report import main as report_main
 from tests.helpers import make_image_tree
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e-?\d+)?")
 # Names that stay as they are in Chinese text (metrics, methods, file and flag names).

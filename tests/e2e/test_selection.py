@@ -38,7 +38,6 @@ from utils.io import load_checkpoint
 
 N_IMAGES, N_CLASSES, NUM_EPOCHS, N_FOLDS, SEED = 64, 4, 10, 16, 1
 CHANCE = 1 / N_CLASSES
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise_images(root: Path) -> Path:

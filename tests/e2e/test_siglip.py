@@ -22,7 +22,7 @@ from training.checkpoints import full_model_state
 from utils.io import load_checkpoint
 from utils.run_dir import RunDir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.slow]
 # SigLIP's heads: the tower's attention-pooling head and the text head (models/siglip.py).
 HEADS = ("image_encoder.backbone.tower.projection.", "text_encoder.projection.")
 

@@ -14,7 +14,6 @@ from export.layout import BundleError, read_metadata, verified_model
 from tests.export.fold_models import CLASS_NAMES, CLASS_TEXTS, IMG, run_models, tiny_fold_models
 from utils.io import file_sha256
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUMMARY = {"mode": "cv", "oof": {"accuracy": 0.75, "balanced_accuracy": 0.7},
            "oof_ci": {"accuracy": [0.6, 0.9], "balanced_accuracy": [0.5, 0.85]},

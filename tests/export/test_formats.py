@@ -16,7 +16,6 @@ from export.graph import ExportedClassifier
 from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.export.fold_models import IMG, tiny_fold_models
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_both_files_run_any_batch_size_as_the_graph_does(tiny_text_encoder: Path, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from export.graph import ExportedClassifier
@@ -12,7 +11,6 @@ from tests.equivalence import FLOAT32_EPS
 from tests.export.fold_models import CLASS_NAMES, IMG, tiny_fold_models
 from training.ensemble import ensemble_probs
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_graph_is_predict_pys_ensemble_with_each_folds_temperature(tiny_text_encoder: Path) -> None:

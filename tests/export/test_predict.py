@@ -25,7 +25,6 @@ from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.export.fold_models import CLASS_NAMES, IMG, run_models, tiny_fold_models
 from tests.helpers import write_dicom
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
 # Makes torch (and the libraries that need it) unimportable in the process it starts in.

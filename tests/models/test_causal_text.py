@@ -13,7 +13,6 @@ import torch
 from models.text_encoders import build_text_encoder
 from tests.equivalence import assert_same_float64
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Descriptions of different lengths: padding differs per row, and the longest sets the width.
 TEXTS = ["a handwritten digit zero", "a scanned image of the number 7 written by hand on lined paper",

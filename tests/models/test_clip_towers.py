@@ -32,7 +32,6 @@ from tests.weights_helpers import point_caches_at
 from utils.errors import ConfigError
 from utils.io import load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 TEMPLATE = "一张{class_name}的照片"
 IMG = 32  # the tiny models' image size (patch 16)
 CONTINUOUS_METRICS = ("roc_auc", "ece")

@@ -23,7 +23,6 @@ from tests.equivalence import FLOAT32_EPS, assert_same_float64
 from tests.weights_helpers import point_caches_at, put_in_hf_cache
 from utils.errors import ConfigError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 IMG = 32  # the tiny model's image size (patch 16: a 2x2 grid of patch tokens)
 SCALE, BIAS = 5.0, -2.5  # exp(5) = 148: above CLIP's cap of 100, so a capped scale would show
 TEXTS = ["股骨柄 a", "xy photo", "a longer description of the third class"]

@@ -14,7 +14,6 @@ from models.text_encoders import build_text_encoder
 from tests.equivalence import assert_same_float64
 from training.engine import train_one_epoch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 PIXELS = 3 * 8 * 8
 BATCH = 8
 CPU = torch.device("cpu")

@@ -26,7 +26,6 @@ from utils.checksums import save_recorded
 from utils.io import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from utils.run_dir import RunDir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 FROZEN_FILE = "frozen_towers.pth"
 

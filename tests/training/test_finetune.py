@@ -13,7 +13,6 @@ from training.config import TrainConfig
 from training.engine import train_one_epoch
 from training.finetune import LinearProbe, ScoredModel, wise_ft
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 DECAY = 0.9
 

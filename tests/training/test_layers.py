@@ -17,7 +17,6 @@ from training.engine import parameter_groups, train_one_epoch
 from training.layers import layer_ids, lock_groups
 from utils.errors import ConfigError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def classifier(backbone: nn.Module, dim: int, text_dir) -> CLIPClassifier:

@@ -26,7 +26,6 @@ from utils.errors import ConfigError
 from utils.io import CheckpointError
 from utils.run_dir import RunDir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = [["a photo of a cat"], ["a photo of a dog", "a dog"], ["a bird"]]
 PAIR = {"image_encoder": TINY_CLIP_NAME, "text_encoder": TINY_CLIP_NAME}
 
