@@ -50,14 +50,15 @@ SETTINGS = {
 OLD_FORMAT = "train_clip/1"
 
 
-def train(data: Path, out: Path, flags: list[str], args: argparse.Namespace) -> float:
+def train(data: Path, out: Path, flags: list[str], args: argparse.Namespace, n_splits: int = 5) -> float:
+    """Seconds of one short run of the trainer (tiny images, one epoch, ``n_splits`` folds, no test set)."""
     started = time.perf_counter()
     # The trainer runs as a program (nothing imports train_clip.py), in a child process.
     code = subprocess.run([sys.executable, str(ROOT / "train_clip.py"), "--data-dir", str(data),
                            "--image-encoder", args.image_encoder, "--text-encoder", args.text_encoder,
                            "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-4",
                            "--warmup-epochs", "0", "--augmentation", "none", "--num-workers", "0", "--use-cv",
-                           "--n-splits", "5", "--bootstrap-resamples", "0", "--output-dir", str(out),
+                           "--n-splits", str(n_splits), "--bootstrap-resamples", "0", "--output-dir", str(out),
                            "--log-file", str(out.parent / f"{out.name}.log"), *flags],
                           stdout=subprocess.DEVNULL).returncode
     if code != 0:

@@ -37,19 +37,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from benchmarks.run_arguments import add_run_arguments  # noqa: E402
 from data.demo import build_demo_dataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_run_arguments(parser, epochs=2, batch_size=64, batch_help="The global batch, the same for every count.")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
                         help="Process counts to compare; the first is the baseline.")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64, help="The global batch, the same for every count.")
-    parser.add_argument("--image-encoder", default="starnet_s050")
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each process of a CPU run.")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/ddp_<device>.json)")
     args = parser.parse_args()
     if args.device == "cuda" and max(args.processes) > torch.cuda.device_count():

@@ -43,21 +43,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks.output import write_result  # noqa: E402
+from benchmarks.run_arguments import add_run_arguments  # noqa: E402
 from data.demo import build_demo_dataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_run_arguments(parser, epochs=3, batch_size=32)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2], help="JOBS_PER_GPU values; the first is the baseline.")
     parser.add_argument("--jobs", type=int, default=2, help="Jobs in the study (the same for every K).")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-encoder", default="starnet_s050")
     parser.add_argument("--text-encoder", default="all-MiniLM-L6-v2")
-    parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="OMP threads of each job.")
     parser.add_argument("--work-dir", default=None, help="Keep the studies here (default: a temporary folder).")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/jobs_per_gpu_<device>.json)")
     args = parser.parse_args()

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,25 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.bench_checkpoint_bytes import bytes_on_disk, checkpoint_files  # noqa: E402
+from benchmarks.bench_checkpoint_bytes import bytes_on_disk, checkpoint_files, train  # noqa: E402
 from benchmarks.output import write_result  # noqa: E402
 from tests.helpers import make_image_tree  # noqa: E402
 from utils.io import load_checkpoint  # noqa: E402
 from utils.run_dir import RunDir  # noqa: E402
-
-
-def train(data: Path, out: Path, flags: list[str], args: argparse.Namespace) -> float:
-    started = time.perf_counter()
-    code = subprocess.run([sys.executable, str(ROOT / "train_clip.py"), "--data-dir", str(data),
-                           "--image-encoder", args.image_encoder, "--text-encoder", args.text_encoder,
-                           "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--learning-rate", "1e-4",
-                           "--warmup-epochs", "0", "--augmentation", "none", "--num-workers", "0", "--use-cv",
-                           "--n-splits", "2", "--bootstrap-resamples", "0", "--output-dir", str(out),
-                           "--log-file", str(out.parent / f"{out.name}.log"), *flags],
-                          stdout=subprocess.DEVNULL).returncode
-    if code != 0:
-        raise SystemExit(f"training {out.name} failed (exit {code}); see {out.parent / f'{out.name}.log'}")
-    return time.perf_counter() - started
 
 
 def numel(state: dict) -> int:
@@ -81,7 +65,7 @@ def main() -> None:
                                size=32)
         for name, flags in settings.items():
             run_dir = RunDir(root / name)
-            results[name] = {"flags": flags, **measure(run_dir, train(data, run_dir.path, flags, args))}
+            results[name] = {"flags": flags, **measure(run_dir, train(data, run_dir.path, flags, args, n_splits=2))}
             print(f"{name}: fold checkpoint {results[name]['fold_checkpoint_bytes'] / 1e6:.1f} MB", flush=True)
     full = results["full"]
     for r in results.values():
