@@ -9,21 +9,26 @@ The towers end in Chinese-CLIP's own projections, so both give CLIP embeddings: 
 projects the [CLS] state of its BERT (as ``ChineseCLIPModel.get_text_features``), the image tower
 the post-LayerNorm [CLS] state of its ViT (as ``get_image_features``). Checkpoints carry the
 configuration and tokenizer files (``saved_files``), so a run folder rebuilds them without the
-HuggingFace cache.
+HuggingFace cache. :data:`BUILDERS` is the family's entry in the table of :mod:`models.clip_builders`.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from models import hf_models
+from models.clip_base import (IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, TEXT_FLAG, TEXT_WEIGHTS_FLAG, CLIPFamilyBuilders,
+                              CLIPImage, CLIPImageBackbone, CLIPPair, Files)
 from models.families import CHINESE_CLIP
 from models.hf_files import context_length, tokenize
 from models.hf_models import load_tokenizer, saved_files
-from models.names import UnknownEncoderError
+from models.names import EncoderSource, UnknownEncoderError
 from models.token_report import TokenReport, hf_token_report
+from models.weights import hf_weights_location
+from utils.errors import ConfigError
 
 PREFIX = CHINESE_CLIP.prefix
 ALIASES = {
@@ -145,10 +150,66 @@ class ChineseCLIPImageTower(nn.Module):
         return self.projection(pooled)
 
 
-def build_text_encoder(target: str, name: str, flag: str, weights_flag: str, pretrained: bool,
-                       weights: str | None = None) -> ChineseCLIPTextEncoder:
+def _resolve_source(model: str, pretrained: bool, flag: str, check_exists: bool) -> EncoderSource:
+    return EncoderSource(CHINESE_CLIP.key, resolve(model, flag, check_exists), None, pretrained)
+
+
+def build_text(source: EncoderSource, name: str, pretrained: bool, weights: str | None) -> ChineseCLIPTextEncoder:
     """The text tower alone (``pretrained`` False: architecture only, no vision tower ever built)."""
-    tokenizer = load_tokenizer(target, name, flag, weights_flag, weights)
+    args = (source.model, name, TEXT_FLAG, TEXT_WEIGHTS_FLAG, weights)
+    tokenizer = load_tokenizer(*args)
     if not pretrained:
-        return ChineseCLIPTextEncoder.from_config(load_config(target, name, flag, weights_flag, weights), tokenizer)
-    return ChineseCLIPTextEncoder.from_clip(load_pretrained_model(target, name, flag, weights_flag, weights), tokenizer)
+        return ChineseCLIPTextEncoder.from_config(load_config(*args), tokenizer)
+    return ChineseCLIPTextEncoder.from_clip(load_pretrained_model(*args), tokenizer)
+
+
+def _image(name: str, tower: ChineseCLIPImageTower, config: Any, img_size: int | None) -> CLIPImage:
+    """The tower behind its renormalisation; any multiple of the patch size works (interpolated positions)."""
+    if img_size is not None and img_size % tower.patch_size:
+        raise ConfigError(f"--img-size {img_size}: {IMAGE_FLAG} {name} needs a multiple of its patch size "
+                          f"{tower.patch_size} (e.g. {img_size - img_size % tower.patch_size or tower.patch_size})")
+    return CLIPImage(CLIPImageBackbone(tower, IMAGE_MEAN, IMAGE_STD), tower.feature_dim, saved_files(config))
+
+
+def build_image(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+                weights: str | None) -> CLIPImage:
+    if pretrained:
+        clip = load_pretrained_model(source.model, name, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, weights)
+        return _image(name, ChineseCLIPImageTower.from_clip(clip), clip.config, img_size)
+    config = load_config(source.model, name, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, weights)
+    return _image(name, ChineseCLIPImageTower.from_config(config), config, img_size)
+
+
+def image_from_files(files: Files, name: str, img_size: int | None) -> CLIPImage:
+    config = config_from_files(files)
+    return _image(name, ChineseCLIPImageTower.from_config(config), config, img_size)
+
+
+def build_pair(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+               weights: str | None) -> CLIPPair:
+    args = (source.model, name, TEXT_FLAG, TEXT_WEIGHTS_FLAG, weights)
+    tokenizer = load_tokenizer(*args)
+    if pretrained:
+        clip = load_pretrained_model(*args)
+    else:
+        from transformers import ChineseCLIPModel
+
+        clip = ChineseCLIPModel(load_config(*args))
+    text = ChineseCLIPTextEncoder.from_clip(clip, tokenizer)
+    image = _image(name, ChineseCLIPImageTower.from_clip(clip), clip.config, img_size)
+    return CLIPPair(image, text, float(clip.logit_scale.detach()))
+
+
+def pair_from_files(files: Files, name: str, img_size: int | None) -> CLIPPair:
+    """A restore: the text tower's files hold the whole model's config; the checkpoint's state gives the scale."""
+    text = ChineseCLIPTextEncoder.from_saved_files(files)
+    config = text.clip_config
+    image = _image(name, ChineseCLIPImageTower.from_config(config), config, img_size)
+    return CLIPPair(image, text, float(config.logit_scale_init_value))
+
+
+BUILDERS = CLIPFamilyBuilders(
+    CHINESE_CLIP, resolve=_resolve_source, image=build_image, image_from_files=image_from_files,
+    pair=build_pair, pair_from_files=pair_from_files, text=build_text,
+    text_from_files=ChineseCLIPTextEncoder.from_saved_files, weights_location=hf_weights_location,
+    counts=partial(hf_models.counts, KIND), weights_folder=True)

@@ -7,7 +7,9 @@ a HuggingFace text encoder (an alias such as ``bert-base-chinese``, or a model f
 says whether a name starts from pretrained weights when it carries no ``:pretrained`` /
 ``:scratch`` suffix, whose weights those are, and how the methods paragraph says so. Everyone else
 asks here (:func:`family_of`) instead of testing prefixes; the builders live in the family's module
-(``image_encoders``, ``text_encoders``, ``open_clip_towers``, ``chinese_clip``, ``siglip``, ``clip_towers``).
+(``image_encoders``, ``text_encoders``, and for the CLIP families ``open_clip_towers``, ``chinese_clip``,
+``siglip``, found by family key through the table of ``clip_builders``). This module imports none of
+them: naming a family needs neither torch nor transformers.
 """
 from __future__ import annotations
 
@@ -53,8 +55,6 @@ HUGGINGFACE_NAMED = EncoderFamily("hf", "HuggingFace", "", frozenset({TEXT}), Tr
 FAMILIES = (OPEN_CLIP, CHINESE_CLIP, SIGLIP, TIMM, HUGGINGFACE, IMAGE_REGISTRY, HUGGINGFACE_NAMED)
 # Models whose one name serves both towers (a pair keeps the model's own projections and logit scale).
 CLIP_FAMILIES = (OPEN_CLIP, CHINESE_CLIP, SIGLIP)
-# Those among them that transformers builds (a model folder or hub name; checkpoints keep its files).
-TRANSFORMERS_CLIP_FAMILIES = (CHINESE_CLIP, SIGLIP)
 
 
 def family_of(name: str, tower: str) -> EncoderFamily:

@@ -13,9 +13,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from models.clip_base import CLIPCounts
 from models.hf_files import files_as_tensors, write_files
-from models.names import UnknownEncoderError, WeightsNotFoundError, unknown_encoder
-from models.weights import hf_from_pretrained, incompatible_weights
+from models.names import EncoderSource, UnknownEncoderError, WeightsNotFoundError, unknown_encoder
+from models.weights import hf_from_pretrained, hf_hub_cache, incompatible_weights
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer_config.json"
@@ -123,3 +124,19 @@ def saved_files(*savables: Any) -> dict[str, torch.Tensor]:
         for savable in savables:
             savable.save_pretrained(folder)
         return files_as_tensors(Path(folder))
+
+
+def counts(kind: HFModelKind, source: EncoderSource) -> CLIPCounts:
+    """A model's towers, from its cached config.json (each tower with its projection or head: the
+    ``vision_model``/``visual_projection`` and ``text_model``/``text_projection`` parameters)."""
+    try:
+        config = kind.config_type().from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
+    except OSError:  # not cached: sizes unknown until it is
+        return CLIPCounts(None, None, None)
+    with torch.device("meta"):
+        model = kind.model_type_class()(config)
+    counted = {tower: sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefixes))
+               for tower, prefixes in (("image", ("vision_model.", "visual_projection.")),
+                                       ("text", ("text_model.", "text_projection.")))}
+    embed_dim = getattr(config, "projection_dim", None) or config.text_config.projection_size
+    return CLIPCounts(counted["image"], counted["text"], int(embed_dim))

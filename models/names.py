@@ -33,10 +33,11 @@ HF_HUB_PREFIX = "hf-hub:"
 @dataclass(frozen=True)
 class EncoderSource:
     """Where a text encoder or a CLIP tower comes from (loads nothing): ``kind`` is the family's key
-    (``clip``, ``cn-clip`` or ``hf``, models/families.py)."""
+    (``clip``, ``cn-clip``, ``siglip`` or ``hf``, models/families.py); a CLIP family's key finds its
+    builders in models/clip_builders.py."""
 
     kind: str
-    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder (hf, cn-clip)
+    model: str  # open_clip config name or "hf-hub:<repo>"; HuggingFace hub id or local folder (hf, cn-clip, siglip)
     tag: str | None  # open_clip pretrained tag (None for hf-hub models: the repo holds the weights)
     pretrained: bool
 

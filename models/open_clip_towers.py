@@ -2,8 +2,9 @@
 
 ``clip:ViT-B/32``, ``clip:RN50`` (OpenAI weights, QuickGELU configs), ``clip:<open_clip model>``
 (its first listed pretrained tag) and ``clip:hf-hub:<repo>`` (an open_clip model published on the
-HuggingFace hub, e.g. BiomedCLIP). Both towers load through :func:`load_open_clip`: the text tower
-here (:class:`OpenCLIPTextEncoder`), the image tower and pairs in :mod:`models.clip_towers`.
+HuggingFace hub, e.g. BiomedCLIP). Both towers load through :func:`load_open_clip`; this module builds
+the text tower (:class:`OpenCLIPTextEncoder`), the image tower and the pair, and :data:`BUILDERS` is the
+family's entry in the table of :mod:`models.clip_builders`.
 ``--text-weights`` / ``--image-weights`` is a weights file, or a folder holding one (and, for
 ``hf-hub`` models, its ``open_clip_config.json``).
 """
@@ -14,12 +15,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from models.causal_text import causal_text_tower, encode_causal, pooled_positions
+from models.clip_base import (IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, TEXT_FLAG, TEXT_WEIGHTS_FLAG, CLIPCounts,
+                              CLIPFamilyBuilders, CLIPImage, CLIPImageBackbone, CLIPPair, Files, check_size,
+                              count_parameters)
+from models.families import OPEN_CLIP
 from models.names import HF_HUB_PREFIX, EncoderSource, UnknownEncoderError, WeightsNotFoundError
 from models.token_report import TokenReport, hf_token_report, is_byte_piece
 from models.weights import (WeightsLocation, download_note, fetch_weights_file, hf_hub_cache, incompatible_weights,
@@ -28,8 +33,6 @@ from utils.errors import closest
 from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
-
-TEXT_FLAG, TEXT_WEIGHTS_FLAG = "--text-encoder", "--text-weights"
 
 # Friendly open_clip names → (open_clip model config, pretrained tag). The OpenAI weights were
 # trained with QuickGELU, so the -quickgelu configs are the ones that reproduce them.
@@ -51,9 +54,9 @@ def resolve_open_clip(model: str, pretrained: bool, flag: str = TEXT_FLAG) -> En
     name of ``open_clip.list_models()`` with its first pretrained tag."""
     if model in CLIP_ALIASES:
         config, tag = CLIP_ALIASES[model]
-        return EncoderSource("clip", config, tag, pretrained)
+        return EncoderSource(OPEN_CLIP.key, config, tag, pretrained)
     if model.startswith(HF_HUB_PREFIX) and len(model) > len(HF_HUB_PREFIX):
-        return EncoderSource("clip", model, None, pretrained)
+        return EncoderSource(OPEN_CLIP.key, model, None, pretrained)
     import open_clip
 
     config = model.replace("/", "-")
@@ -66,7 +69,7 @@ def resolve_open_clip(model: str, pretrained: bool, flag: str = TEXT_FLAG) -> En
                                   f"clip:<name> for the {len(open_clip.list_models())} names of "
                                   f"open_clip.list_models()")
     tags = open_clip.list_pretrained_tags_by_model(config)
-    return EncoderSource("clip", config, tags[0] if tags else None, pretrained)
+    return EncoderSource(OPEN_CLIP.key, config, tags[0] if tags else None, pretrained)
 
 
 def clip_weights_location(source: EncoderSource) -> WeightsLocation | None:
@@ -173,12 +176,10 @@ class OpenCLIPTextEncoder(nn.Module):
 
     def __init__(self, loaded: LoadedOpenCLIP) -> None:
         super().__init__()
-        import open_clip
-
         loaded.model.visual = None
         self.clip = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.feature_dim = int(open_clip.get_model_config(loaded.config_name)["embed_dim"])
+        self.feature_dim = _embed_dim(loaded.config_name)
 
     @property
     def context_length(self) -> int:
@@ -217,3 +218,69 @@ class OpenCLIPTextEncoder(nn.Module):
         if tower is None:
             return self.clip.encode_text(text)
         return encode_causal(tower, text)
+
+
+def _embed_dim(config_name: str) -> int:
+    import open_clip
+
+    return int(open_clip.get_model_config(config_name)["embed_dim"])
+
+
+def _statistics(source: EncoderSource, visual: nn.Module) -> tuple[tuple, tuple]:
+    """The mean/std the weights were trained with: the pretrained tag's, else the model config's."""
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(source.model, source.tag) if source.tag else {}
+    mean = tag_cfg.get("mean") or visual.image_mean or open_clip.OPENAI_DATASET_MEAN
+    std = tag_cfg.get("std") or visual.image_std or open_clip.OPENAI_DATASET_STD
+    return tuple(mean), tuple(std)
+
+
+def _image(source: EncoderSource, name: str, visual: nn.Module, embed_dim: int, img_size: int | None) -> CLIPImage:
+    size = getattr(visual, "image_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    check_size(name, size, img_size, "its position embeddings are fixed")
+    mean, std = _statistics(source, visual)
+    return CLIPImage(CLIPImageBackbone(visual, mean, std), embed_dim)
+
+
+def build_image(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+                weights: str | None) -> CLIPImage:
+    loaded = load_open_clip(source, name, pretrained, weights, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG)
+    return _image(source, name, loaded.model.visual, _embed_dim(loaded.config_name), img_size)
+
+
+def build_pair(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+               weights: str | None) -> CLIPPair:
+    loaded = load_open_clip(source, name, pretrained, weights, TEXT_FLAG, TEXT_WEIGHTS_FLAG)
+    scale = float(loaded.model.logit_scale.detach())
+    image = _image(source, name, loaded.model.visual, _embed_dim(loaded.config_name), img_size)
+    return CLIPPair(image, OpenCLIPTextEncoder(loaded), scale)  # the text encoder drops .visual
+
+
+def build_text(source: EncoderSource, name: str, pretrained: bool, weights: str | None) -> OpenCLIPTextEncoder:
+    return OpenCLIPTextEncoder(load_open_clip(source, name, pretrained, weights))
+
+
+def _keeps_no_files(files: Files, *_: Any) -> NoReturn:
+    """open_clip ships its tokenizers and model configs, so its towers save no files (``saved_files`` is
+    empty) and a restore rebuilds them from the name: files for one are a bug, not something to ignore."""
+    raise ValueError(f"open_clip towers keep no files in a checkpoint, got {sorted(files)}")
+
+
+def counts(source: EncoderSource) -> CLIPCounts:
+    import open_clip
+
+    with torch.device("meta"), without_random_init_warning():
+        model = open_clip.create_model(source.model, device="meta", load_weights=False, pretrained_text=False)
+    image = count_parameters(model.visual)
+    return CLIPCounts(image, count_parameters(model) - image, _embed_dim(source.model))
+
+
+BUILDERS = CLIPFamilyBuilders(
+    OPEN_CLIP,
+    # open_clip names are never folders: there is nothing whose existence a restore could skip checking.
+    resolve=lambda model, pretrained, flag, check_exists: resolve_open_clip(model, pretrained, flag),
+    image=build_image, image_from_files=_keeps_no_files, pair=build_pair, pair_from_files=_keeps_no_files,
+    text=build_text, text_from_files=_keeps_no_files, weights_location=clip_weights_location, counts=counts,
+    weights_folder=False)

@@ -4,7 +4,8 @@ whether its pretrained weights are already in the cache that training reads.
 Parameters are counted on the ``meta`` device (shapes only, no memory, no initialisation), for the
 encoder as the classifier uses it: without the ImageNet classification head, text tower only. CLIP
 models (open_clip, Chinese-CLIP, SigLIP) are listed once more as image towers: the same name on both sides
-is a pair that keeps its CLIP's projections (models/clip_towers.py).
+is a pair that keeps its CLIP's projections (models/clip_towers.py). Each CLIP family counts its own
+towers (``counts`` in the table of models/clip_builders.py).
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from models import chinese_clip, siglip
+from models.clip_base import CLIPCounts, count_parameters
+from models.clip_builders import clip_builders
 from models.image_encoders import IMAGE_ENCODERS, TIMM_PREFIX, build_image_encoder
-from models.families import CHINESE_CLIP, IMAGE, OPEN_CLIP, family_of
+from models.families import IMAGE, family_of
 from models.names import EncoderSource
-from models.open_clip_towers import CLIP_ALIASES, without_random_init_warning
+from models.open_clip_towers import CLIP_ALIASES
 from models.text_encoders import HF_ALIASES, resolve_text_encoder, text_weights_location
 from models.weights import WeightsLocation, hf_hub_cache
 
@@ -38,53 +41,14 @@ def weights_status(location: WeightsLocation | None) -> str:
     return YES if location.cached() is not None else NOT_CACHED
 
 
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def image_rows() -> list[EncoderRow]:
     rows = []
     for spec in IMAGE_ENCODERS.values():
         with torch.device("meta"):
             encoder = build_image_encoder(spec.name)
-        rows.append(EncoderRow(spec.name, spec.family, _count(encoder), encoder.feature_dim,
+        rows.append(EncoderRow(spec.name, spec.family, count_parameters(encoder), encoder.feature_dim,
                                weights_status(spec.weights_location())))
     return rows
-
-
-@dataclass(frozen=True)
-class CLIPCounts:
-    """Parameters of a CLIP model's two towers (each with its projection) and its embedding size."""
-
-    image: int | None
-    text: int | None
-    embed_dim: int | None
-
-
-def _open_clip_counts(source: EncoderSource) -> CLIPCounts:
-    import open_clip
-
-    with torch.device("meta"), without_random_init_warning():
-        model = open_clip.create_model(source.model, device="meta", load_weights=False, pretrained_text=False)
-    image = _count(model.visual)
-    return CLIPCounts(image, _count(model) - image, int(open_clip.get_model_config(source.model)["embed_dim"]))
-
-
-def _transformers_counts(source: EncoderSource) -> CLIPCounts:
-    """A Chinese-CLIP or SigLIP model's towers, from its cached config.json (each tower with its projection
-    or head: the ``vision_model``/``visual_projection`` and ``text_model``/``text_projection`` parameters)."""
-    kind = chinese_clip.KIND if source.kind == CHINESE_CLIP.key else siglip.KIND
-    try:
-        config = kind.config_type().from_pretrained(source.model, cache_dir=str(hf_hub_cache()), local_files_only=True)
-    except OSError:  # not cached: sizes unknown until it is
-        return CLIPCounts(None, None, None)
-    with torch.device("meta"):
-        model = kind.model_type_class()(config)
-    counts = {tower: sum(p.numel() for name, p in model.named_parameters() if name.startswith(prefixes))
-              for tower, prefixes in (("image", ("vision_model.", "visual_projection.")),
-                                      ("text", ("text_model.", "text_projection.")))}
-    embed_dim = getattr(config, "projection_dim", None) or config.text_config.projection_size
-    return CLIPCounts(counts["image"], counts["text"], int(embed_dim))
 
 
 def clip_counts() -> dict[str, tuple[EncoderSource, CLIPCounts]]:
@@ -94,15 +58,14 @@ def clip_counts() -> dict[str, tuple[EncoderSource, CLIPCounts]]:
     counted = {}
     for name in names:
         source = resolve_text_encoder(name)
-        counts = _open_clip_counts(source) if source.kind == OPEN_CLIP.key else _transformers_counts(source)
-        counted[name] = (source, counts)
+        counted[name] = (source, clip_builders(source.kind).counts(source))
     return counted
 
 
 def clip_rows(counted: dict[str, tuple[EncoderSource, CLIPCounts]], tower: str) -> list[EncoderRow]:
     """One row per CLIP model: its ``tower`` ("image" or "text") as an encoder."""
     return [EncoderRow(name, family_of(name, IMAGE).title, getattr(counts, tower),
-                       counts.embed_dim, weights_status(text_weights_location(source)))
+                       counts.embed_dim, weights_status(clip_builders(source.kind).weights_location(source)))
             for name, (source, counts) in counted.items()]
 
 
@@ -117,7 +80,7 @@ def _hf_row(name: str, source: EncoderSource) -> EncoderRow:
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     status = YES if location is None else weights_status(location)
-    return EncoderRow(name, "HuggingFace", _count(model), int(config.hidden_size), status)
+    return EncoderRow(name, "HuggingFace", count_parameters(model), int(config.hidden_size), status)
 
 
 def text_rows(counted: dict[str, tuple[EncoderSource, CLIPCounts]]) -> list[EncoderRow]:

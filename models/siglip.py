@@ -13,22 +13,27 @@ docs say to); the image tower pools the patch tokens with its attention-pooling 
 heads are held as each tower's ``projection``, as Chinese-CLIP's are (LP-FT's head in
 training/finetune.py). The input size and normalisation are the processor config's; checkpoints
 carry the config, tokenizer and processor files, so a run folder rebuilds the towers offline.
+:data:`BUILDERS` is the family's entry in the table of :mod:`models.clip_builders`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from models import hf_models
+from models.clip_base import (IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, TEXT_FLAG, TEXT_WEIGHTS_FLAG, CLIPFamilyBuilders,
+                              CLIPImage, CLIPImageBackbone, CLIPPair, Files, check_size)
 from models.families import SIGLIP
 from models.hf_files import context_length
 from models.hf_models import config_from_files, saved_files, tokenizer_from_files
-from models.names import WeightsNotFoundError
+from models.names import EncoderSource, WeightsNotFoundError
 from models.token_report import TokenReport, hf_token_report
-from models.weights import first_line, hf_from_pretrained
+from models.weights import first_line, hf_from_pretrained, hf_weights_location
 
 PREFIX = SIGLIP.prefix
 ALIASES = {
@@ -194,10 +199,68 @@ def load(target: str, name: str, flag: str, weights_flag: str, pretrained: bool,
     return LoadedSiglip(None, hf_models.load_config(KIND, *args), tokenizer, processor)
 
 
-def build_text_encoder(target: str, name: str, flag: str, weights_flag: str, pretrained: bool,
-                       weights: str | None = None) -> SiglipTextEncoder:
+def _resolve_source(model: str, pretrained: bool, flag: str, check_exists: bool) -> EncoderSource:
+    return EncoderSource(SIGLIP.key, resolve(model, flag, check_exists), None, pretrained)
+
+
+def build_text(source: EncoderSource, name: str, pretrained: bool, weights: str | None) -> SiglipTextEncoder:
     """The text tower alone (``pretrained`` False: architecture only, no vision tower ever built)."""
-    loaded = load(target, name, flag, weights_flag, pretrained, weights)
+    loaded = load(source.model, name, TEXT_FLAG, TEXT_WEIGHTS_FLAG, pretrained, weights)
     if loaded.model is None:
         return SiglipTextEncoder.from_config(loaded.config, loaded.tokenizer, loaded.processor)
     return SiglipTextEncoder.from_siglip(loaded.model, loaded.tokenizer, loaded.processor)
+
+
+def _image(name: str, tower: SiglipImageTower, config: Any, processor: Any, img_size: int | None) -> CLIPImage:
+    """The processor config's size and normalisation: SigLIP's own input (its zero-shot is at that size)."""
+    expected = ImageInput.of(processor)
+    check_size(name, expected.size, img_size, f"its {PROCESSOR_FILE}")
+    backbone = CLIPImageBackbone(tower, expected.mean, expected.std)
+    return CLIPImage(backbone, tower.feature_dim, saved_files(config, processor))
+
+
+def build_image(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+                weights: str | None) -> CLIPImage:
+    loaded = load(source.model, name, IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, pretrained, weights, with_tokenizer=False)
+    tower = (SiglipImageTower.from_siglip(loaded.model) if loaded.model is not None
+             else SiglipImageTower.from_config(loaded.config))
+    return _image(name, tower, loaded.config, loaded.processor, img_size)
+
+
+def image_from_files(files: Files, name: str, img_size: int | None) -> CLIPImage:
+    """A restore: the checkpoint's config and processor."""
+    config, processor = config_from_files(KIND, files), processor_from_files(files)
+    return _image(name, SiglipImageTower.from_config(config), config, processor, img_size)
+
+
+# SigLIP's initialisation (Zhai et al. 2023, §3.3): transformers zero-initialises both, expecting weights.
+INITIAL_SCALE, INITIAL_BIAS = math.log(10.0), -10.0
+
+
+def build_pair(source: EncoderSource, name: str, pretrained: bool, img_size: int | None,
+               weights: str | None) -> CLIPPair:
+    loaded = load(source.model, name, TEXT_FLAG, TEXT_WEIGHTS_FLAG, pretrained, weights)
+    if loaded.model is None:
+        from transformers import SiglipModel
+
+        model, scale, bias = SiglipModel(loaded.config), INITIAL_SCALE, INITIAL_BIAS
+    else:
+        model = loaded.model
+        scale, bias = float(model.logit_scale.detach()), float(model.logit_bias.detach())
+    text = SiglipTextEncoder.from_siglip(model, loaded.tokenizer, loaded.processor)
+    image = _image(name, SiglipImageTower.from_siglip(model), text.clip_config, text.processor, img_size)
+    return CLIPPair(image, text, scale, bias, capped=False)
+
+
+def pair_from_files(files: Files, name: str, img_size: int | None) -> CLIPPair:
+    """A restore: the checkpoint's files, and its state gives the scale and bias."""
+    text = SiglipTextEncoder.from_saved_files(files)
+    image = _image(name, SiglipImageTower.from_config(text.clip_config), text.clip_config, text.processor, img_size)
+    return CLIPPair(image, text, INITIAL_SCALE, INITIAL_BIAS, capped=False)
+
+
+BUILDERS = CLIPFamilyBuilders(
+    SIGLIP, resolve=_resolve_source, image=build_image, image_from_files=image_from_files,
+    pair=build_pair, pair_from_files=pair_from_files, text=build_text,
+    text_from_files=SiglipTextEncoder.from_saved_files, weights_location=hf_weights_location,
+    counts=partial(hf_models.counts, KIND), weights_folder=True)

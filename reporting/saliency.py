@@ -135,7 +135,7 @@ def square_tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int, batch_first:
 
 
 def _open_clip_layers(backbone: nn.Module) -> list[TargetLayer]:
-    # models/clip_towers.py: backbone.tower is open_clip's visual tower
+    # models/clip_base.py CLIPImageBackbone: backbone.tower is open_clip's visual tower
     visual = backbone.tower
     if hasattr(visual, "trunk"):  # a timm model inside open_clip (BiomedCLIP)
         return _any_timm_layer(visual.trunk)

@@ -21,7 +21,7 @@ import predict
 import train_clip
 from data.images import decode_image
 from models.clip_model import build_clip_model
-from models.clip_towers import INPUT_MEAN, INPUT_STD
+from models.clip_base import INPUT_MEAN, INPUT_STD
 from models.image_encoders import resolve_image_encoder
 from models.names import UnknownEncoderError
 from models.text_encoders import build_text_encoder, resolve_text_encoder
