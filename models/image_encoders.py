@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from models.clip_base import IMAGE_FLAG, IMAGE_WEIGHTS_FLAG
 from models.clip_towers import build_clip_image, resolve_clip_image
 from models.families import CLIP_FAMILIES, IMAGE, TIMM, family_of, is_clip_name
 from models.names import UnknownEncoderError, WeightsNotFoundError, split_suffix, unknown_encoder
@@ -25,8 +26,7 @@ from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
 
-FLAG = "--image-encoder"
-WEIGHTS_FLAG = "--image-weights"
+FLAG, WEIGHTS_FLAG = IMAGE_FLAG, IMAGE_WEIGHTS_FLAG
 TIMM_PREFIX = TIMM.prefix
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from models import chinese_clip, siglip
+from models.clip_base import TEXT_FLAG, TEXT_WEIGHTS_FLAG
 from models.clip_builders import CLIP_BUILDERS
 from models.clip_towers import resolve_clip_source
 from models.families import CLIP_FAMILIES, HUGGINGFACE, TEXT, family_of
@@ -45,8 +46,7 @@ from utils.logging_setup import get_logger
 
 log = get_logger(__name__)
 
-FLAG = "--text-encoder"
-WEIGHTS_FLAG = "--text-weights"
+FLAG, WEIGHTS_FLAG = TEXT_FLAG, TEXT_WEIGHTS_FLAG
 
 HF_ALIASES = {
     "bert-base-chinese": "google-bert/bert-base-chinese",
