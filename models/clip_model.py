@@ -185,7 +185,7 @@ def build_clip_model(image_encoder: str, text_encoder: str, embed_dim: int, temp
                                embed_dim, temperature, class_texts)
     if load_pretrained:
         log.info(describe_projections(image_encoder, text_encoder, model.paired, _new_projection(model.image_proj),
-                                      _new_projection(model.text_proj)))
+                                      _new_projection(model.text_proj), hasattr(model, "logit_bias")))
     if freeze_image:
         freeze(model.image_encoder)
     if freeze_text:

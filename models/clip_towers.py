@@ -29,7 +29,7 @@ import torch
 
 from models.clip_base import IMAGE_FLAG, IMAGE_WEIGHTS_FLAG, TEXT_FLAG, TEXT_WEIGHTS_FLAG, CLIPImage, CLIPPair
 from models.clip_builders import clip_builders
-from models.families import IMAGE, SIGLIP, family_of, is_clip_name
+from models.families import IMAGE, family_of, is_clip_name
 from models.names import EncoderSource, split_suffix
 from utils.errors import ConfigError
 from utils.logging_setup import get_logger
@@ -106,10 +106,11 @@ def build_clip_pair(source: EncoderSource, name: str, load_pretrained: bool = Tr
 
 
 def describe_projections(image_name: str, text_name: str, paired: bool, image_new: tuple[int, int] | None,
-                         text_new: tuple[int, int] | None) -> str:
-    """One log line: which projections are CLIP's own and which are new (``(in, out)`` of a new one)."""
+                         text_new: tuple[int, int] | None, kept_bias: bool = False) -> str:
+    """One log line: which projections are CLIP's own and which are new (``(in, out)`` of a new one);
+    ``kept_bias``: the pair kept its model's logit bias (SigLIP's)."""
     if paired:
-        bias = " and bias" if family_of(image_name, IMAGE) is SIGLIP else ""
+        bias = " and bias" if kept_bias else ""
         return (f"Projections: {image_name} and {text_name} are one CLIP model: its own image and text "
                 f"projections and logit scale{bias} are kept (no new layers; epoch 0 is its zero-shot accuracy)")
 
