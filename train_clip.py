@@ -14,7 +14,7 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -86,7 +86,7 @@ def prepare_run(cfg: TrainConfig, run_dir: RunDir, images: ImageFolder, class_te
     return run
 
 
-def run_training(run: Run) -> dict[str, Any] | None:
+def run_training(run: Run) -> None:
     """Every fold, then (rank 0 alone under torchrun) the summary, the test ensemble and the report."""
     if run.processes.is_main:
         write_run_files(run)
@@ -95,11 +95,9 @@ def run_training(run: Run) -> dict[str, Any] | None:
     except torch.OutOfMemoryError:  # in training or evaluation, any fold
         raise out_of_memory_error(run.model, run.cfg, run.device, run.amp_dtype,
                                   run.processes.world_size) from None
-    if not run.processes.is_main:
-        return None
-    summary = write_summary(run, results)
-    write_reports(run)
-    return summary
+    if run.processes.is_main:
+        write_summary(run, results)
+        write_reports(run)
 
 
 def log_file_of(cfg: TrainConfig) -> Path:

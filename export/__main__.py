@@ -56,7 +56,7 @@ def export_run(args: argparse.Namespace) -> dict:
     # The exported graph is device-free; on the CPU the fold models stay float32, as predict.py --cpu runs them.
     loaded = load_models(checkpoints, torch.device("cpu"), None)
     # Read through the summary's one schema: a cv_summary.json this trainer did not write is refused by name.
-    run = ExportedRun(run_dir.path, loaded, read_summary(run_dir.summary).to_document())
+    run = ExportedRun(run_dir.path, loaded, read_summary(run_dir.summary))
     model = ExportedClassifier(loaded.models)
     encoder = loaded.config["image_encoder"]
     writers = {fmt: partial(WRITERS[fmt], model, img_size=run.img_size, encoder=encoder)

@@ -19,6 +19,7 @@ from data.pixels import IMAGENET_MEAN, IMAGENET_STD
 from export.formats import OPSET
 from export.layout import BUNDLE_PATHS, FORMAT_VERSION, METADATA, MODEL_FILES, README, BundleError
 from reporting.methods import run_environment
+from reporting.run_summary import RunSummary
 from reporting.summary import interval_note, operating_point_note
 from training.ensemble import FoldModel, RunModels
 from utils.io import file_sha256, write_json
@@ -37,7 +38,7 @@ class ExportedRun:
 
     run_dir: Path
     loaded: RunModels
-    summary: dict[str, Any]
+    summary: RunSummary
 
     @property
     def fold_models(self) -> list[FoldModel]:
@@ -81,7 +82,8 @@ def metadata(run: ExportedRun, formats: list[str], files: Mapping[str, str]) -> 
     names = run.class_names
     texts = run.fold_models[0].model.class_texts
     dicom = DicomOptions.from_config(run.config)
-    environment = run.summary.get("environment", {})
+    environment = run.summary.environment
+    summary = run.summary.to_document()  # its keys, as cv_summary.json spells them
     return {
         "format_version": FORMAT_VERSION,
         "task": "image classification (CLIP-style, class descriptions baked in)",
@@ -115,8 +117,8 @@ def metadata(run: ExportedRun, formats: list[str], files: Mapping[str, str]) -> 
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "dicom": {"window": dicom.window, "first_frame": dicom.first_frame, "rule": DICOM_RULE},
         },
-        "metrics": {key: run.summary[key] for key in SUMMARY_KEYS if key in run.summary},
-        "operating_point": run.summary.get("operating_point"),
+        "metrics": {key: summary[key] for key in SUMMARY_KEYS if key in summary},
+        "operating_point": run.summary.section("operating_point"),
         "training": {"commit": environment.get("train_clip_commit"), "versions": environment.get("versions", {})},
         "export": {**run_environment("cpu", None), "onnx_opset": OPSET,
                    **{package: importlib.metadata.version(package) for package in ("onnx", "onnxruntime")}},
@@ -171,10 +173,10 @@ def readme(run: ExportedRun, meta: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _metric_lines(summary: Mapping[str, Any]) -> list[str]:
-    oof, ci = summary.get("oof", {}), summary.get("oof_ci", {})
+def _metric_lines(summary: RunSummary) -> list[str]:
+    ci = summary.section("oof_ci") or {}
     lines = [f"- {name}: {value:.3f}" + (f" (95% CI {ci[name][0]:.3f}-{ci[name][1]:.3f})" if name in ci else "")
-             for name, value in oof.items() if isinstance(value, (int, float))]
+             for name, value in summary.oof.items() if isinstance(value, (int, float))]
     notes = [note for note in (interval_note(summary), operating_point_note(summary)) if note]
     return (["Pooled out-of-fold predictions:", ""] + lines if lines else ["No metrics recorded."]) + \
         ([""] + notes if notes else [])

@@ -169,7 +169,7 @@ def csv_rows(ranked: Sequence[Entry], metric: str,
             + [value for m in LEADERBOARD_METRICS for value in (e.mean[m], e.std[m])] + [e.wall_time_s]
             + ([result.mean_difference, result.p_value, ""] if isinstance(result, TTest)
                else ["", "", result or ""])
-            + winner_cells(won.get(e.run)) + ["" if e.selection is None else str(e.optimistic).lower()]
+            + winner_cells(won.get(e.run)) + [str(e.optimistic).lower()]
             for i, (e, result) in enumerate(zip(ranked, against_top(ranked, metric)), 1)]
     return header, rows
 

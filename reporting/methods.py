@@ -12,10 +12,11 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from reporting.phrases import ENGLISH, Phrases
 from reporting.finetuning import finetuning_sentences
+from reporting.run_summary import RunSummary
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "scikit-learn", "scipy")
@@ -59,10 +60,10 @@ def _git_commit() -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Facts
 # ---------------------------------------------------------------------------------------------
-def class_counts(summary: Mapping[str, Any]) -> list[int]:
+def class_counts(summary: RunSummary) -> list[int]:
     """Images per class: validated out of fold plus held out for the test set."""
-    counts = [c["support"] for c in summary["oof"]["per_class"]]
-    test = summary.get("test") or {}
+    counts = [c["support"] for c in summary.oof["per_class"]]
+    test = summary.section("test") or {}
     for k, c in enumerate(test.get("per_class", [])):
         counts[k] += c["support"]
     return counts
@@ -168,24 +169,24 @@ def _selection(config: Mapping[str, Any], t: Phrases) -> str:
     return t("m_select_fold", monitor=config["monitor"])
 
 
-def _statistics(summary: Mapping[str, Any], t: Phrases) -> list[str]:
-    settings = summary.get("ci_settings")
+def _statistics(summary: RunSummary, t: Phrases) -> list[str]:
+    settings = summary.section("ci_settings")
     sentences = []
-    if summary.get("test"):
+    if summary.section("test"):
         sentences.append(t("m_ensemble"))
     if settings:
         unit = t("unit_group" if settings["resampled_unit"] == "group" else "unit_image")
         sentences.append(t("m_intervals", method=settings["method"], n=settings["n_resamples"], unit=unit,
-                           seed=settings["seed"], and_test=t("m_and_test") if summary.get("test_ci") else ""))
-    point = summary.get("operating_point")
+                           seed=settings["seed"], and_test=t("m_and_test") if summary.section("test_ci") else ""))
+    point = summary.section("operating_point")
     if point:
         rule = "m_threshold_inner" if "inner_sensitivity" in point else "m_threshold_oof"
         sentences.append(t(rule, positive=point["positive_class"]))
     return sentences
 
 
-def _software(summary: Mapping[str, Any], t: Phrases) -> list[str]:
-    environment = summary.get("environment")
+def _software(summary: RunSummary, t: Phrases) -> list[str]:
+    environment = summary.environment
     if not environment:
         return []
     versions = environment.get("versions", {})
@@ -197,10 +198,10 @@ def _software(summary: Mapping[str, Any], t: Phrases) -> list[str]:
               precision=t("m_mixed", precision=precision) if precision else t("m_full"))]
 
 
-def methods_paragraph(config: Mapping[str, Any], folds: Mapping[str, Any], summary: Mapping[str, Any],
+def methods_paragraph(config: Mapping[str, Any], folds: Mapping[str, Any], summary: RunSummary,
                       t: Phrases = ENGLISH) -> str:
     """The run's methods as one paragraph, in the language of ``t``."""
-    names: Sequence[str] = summary["class_names"]
+    names = summary.class_names
     counts = class_counts(summary)
     n_images = sum(counts)
     listed = t.join(t("m_class_count", name=name, n=n) for name, n in zip(names, counts))
@@ -210,7 +211,7 @@ def methods_paragraph(config: Mapping[str, Any], folds: Mapping[str, Any], summa
     return ("" if t.lang == "zh" else " ").join(sentences)
 
 
-def methods_section(config: Mapping[str, Any], folds: Mapping[str, Any], summary: Mapping[str, Any],
+def methods_section(config: Mapping[str, Any], folds: Mapping[str, Any], summary: RunSummary,
                     t: Phrases = ENGLISH) -> list[str]:
     """The report's closing section (Markdown lines) in the language of ``t``."""
     return [t("methods_heading"), "", methods_paragraph(config, folds, summary, t)]

@@ -2,10 +2,10 @@
 
 :func:`write_plots` draws the pictures into ``OUTPUT_DIR/plots/``; :func:`write_report` writes
 the Markdown page that shows them, in English or Chinese (the same code: each sentence is a phrase
-of :mod:`reporting.phrases`). Both take the ``cv_summary.json`` dictionary that
-``training.results.summarise`` returns. ``python -m reporting.report OUTPUT_DIR [--report-lang en|zh|both]``
-rebuilds them from the files of a finished run (for runs made before reports existed, or after
-deleting ``plots/``); the languages default to the run's own ``--report-lang``.
+of :mod:`reporting.phrases`). Both take the run's :class:`~reporting.run_summary.RunSummary`.
+``python -m reporting.report OUTPUT_DIR [--report-lang en|zh|both]`` rebuilds them from the files
+of a finished run (for runs made before reports existed, or after deleting ``plots/``); the
+languages default to the run's own ``--report-lang``.
 """
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ from reporting.patients import patient_table
 from reporting.phrases import ENGLISH, REPORT_LANGS, Phrases, report_languages
 from reporting.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram,
                              plot_roc_curves)
-from reporting.summary import (interval_note, is_cross_validation, operating_point_note,
-                               per_class_table, pooled_name, selection_note, selection_of, summary_table,
-                               test_metrics_of)
-from reporting.run_summary import read_summary
+from reporting.summary import (interval_note, operating_point_note, per_class_table, pooled_name, selection_note,
+                               summary_table)
+from reporting.run_summary import RunSummary, read_summary
 from reporting.tables import render_markdown
 from utils.errors import UserError, exit_status
 from utils.io import atomic_write, read_json
@@ -48,18 +47,18 @@ class ReportError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------
 # Pictures
 # ---------------------------------------------------------------------------------------------
-def write_plots(run_dir: str | os.PathLike, summary: Mapping[str, Any],
+def write_plots(run_dir: str | os.PathLike, summary: RunSummary,
                 histories: Mapping[int, Sequence[Mapping[str, Any]]], oof_y_true: Sequence[int] | np.ndarray,
                 oof_probs: np.ndarray) -> dict[str, str]:
     """Draw every picture into ``run_dir/plots/``; returns {name: path relative to ``run_dir``}.
 
     Learning curves need ``histories`` (fold number → history rows) and are skipped without
-    them; the confusion matrix comes from ``summary['oof']``; the ROC curves from the
+    them; the confusion matrix comes from ``summary.oof``; the ROC curves from the
     out-of-fold labels and probabilities, and so does the reliability diagram (calibration,
     next to the ECE). A held-out test set adds its own confusion matrix.
     """
     plots_dir = RunDir(Path(run_dir)).plots
-    names = list(summary["class_names"])
+    names = summary.class_names
     pooled = pooled_name(summary)
     made: dict[str, str] = {}
 
@@ -68,14 +67,14 @@ def write_plots(run_dir: str | os.PathLike, summary: Mapping[str, Any],
         return plots_dir / f"{name}.png"
 
     if histories:
-        plot_learning_curves(histories, summary["monitor"], target("learning_curves"), selection_of(summary)["on"])
-    plot_confusion_matrix(summary["oof"]["confusion_matrix"], names, target("confusion_matrix"),
+        plot_learning_curves(histories, summary.monitor, target("learning_curves"), summary.selection.on)
+    plot_confusion_matrix(summary.oof["confusion_matrix"], names, target("confusion_matrix"),
                           title=f"Confusion matrix ({pooled})")
     plot_roc_curves(oof_y_true, oof_probs, names, target("roc_curves"),
                     title=f"One-vs-rest ROC curves ({pooled})")
     plot_reliability_diagram(oof_y_true, oof_probs, target("reliability_diagram"),
                              title=f"Reliability diagram ({pooled})")
-    test = test_metrics_of(summary)
+    test = summary.section("test")
     if test is not None and "confusion_matrix" in test:
         plot_confusion_matrix(test["confusion_matrix"], names, target("test_confusion_matrix"),
                               title="Confusion matrix (held-out test set, fold ensemble)")
@@ -92,50 +91,50 @@ def _relative(path: str, run_dir: Path) -> str:
     return as_path.as_posix()
 
 
-def _introduction(summary: Mapping[str, Any], t: Phrases) -> list[str]:
-    names = list(summary["class_names"])
-    design = (t("design_cv", n=summary["n_splits"]) if is_cross_validation(summary) else t("design_holdout"))
-    on = selection_of(summary)["on"]
-    chosen = t("chosen_last") if on == "last" else t(f"chosen_{on}", monitor=summary["monitor"])
-    return [t("title", image=summary.get("image_encoder", "?"), text=summary.get("text_encoder", "?")), "",
-            t("introduction", design=design, n=len(names), names=t.join(names), chosen=chosen,
-              seconds=summary.get("wall_time_s", math.nan)), ""]
+def _introduction(summary: RunSummary, t: Phrases) -> list[str]:
+    names = summary.class_names
+    design = t("design_cv", n=summary.n_splits) if summary.is_cross_validation else t("design_holdout")
+    on = summary.selection.on
+    chosen = t("chosen_last") if on == "last" else t(f"chosen_{on}", monitor=summary.monitor)
+    seconds = math.nan if summary.wall_time_s is None else summary.wall_time_s
+    return [t("title", image=summary.image_encoder, text=summary.text_encoder), "",
+            t("introduction", design=design, n=len(names), names=t.join(names), chosen=chosen, seconds=seconds), ""]
 
 
-def _summary_section(summary: Mapping[str, Any], t: Phrases) -> list[str]:
-    folds = summary["folds"]
-    note = selection_note(summary, t) + (t("test_note") if test_metrics_of(summary) is not None else t("no_test_note"))
-    untrained = [str(f["fold"]) for f in folds if f["best_epoch"] == 0]
+def _summary_section(summary: RunSummary, t: Phrases) -> list[str]:
+    folds = summary.folds
+    note = selection_note(summary, t) + (t("test_note") if summary.section("test") is not None else t("no_test_note"))
+    untrained = [str(f.fold) for f in folds if f.best_epoch == 0]
     if untrained:
         note += t("untrained_note", folds=t.join(untrained))
     statistics = [line for line in (interval_note(summary, t), operating_point_note(summary, t)) if line]
-    optimistic = selection_of(summary)["optimistic"]
-    label = [t("all_numbers_optimistic", label=t("optimistic_label")), ""] if optimistic else []
-    epochs = t.join(t("fold_epoch", fold=f["fold"], epoch=f["best_epoch"]) for f in folds)
+    label = [t("all_numbers_optimistic", label=t("optimistic_label")), ""] if summary.selection.optimistic else []
+    epochs = t.join(t("fold_epoch", fold=f.fold, epoch=f.best_epoch) for f in folds)
     return [t("summary_heading"), "", *label, render_markdown(summary_table(summary, t)), "",
             t("best_epochs", epochs=epochs), "", note, ""] + [line for text in statistics for line in (text, "")]
 
 
-def _per_class_sections(summary: Mapping[str, Any], t: Phrases) -> list[str]:
-    names = list(summary["class_names"])
+def _per_class_sections(summary: RunSummary, t: Phrases) -> list[str]:
+    names = summary.class_names
     lines = [t("per_class_heading", pooled=pooled_name(summary, t)), "",
-             render_markdown(per_class_table(summary["oof"], names, summary.get("oof_per_class_ci"), t))]
-    test = test_metrics_of(summary)
+             render_markdown(per_class_table(summary.oof, names, summary.section("oof_per_class_ci"), t))]
+    test = summary.section("test")
     if test is not None and "per_class" in test:
         lines += ["", t("per_class_test_heading"), "",
-                  render_markdown(per_class_table(test, names, summary.get("test_per_class_ci"), t))]
+                  render_markdown(per_class_table(test, names, summary.section("test_per_class_ci"), t))]
     return lines
 
 
-def _patient_section(summary: Mapping[str, Any], t: Phrases) -> list[str]:
+def _patient_section(summary: RunSummary, t: Phrases) -> list[str]:
     """Folds grouped by patient: the pooled out-of-fold results per patient (mean of its images)."""
-    if "oof_patient" not in summary:
+    patients = summary.section("oof_patient")
+    if patients is None:
         return []
-    return ["", t("per_patient_heading"), "", t("per_patient_note", n=summary["n_groups"]), "",
-            render_markdown(patient_table(summary["oof_patient"], t))]
+    return ["", t("per_patient_heading"), "", t("per_patient_note", n=summary.section("n_groups")), "",
+            render_markdown(patient_table(patients, t))]
 
 
-def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir: Path,
+def render_report(summary: RunSummary, plots: Mapping[str, str], run_dir: Path,
                   closing: Sequence[str] = (), t: Phrases = ENGLISH) -> str:
     lines = (_introduction(summary, t) + _summary_section(summary, t) + _patient_section(summary, t)
              + _per_class_sections(summary, t))
@@ -148,7 +147,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, str], run_dir:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str],
+def write_report(run_dir: str | os.PathLike, summary: RunSummary, plots: Mapping[str, str],
                  closing: Sequence[str] = (), t: Phrases = ENGLISH) -> Path:
     """Write ``run_dir/report.md`` (``report.zh.md`` in Chinese); ``plots`` maps names to PNG paths (relative to
     ``run_dir`` or absolute); ``closing`` are Markdown lines at the end (the methods section)."""
@@ -159,7 +158,7 @@ def write_report(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: 
     return path
 
 
-def write_reports(run_dir: str | os.PathLike, summary: Mapping[str, Any], plots: Mapping[str, str],
+def write_reports(run_dir: str | os.PathLike, summary: RunSummary, plots: Mapping[str, str],
                   closing: Callable[[Phrases], Sequence[str]], report_lang: str = DEFAULT_REPORT_LANG) -> list[Path]:
     """The report in each language of ``report_lang`` (en, zh or both); ``closing(phrases)`` is its methods section."""
     return [write_report(run_dir, summary, plots, closing(Phrases(lang)), Phrases(lang))
@@ -212,18 +211,18 @@ def report_from_run_dir(run_dir: str | os.PathLike, report_lang: str | None = No
     ``report_lang`` (en, zh or both) defaults to the run's own --report-lang.
     """
     run = RunDir(Path(run_dir))
-    summary = read_summary(run.summary).to_document()  # checked whole; the pages read its keys
+    summary = read_summary(run.summary)
     config = read_json(run.config, "run configuration") if run.config.is_file() else {}
     try:
-        y_true, probs = load_oof_predictions(run.oof_predictions, summary["class_names"])
+        y_true, probs = load_oof_predictions(run.oof_predictions, summary.class_names)
         plots = write_plots(run.path, summary, load_histories(run.path), y_true, probs)
         return write_reports(run.path, summary, plots, lambda t: methods_of(run, summary, t),
                              report_lang or config.get("report_lang", DEFAULT_REPORT_LANG))
-    except KeyError as exc:
+    except KeyError as exc:  # inside a section or the pooled metrics, which the schema does not check
         raise ReportError(f"{run.summary} lacks {exc}: not a train_clip run summary") from None
 
 
-def methods_of(run: RunDir, summary: Mapping[str, Any], t: Phrases = ENGLISH) -> list[str]:
+def methods_of(run: RunDir, summary: RunSummary, t: Phrases = ENGLISH) -> list[str]:
     """The methods section from config.json and folds.json; none when either is missing (e.g. a copied summary)."""
     if not (run.config.is_file() and run.folds.is_file()):
         return []

@@ -34,14 +34,9 @@ class Entry:
     per_fold: dict[str, list[float]] = field(default_factory=dict, compare=False)  # by fold number
     folds: Any = field(default=None, compare=False)  # the run's folds.json document (None: missing)
     class_names: tuple[str, ...] = field(default=(), compare=False)
-    # How each fold's checkpoint was chosen (cv_summary.json "selection"; None in runs that predate it).
-    selection: Any = field(default=None, compare=False)
+    # Whether its checkpoints were chosen on the very images that score them (cv_summary.json "selection").
+    optimistic: bool = field(default=False, compare=False)
     fine_tuning: str = ""  # the methods beyond the plain recipe (reporting.finetuning), "" for none
-
-    @property
-    def optimistic(self) -> bool:
-        """Whether its checkpoints were chosen on the very images that score them."""
-        return isinstance(self.selection, dict) and self.selection.get("optimistic") is True
 
 
 def metric_number(value: Any) -> float:
@@ -69,8 +64,8 @@ def parse_summary(data: Any, run: str) -> Entry | None:
         return None
     return Entry(run, summary.image_encoder, summary.text_encoder, summary.n_splits, means, stds, wall_time,
                  {key: summary.metric_by_fold(key) for key in LEADERBOARD_METRICS},
-                 class_names=tuple(summary.class_names), selection=summary.selection or None,
-                 fine_tuning=str(summary.sections.get("fine_tuning") or ""))
+                 class_names=tuple(summary.class_names), optimistic=summary.selection.optimistic,
+                 fine_tuning=str(summary.section("fine_tuning") or ""))
 
 
 def read_entry(run_dir: Path) -> Entry | None:

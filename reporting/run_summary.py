@@ -4,7 +4,8 @@ report, the leaderboard, the comparison, the gallery and the export (docs/design
 The document is flat JSON, as readers outside this project (a notebook, a spreadsheet) read it.
 :class:`RunSummary` holds the parts every run has, checked once when it is read; the sections that
 depend on the run (confidence intervals, the operating point, calibration, patients, the test set)
-travel in ``sections`` under their own keys. ``version`` changes when a key changes meaning.
+travel in ``sections`` under their own keys, read with :meth:`RunSummary.section`. ``version``
+changes when a key changes meaning.
 """
 from __future__ import annotations
 
@@ -32,12 +33,40 @@ class FoldScore:
     metrics: dict[str, Any]
 
 
+SELECTION_RULES = ("inner", "last", "fold")  # --select-on
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What chose each fold's model (--select-on): ``on`` the inner validation split (its
+    ``inner_val_fraction``), the last epoch, or the scored fold; ``optimistic`` when the images that
+    chose the model are the ones that score it."""
+
+    on: str
+    inner_val_fraction: float | None
+    optimistic: bool
+
+    def to_document(self) -> dict[str, Any]:
+        return {"on": self.on, "inner_val_fraction": self.inner_val_fraction, "optimistic": self.optimistic}
+
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any], source: str) -> Selection:
+        on, fraction, optimistic = data.get("on"), data.get("inner_val_fraction"), data.get("optimistic")
+        # Readers state the fraction of an inner split, and only of one.
+        fraction_fits = isinstance(fraction, (int, float)) if on == "inner" else fraction is None
+        if on not in SELECTION_RULES or not isinstance(optimistic, bool) or not fraction_fits:
+            raise SummaryError(f"{source}: 'selection' is not what chose the fold models ('on': "
+                               f"{', '.join(SELECTION_RULES)}; 'optimistic': true or false; 'inner_val_fraction' "
+                               "a number under 'inner', else null)")
+        return cls(on, fraction, optimistic)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     mode: str  # "cv" or "holdout"
     n_splits: int
     monitor: str
-    selection: dict[str, Any]  # what chose each fold's model: on, inner_val_fraction, optimistic
+    selection: Selection
     image_encoder: str
     text_encoder: str
     class_names: list[str]
@@ -54,6 +83,11 @@ class RunSummary:
     def is_cross_validation(self) -> bool:
         return self.mode == "cv"
 
+    def section(self, key: str) -> Any:
+        """The run-dependent section ``key`` (``test``, ``oof_ci``, ``operating_point``, ...); None when the
+        run has none (no test set, no resamples, more than two classes, ...)."""
+        return self.sections.get(key)
+
     def metric_by_fold(self, metric: str) -> list[float]:
         """``metric`` at each fold's chosen epoch, in fold order (NaN where it is missing or null)."""
         def value(fold: FoldScore) -> float:
@@ -65,7 +99,7 @@ class RunSummary:
     def to_document(self) -> dict[str, Any]:
         """The JSON object as written: the fixed keys, then the sections' keys."""
         document = {"version": self.version, "mode": self.mode, "n_splits": self.n_splits, "monitor": self.monitor,
-                    "selection": self.selection, "image_encoder": self.image_encoder,
+                    "selection": self.selection.to_document(), "image_encoder": self.image_encoder,
                     "text_encoder": self.text_encoder, "class_names": self.class_names,
                     "folds": [{"fold": f.fold, "best_epoch": f.best_epoch, "metrics": f.metrics} for f in self.folds],
                     "mean": self.mean, "std": self.std, "oof": self.oof, "environment": self.environment}
@@ -95,8 +129,9 @@ class RunSummary:
         if data["n_splits"] != len(folds):
             raise SummaryError(f"{source}: {len(folds)} fold(s) for n_splits {data['n_splits']}: not whole")
         return cls(mode=data.get("mode", "cv"), n_splits=data["n_splits"], monitor=data.get("monitor", ""),
-                   selection=dict(data.get("selection") or {}), image_encoder=str(data.get("image_encoder", "")),
-                   text_encoder=str(data.get("text_encoder", "")), class_names=list(map(str, data["class_names"])),
+                   selection=Selection.from_document(data["selection"], source),
+                   image_encoder=str(data.get("image_encoder", "")), text_encoder=str(data.get("text_encoder", "")),
+                   class_names=list(map(str, data["class_names"])),
                    folds=folds, mean=dict(data["mean"]), std=dict(data["std"]), oof=dict(data["oof"]),
                    environment=dict(data.get("environment") or {}), wall_time_s=data.get("wall_time_s"),
                    sections={key: value for key, value in data.items() if key not in ALL_FIXED_KEYS},
@@ -108,7 +143,7 @@ FIXED_KEYS: dict[str, type | tuple[type, ...]] = {
     "class_names": list, "folds": list, "mean": dict, "std": dict, "oof": dict, "environment": dict,
     "wall_time_s": (int, float)}
 KIND_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list", (int, float): "a number"}
-REQUIRED_KEYS = ("n_splits", "class_names", "folds", "mean", "std", "oof")
+REQUIRED_KEYS = ("n_splits", "selection", "class_names", "folds", "mean", "std", "oof")
 ALL_FIXED_KEYS = frozenset(FIXED_KEYS) | {"version"}
 
 

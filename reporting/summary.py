@@ -8,72 +8,54 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from reporting.metric_table import label_of
+from reporting.run_summary import RunSummary
 from reporting.phrases import ENGLISH, Phrases
 from reporting.metrics import scalar_metrics
 from reporting.tables import Table, format_interval, format_mean_std, format_number, render_text
 
 
 
-def is_cross_validation(summary: Mapping[str, Any]) -> bool:
-    return summary.get("mode", "cv") == "cv"
-
-
-def pooled_name(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str:
+def pooled_name(summary: RunSummary, t: Phrases = ENGLISH) -> str:
     """What the pooled predictions are: every fold's validation images, or the one validation split."""
-    return t("pooled_cv") if is_cross_validation(summary) else t("pooled_holdout")
+    return t("pooled_cv") if summary.is_cross_validation else t("pooled_holdout")
 
 
-# A summary without "selection" comes from a run made before issue 21: it chose on the scored fold.
 SELECTION_SETS = {"inner": "inner validation splits", "fold": "scored validation images"}
-FOLD_SELECTION = {"on": "fold", "inner_val_fraction": None, "optimistic": True}
 OPTIMISTIC_LABEL = ENGLISH("optimistic_label")
 
 
-def selection_of(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What chose each fold's model: ``on`` (inner, last or fold), ``inner_val_fraction``, ``optimistic``."""
-    return dict(summary.get("selection") or FOLD_SELECTION)
-
-
-def selection_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str:
+def selection_note(summary: RunSummary, t: Phrases = ENGLISH) -> str:
     """One sentence on what the fold scores mean, given what chose each fold's model."""
-    selection = selection_of(summary)
-    if selection["on"] == "inner":
-        return t("selection_inner", percent=f"{100 * selection['inner_val_fraction']:g}%",
+    selection = summary.selection
+    if selection.on == "inner":
+        return t("selection_inner", percent=f"{100 * selection.inner_val_fraction:g}%",
                  pooled=pooled_name(summary, t))
-    if selection["on"] == "last":
+    if selection.on == "last":
         return t("selection_last")
     label = t("optimistic_label")
     return t("selection_fold", label=label[0].upper() + label[1:])
 
 
-def test_metrics_of(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The held-out test metrics of ``summary['test']`` (flat, or nested under ``metrics``), if any."""
-    test = summary.get("test")
-    if not isinstance(test, dict):
-        return None
-    return test["metrics"] if isinstance(test.get("metrics"), dict) else test
-
-
-def summary_table(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> Table:
+def summary_table(summary: RunSummary, t: Phrases = ENGLISH) -> Table:
     """Each scalar metric: mean ± std over folds, each fold, the pooled predictions and the test set.
 
     The pooled and test columns are each followed by their 95% CI when the summary holds them.
     """
-    folds = summary["folds"]
-    header = [t("metric"), t("mean_std")] + [t("fold_column", fold=f["fold"]) for f in folds]
+    folds = summary.folds
+    header = [t("metric"), t("mean_std")] + [t("fold_column", fold=f.fold) for f in folds]
     columns: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = []
-    for name, metrics, intervals in ((pooled_name(summary, t), summary["oof"], summary.get("oof_ci")),
-                                     (t("test_column"), test_metrics_of(summary), summary.get("test_ci"))):
+    for name, metrics, intervals in ((pooled_name(summary, t), summary.oof, summary.section("oof_ci")),
+                                     (t("test_column"), summary.section("test"), summary.section("test_ci"))):
         if metrics is None:
             continue
         columns.append((metrics, intervals))
         header += [name] + ([t("with_ci", name=name, ci=t("ci_column"))] if intervals else [])
     rows = []
     # A summary without fold means (none were computed) still lists the pooled scalars.
-    for key in summary["mean"] or scalar_metrics(summary["oof"]):
-        label = label_of(key, t.lang) + (t("monitored") if key == summary.get("monitor") else "")
-        row = [label, format_mean_std(summary["mean"].get(key), summary["std"].get(key))]
-        row += [format_number(f["metrics"].get(key)) for f in folds]
+    for key in summary.mean or scalar_metrics(summary.oof):
+        label = label_of(key, t.lang) + (t("monitored") if key == summary.monitor else "")
+        row = [label, format_mean_std(summary.mean.get(key), summary.std.get(key))]
+        row += [format_number(f.metrics.get(key)) for f in folds]
         for metrics, intervals in columns:
             row += [format_number(metrics.get(key))] + ([format_interval(intervals.get(key))] if intervals else [])
         rows.append(row)
@@ -98,9 +80,9 @@ def per_class_table(metrics: Mapping[str, Any], class_names: Sequence[str],
     return Table.labelled(header, rows)
 
 
-def interval_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str | None:
+def interval_note(summary: RunSummary, t: Phrases = ENGLISH) -> str | None:
     """How the CIs were made (a sentence), or None when the run has none."""
-    settings = summary.get("ci_settings")
+    settings = summary.section("ci_settings")
     if not settings:
         return None
     unit = t("unit_group" if settings["resampled_unit"] == "group" else "unit_image")
@@ -110,29 +92,28 @@ def interval_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str | Non
     return note + t("sentence_end")
 
 
-def operating_point_note(summary: Mapping[str, Any], t: Phrases = ENGLISH) -> str | None:
+def operating_point_note(summary: RunSummary, t: Phrases = ENGLISH) -> str | None:
     """The two-class threshold chosen on the pooled predictions, and the test set's numbers there."""
-    point = summary.get("operating_point")
+    point = summary.section("operating_point")
     if not point:
         return None
     rule = t("op_rule_inner" if "inner_sensitivity" in point else "op_rule_oof", rule=point["rule"])
     note = t("operating_point", positive=point["positive_class"], rule=rule, threshold=point["threshold"],
              sensitivity=format_number(point["sensitivity"]), specificity=format_number(point["specificity"]))
-    test = summary.get("test_operating_point")
+    test = summary.section("test_operating_point")
     if test:
         note += t("operating_point_test", sensitivity=format_number(test["sensitivity"]),
                   specificity=format_number(test["specificity"]))
     return note + t("sentence_end")
 
 
-def format_summary_table(summary: Mapping[str, Any]) -> str:
+def format_summary_table(summary: RunSummary) -> str:
     """The summary table as plain columns for the console and the log, with the best epochs."""
-    folds = summary["folds"]
     notes = [note for note in (interval_note(summary), operating_point_note(summary)) if note]
-    selection = selection_of(summary)
-    chosen = (f"chosen on {summary['monitor']} of the {SELECTION_SETS[selection['on']]}" if selection["on"] != "last"
+    selection = summary.selection
+    chosen = (f"chosen on {summary.monitor} of the {SELECTION_SETS[selection.on]}" if selection.on != "last"
               else "the last epochs: nothing chosen")
     return "\n".join([render_text(summary_table(summary)), *notes,
-                      *([OPTIMISTIC_LABEL.capitalize() + "."] if selection["optimistic"] else []),
-                      f"best epochs: {', '.join(str(f['best_epoch']) for f in folds)}  "
-                      f"({chosen}); wall time {summary['wall_time_s']:.0f}s"])
+                      *([OPTIMISTIC_LABEL.capitalize() + "."] if selection.optimistic else []),
+                      f"best epochs: {', '.join(str(f.best_epoch) for f in summary.folds)}  "
+                      f"({chosen}); wall time {summary.wall_time_s:.0f}s"])

@@ -5,10 +5,14 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
+
+from reporting.run_summary import RunSummary
+
+INNER_SELECTION = {"on": "inner", "inner_val_fraction": 0.15, "optimistic": False}  # the trainer's default
 
 
 def make_image_tree(root: Path, class_counts: Mapping[str, int], size: int = 24, seed: int = 0,
@@ -90,3 +94,14 @@ def read_prediction_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def csv_probabilities(rows: list[dict[str, str]], class_names: list[str]) -> np.ndarray:
     return np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows])
+
+
+def run_summary(**keys: Any) -> RunSummary:
+    """A run summary of ``keys`` (cv_summary.json's), read through its schema as every reader gets it.
+
+    What ``keys`` leave out is what any run has: one fold (``n_splits`` follows the folds) without
+    metrics, chosen on an inner split (the trainer's default).
+    """
+    document = {"mode": "cv", "monitor": "balanced_accuracy", "selection": INNER_SELECTION, "class_names": [],
+                "folds": [{"fold": 1, "best_epoch": 1, "metrics": {}}], "mean": {}, "std": {}, "oof": {}} | keys
+    return RunSummary.from_document({"n_splits": len(document["folds"]), **document}, "test summary")

@@ -34,18 +34,18 @@ log = logging.getLogger("train_clip")
 TEST_SUMMARY_KEYS = ("ci", "per_class_ci", "operating_point")
 
 
-def write_summary(run: Run, results: Sequence[FoldResult]) -> dict[str, Any]:
+def write_summary(run: Run, results: Sequence[FoldResult]) -> RunSummary:
     """cv_summary.json (and the held-out test set's files): written last, it marks the run finished."""
-    summary = summarise(run, results)
+    document = summarise(run, results)
     if run.test_idx:
-        test = evaluate_test_ensemble(run, results, summary)
-        summary["test"] = test["metrics"]
-        summary.update({f"test_{key}": test[key] for key in TEST_SUMMARY_KEYS if key in test})
+        test = evaluate_test_ensemble(run, results, document)
+        document["test"] = test["metrics"]
+        document.update({f"test_{key}": test[key] for key in TEST_SUMMARY_KEYS if key in test})
     run.record_time()
-    summary["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
+    document["wall_time_s"] = round(run.run_dir.wall_time_s(), 1)
     # Through the schema, so that what is written is what every reader accepts.
-    summary = RunSummary.from_document(summary, str(run.run_dir.summary)).to_document()
-    write_json(run.run_dir.summary, summary)
+    summary = RunSummary.from_document(document, str(run.run_dir.summary))
+    write_json(run.run_dir.summary, summary.to_document())
     log.info("Cross-validation summary (%s):\n%s", run.run_dir.summary, format_summary_table(summary))
     return summary
 

@@ -12,15 +12,16 @@ from export.formats import export_onnx
 from export.graph import ExportedClassifier
 from export.layout import BundleError, read_metadata, verified_model
 from tests.export.fold_models import CLASS_NAMES, CLASS_TEXTS, IMG, run_models, tiny_fold_models
+from tests.helpers import run_summary
 from utils.io import file_sha256
 
 
-SUMMARY = {"mode": "cv", "oof": {"accuracy": 0.75, "balanced_accuracy": 0.7},
-           "oof_ci": {"accuracy": [0.6, 0.9], "balanced_accuracy": [0.5, 0.85]},
-           "ci_settings": {"method": "BCa", "n_resamples": 1000, "resampled_unit": "image", "seed": 42},
-           "operating_point": {"positive_class": "cat_a", "rule": "Youden's J", "threshold": 0.42,
-                               "sensitivity": 0.8, "specificity": 0.7},
-           "environment": {"versions": {"torch": "2.14.1"}, "train_clip_commit": "abcdef123456"}}
+SUMMARY = run_summary(class_names=CLASS_NAMES, oof={"accuracy": 0.75, "balanced_accuracy": 0.7},
+                      oof_ci={"accuracy": [0.6, 0.9], "balanced_accuracy": [0.5, 0.85]},
+                      ci_settings={"method": "BCa", "n_resamples": 1000, "resampled_unit": "image", "seed": 42},
+                      operating_point={"positive_class": "cat_a", "rule": "Youden's J", "threshold": 0.42,
+                                       "sensitivity": 0.8, "specificity": 0.7},
+                      environment={"versions": {"torch": "2.14.1"}, "train_clip_commit": "abcdef123456"})
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from export.formats import export_onnx
 from export.graph import ExportedClassifier
 from tests.equivalence import PROBABILITY_TOLERANCE
 from tests.export.fold_models import CLASS_NAMES, IMG, run_models, tiny_fold_models
-from tests.helpers import write_dicom
+from tests.helpers import run_summary, write_dicom
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,8 @@ def bundle(tiny_text_encoder: Path, tmp_path_factory: pytest.TempPathFactory) ->
     models = tiny_fold_models(tiny_text_encoder, temperatures=(1.0, 0.7))
     graph = ExportedClassifier(models)
     folder = tmp_path_factory.mktemp("bundle") / "bundle"
-    run = ExportedRun(Path("/runs/x"), run_models(models, tiny_text_encoder, dicom_window=WINDOW), {})
+    run = ExportedRun(Path("/runs/x"), run_models(models, tiny_text_encoder, dicom_window=WINDOW),
+                      run_summary(class_names=CLASS_NAMES))
     write_bundle(folder, run, {"onnx": partial(export_onnx, graph, img_size=IMG, encoder="starnet_s050")})
     return folder, graph
 

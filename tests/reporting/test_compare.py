@@ -17,6 +17,7 @@ from reporting.fold_comparison import corrected_resampled_t_test, why_not_compar
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
 from utils.io import write_csv, write_json
 from utils.run_dir import RunDir
+from tests.helpers import INNER_SELECTION
 
 CLASSES = ["a", "b"]
 
@@ -79,6 +80,7 @@ def fake_run(root: Path, name: str, assignment: list[list[str]], skill: float, s
                 for fold in assignment]
     mean, std = mean_and_std([scalar_metrics(m) for m in per_fold])
     write_json(run.summary, {"mode": "cv", "n_splits": len(assignment), "monitor": "balanced_accuracy",
+                             "selection": INNER_SELECTION,
                              "image_encoder": name, "text_encoder": "t", "class_names": classes,
                              "folds": [{"fold": k + 1, "best_epoch": 1, "metrics": m} for k, m in enumerate(per_fold)],
                              "mean": mean, "std": std, "oof": classification_metrics(y, probs), "wall_time_s": 1.0})

@@ -19,6 +19,7 @@ from matplotlib.ft2font import FT2Font
 
 from reporting import fonts, plots, saliency
 from reporting.report import write_plots
+from tests.helpers import run_summary
 from tests.reporting.test_report import fake_histories, fake_predictions, fake_summary
 
 CHINESE_CLASSES = ["股骨柄A", "股骨柄B", "髋臼杯（骨水泥型）"]
@@ -83,7 +84,7 @@ def draw_every_picture(tmp_path: Path) -> list[Path]:
     """What a run draws: learning curves, confusion matrices, ROC, reliability, and a gallery picture
     captioned as training/gallery.py captions it."""
     summary, y, probs = chinese_summary()
-    made = write_plots(tmp_path, summary, fake_histories(), y, probs)
+    made = write_plots(tmp_path, run_summary(**summary), fake_histories(), y, probs)
     image = np.full((32, 32, 3), 90, dtype=np.uint8)
     caption = f"{CHINESE_CLASSES[0]}/病例007.png (fold 1)\ntrue {CHINESE_CLASSES[0]}, predicted {CHINESE_CLASSES[2]} (p = 0.83)"
     gallery = saliency.save_overlay(tmp_path / "gallery.png", image, np.linspace(0, 1, 32 * 32).reshape(32, 32),

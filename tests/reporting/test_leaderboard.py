@@ -16,6 +16,7 @@ from reporting.tables import display_width
 from utils.io import write_json
 from utils.run_dir import RunDir
 from tests.conftest import ROOT
+from tests.helpers import INNER_SELECTION
 
 
 def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds: int | None = None,
@@ -24,7 +25,8 @@ def summary(bal_acc: float, auc: float | None = 0.9, n_splits: int = 2, n_folds:
                "roc_auc": auc}
     std = {key: 0.02 for key in metrics}
     folds = [{"fold": k + 1, "best_epoch": 3, "metrics": metrics} for k in range(n_folds or n_splits)]
-    return {"mode": "cv", "n_splits": n_splits, "monitor": "balanced_accuracy", "image_encoder": image,
+    return {"mode": "cv", "n_splits": n_splits, "monitor": "balanced_accuracy", "selection": INNER_SELECTION,
+            "image_encoder": image,
             "text_encoder": text, "class_names": ["a", "b"], "folds": folds, "mean": metrics, "std": std,
             "oof": metrics, "wall_time_s": wall}
 

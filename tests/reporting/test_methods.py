@@ -9,6 +9,8 @@ import pytest
 from reporting.phrases import Phrases
 from reporting.methods import methods_paragraph, methods_section, run_environment
 from reporting.metrics import classification_metrics
+from reporting.run_summary import RunSummary
+from tests.helpers import run_summary
 from training.config import TrainConfig
 
 CLASSES = ["stem_a", "stem_b", "stem_c"]
@@ -23,13 +25,12 @@ def folds(n_folds: int, test: int = 0) -> dict:
             "folds": [{"fold": k + 1, "train": [], "val": []} for k in range(n_folds)]}
 
 
-def summary(class_names=CLASSES, test: bool = False) -> dict:
+def summary(class_names=CLASSES, test: bool = False, **keys) -> RunSummary:
     y = np.repeat(np.arange(len(class_names)), [5, 7, 9][:len(class_names)])
     probs = np.eye(len(class_names))[y] * 0.7 + 0.1
-    found = {"class_names": list(class_names), "oof": classification_metrics(y, probs)}
     if test:
-        found["test"] = classification_metrics(np.array([0, 1, 2]), np.eye(3) * 0.7 + 0.1)
-    return found
+        keys["test"] = classification_metrics(np.array([0, 1, 2]), np.eye(3) * 0.7 + 0.1)
+    return run_summary(class_names=list(class_names), oof=classification_metrics(y, probs), **keys)
 
 
 def test_the_data_and_split_are_those_of_the_run():
@@ -133,11 +134,10 @@ def test_the_selection_protocol_is_stated_for_each_select_on():
 
 
 def test_software_and_intervals_are_stated_when_recorded():
-    recorded = summary() | {"environment": run_environment("cpu", None),
-                            "ci_settings": {"method": "BCa", "n_resamples": 500, "resampled_unit": "image",
-                                            "seed": 3}}
+    recorded = summary(environment=run_environment("cpu", None),
+                       ci_settings={"method": "BCa", "n_resamples": 500, "resampled_unit": "image", "seed": 3})
     text = methods_paragraph(config(), folds(5), recorded)
-    versions = recorded["environment"]["versions"]
+    versions = recorded.environment["versions"]
     assert f"Python {versions['python']}" in text and f"torch {versions['torch']}" in text
     assert "trained on cpu in full precision" in text
     assert "BCa bootstrap intervals (500 resamples of images, seed 3)" in text

@@ -16,9 +16,11 @@ from reporting.metric_table import (
     metric,
 )
 from reporting.metrics import classification_metrics, mean_and_std, scalar_metrics
+from reporting.run_summary import RunSummary
 from reporting.summary import summary_table
 from training.arguments import config_from_args
 from training.config import ConfigError, TrainConfig
+from tests.helpers import run_summary
 from utils.errors import UserError
 
 MANY_CLASSES = 7  # more than 5: top-k accuracy is written too
@@ -32,12 +34,12 @@ def predictions(n_classes: int, n: int = 70, seed: int = 0) -> tuple[np.ndarray,
     return y, probs / probs.sum(axis=1, keepdims=True)
 
 
-def fold_summary(n_classes: int) -> dict:
+def fold_summary(n_classes: int) -> RunSummary:
     y, probs = predictions(n_classes)
     folds = [scalar_metrics(classification_metrics(y[k::2], probs[k::2])) for k in (0, 1)]
     mean, std = mean_and_std(folds)
-    return {"folds": [{"fold": k + 1, "best_epoch": 1, "metrics": m} for k, m in enumerate(folds)],
-            "mean": mean, "std": std, "oof": classification_metrics(y, probs), "monitor": "macro_f1"}
+    return run_summary(folds=[{"fold": k + 1, "best_epoch": 1, "metrics": m} for k, m in enumerate(folds)],
+                       mean=mean, std=std, oof=classification_metrics(y, probs), monitor="macro_f1")
 
 
 def test_every_scalar_the_metrics_write_is_in_the_table() -> None:
@@ -66,9 +68,9 @@ def test_leaderboard_ranks_and_titles_table_metrics() -> None:
 def test_report_rows_are_labelled_from_the_table() -> None:
     summary = fold_summary(MANY_CLASSES)
     labels = [row[0] for row in summary_table(summary).rows]
-    expected = [label_of(key) + (" (monitored)" if key == "macro_f1" else "") for key in summary["mean"]]
+    expected = [label_of(key) + (" (monitored)" if key == "macro_f1" else "") for key in summary.mean]
     assert labels == expected
-    assert set(summary["mean"]) == set(METRIC_NAMES)
+    assert set(summary.mean) == set(METRIC_NAMES)
     assert "expected calibration error (lower is better)" in labels  # the direction is said
 
 

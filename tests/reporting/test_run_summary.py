@@ -1,12 +1,13 @@
 """cv_summary.json's schema: what the trainer writes is read back whole, and anything else is named."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
 import pytest
 
-from reporting.run_summary import SUMMARY_VERSION, RunSummary, SummaryError
+from reporting.run_summary import SUMMARY_VERSION, RunSummary, Selection, SummaryError
 
 
 def document(**changes):
@@ -23,11 +24,33 @@ def document(**changes):
 
 def test_a_written_summary_reads_back_as_written_with_its_sections():
     summary = RunSummary.from_document(document(), "cv_summary.json")
-    assert summary.to_document() == document()
+    assert json.dumps(summary.to_document()) == json.dumps(document())  # the same keys in the same order
     assert summary.sections == {"oof_ci": {"accuracy": [0.4, 0.8]}, "test": {"accuracy": 0.7}}
     assert summary.class_names == ["股骨柄A", "股骨柄B"] and summary.is_cross_validation
     accuracy, auc = summary.metric_by_fold("accuracy"), summary.metric_by_fold("auc")
     assert accuracy == [0.75, 0.5] and auc[0] == 0.8 and math.isnan(auc[1])  # in fold order; null is NaN
+
+
+def test_the_selection_is_typed_and_a_section_the_run_lacks_is_none():
+    summary = RunSummary.from_document(document(), "cv_summary.json")
+    assert summary.selection == Selection(on="inner", inner_val_fraction=0.15, optimistic=False)
+    assert summary.section("oof_ci") == {"accuracy": [0.4, 0.8]} and summary.section("test") == {"accuracy": 0.7}
+    assert summary.section("operating_point") is None
+    last = RunSummary.from_document(document(selection={"on": "last", "inner_val_fraction": None,
+                                                        "optimistic": False}), "cv_summary.json")
+    assert list(last.to_document()["selection"]) == ["on", "inner_val_fraction", "optimistic"]  # as written
+
+
+@pytest.mark.parametrize("selection", [
+    {"on": "best", "inner_val_fraction": None, "optimistic": False},
+    {"on": "fold", "inner_val_fraction": None, "optimistic": "yes"},
+    {"on": "inner", "inner_val_fraction": None, "optimistic": False},
+    {"on": "last", "inner_val_fraction": 0.15, "optimistic": False},
+    {"inner_val_fraction": None, "optimistic": True},
+])
+def test_a_selection_the_trainer_does_not_write_is_refused(selection):
+    with pytest.raises(SummaryError, match="'selection' is not what chose the fold models"):
+        RunSummary.from_document(document(selection=selection), "cv_summary.json")
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -44,8 +67,8 @@ def test_a_summary_that_is_not_whole_is_named_with_what_is_wrong(changes, messag
 
 def test_a_missing_key_is_named():
     data = document()
-    del data["mean"], data["oof"]
-    with pytest.raises(SummaryError, match="lacks mean, oof: not a whole train_clip run summary"):
+    del data["mean"], data["oof"], data["selection"]
+    with pytest.raises(SummaryError, match="lacks selection, mean, oof: not a whole train_clip run summary"):
         RunSummary.from_document(data, "cv_summary.json")
     with pytest.raises(SummaryError, match="a JSON object is expected"):
         RunSummary.from_document([document()], "cv_summary.json")
