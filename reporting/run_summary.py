@@ -33,7 +33,7 @@ class FoldScore:
     metrics: dict[str, Any]
 
 
-SELECTION_RULES = ("inner", "last", "fold")  # --select-on
+SELECTION_RULES = ("inner", "last", "fold")  # the choices of --select-on (training/config.py)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from reporting.metric_table import MONITOR_METRICS
 from reporting.phrases import REPORT_LANGS
+from reporting.run_summary import SELECTION_RULES
 from training.checks import check, check_finetuning, check_values
 from utils.errors import ConfigError, suggest
 from utils.run_names import default_run_dir
@@ -134,7 +135,7 @@ class TrainConfig:
                           "the two-class threshold): inner, a split of the training fold (--inner-val-fraction) "
                           "the scored images never join; last, no choice (the last epoch); fold, the scored "
                           "validation images themselves (optimistic, for comparison only).", "training",
-                          choices=("inner", "last", "fold"))
+                          choices=SELECTION_RULES)
     inner_val_fraction: float = _opt(0.15, "With --select-on inner: the fraction of each training fold held out "
                                      "to choose on (stratified, whole patients when grouped; at least one image per class).", "training")
     calibrate: str = _opt("none", "temperature: fit one softmax temperature per fold on the images that chose "
