@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from reporting.metric_table import label_of
-from reporting.run_summary import RunSummary
-from reporting.phrases import ENGLISH, Phrases
 from reporting.metrics import scalar_metrics
+from reporting.phrases import ENGLISH, Phrases
+from reporting.run_summary import RunSummary
 from reporting.tables import Table, format_interval, format_mean_std, format_number, render_text
-
 
 
 def pooled_name(summary: RunSummary, t: Phrases = ENGLISH) -> str:
