@@ -76,9 +76,10 @@ def make_tiny_siglip(folder: Path, seed: int = 0, logit_scale: float = 2.0, logi
     return folder
 
 
-def cache_tiny_open_clip(hub_cache: Path, work: Path, seed: int = 0):
-    """A tiny open_clip model published in ``hub_cache`` as TINY_CLIP_REPO; returns the model."""
+def cache_tiny_open_clip(hub_cache: Path, work: Path, seed: int = 0, repo: str = TINY_CLIP_REPO,
+                         model_cfg: dict | None = None):
+    """A tiny open_clip model published in ``hub_cache`` as ``repo``; returns the model."""
     torch.manual_seed(seed)
-    model = make_tiny_open_clip(work)
-    put_in_hf_cache(hub_cache, TINY_CLIP_REPO, {f.name: f for f in work.iterdir()})
+    model = make_tiny_open_clip(work, model_cfg)
+    put_in_hf_cache(hub_cache, repo, {f.name: f for f in work.iterdir()})
     return model

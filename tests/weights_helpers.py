@@ -47,13 +47,15 @@ TINY_OPEN_CLIP_CONFIG = {
 }
 
 
-def make_tiny_open_clip(folder: Path):
-    """A tiny open_clip model saved as an hf-hub repo holds it: open_clip_config.json + weights."""
+def make_tiny_open_clip(folder: Path, model_cfg: dict | None = None):
+    """A tiny open_clip model saved as an hf-hub repo holds it: open_clip_config.json + weights
+    (``model_cfg``: another model config than TINY_OPEN_CLIP_CONFIG's)."""
     import open_clip
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    config = TINY_OPEN_CLIP_CONFIG if model_cfg is None else {**TINY_OPEN_CLIP_CONFIG, "model_cfg": model_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
     model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
     save_file(model.state_dict(), folder / "open_clip_model.safetensors")
     return model

@@ -93,11 +93,16 @@ def wise_ft(zero_shot: dict[str, torch.Tensor], fine_tuned: dict[str, torch.Tens
             for key, value in fine_tuned.items()}
 
 
-# LP-FT's head: the classifier's projections and scale, and paired CLIP towers' own final projections
-# (open_clip: the ViT's ``proj`` and ``text_projection``; Chinese-CLIP: each tower's ``projection``;
-# SigLIP: its heads, held as each tower's ``projection`` too: the image tower's attention pooling).
-HEAD = re.compile(r"^(logit_scale|(image|text)_proj\..+|image_encoder\.backbone\.tower\.(proj|projection\..+)"
-                  r"|text_encoder\.(clip\.text_projection|projection\..+))$")
+# LP-FT's head: the classifier's projections and scale, and paired CLIP towers' own final projections.
+# open_clip's image towers: the ViT's ``proj``, the ResNet's attention pool's ``c_proj``, a timm trunk's
+# open_clip ``head`` (BiomedCLIP) or timm's own attention pooling (SigLIP); its text towers: the
+# transformer's ``text_projection`` (a tensor or a Linear) or a HuggingFace tower's ``proj`` (BiomedCLIP).
+# Chinese-CLIP: each tower's ``projection``; SigLIP: its heads, held as each tower's ``projection`` too
+# (the image tower's attention pooling).
+_IMAGE_HEADS = r"proj|projection\..+|attnpool\.c_proj\..+|head\..+|trunk\.attn_pool\..+"
+_TEXT_HEADS = r"clip\.(text\.)?text_projection(\..+)?|clip\.text\.proj\..+|projection\..+"
+HEAD = re.compile(rf"^(logit_scale|(image|text)_proj\..+|image_encoder\.backbone\.tower\.({_IMAGE_HEADS})"
+                  rf"|text_encoder\.({_TEXT_HEADS}))$")
 
 
 class LinearProbe:
