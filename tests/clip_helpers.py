@@ -83,3 +83,21 @@ def cache_tiny_open_clip(hub_cache: Path, work: Path, seed: int = 0, repo: str =
     model = make_tiny_open_clip(work, model_cfg)
     put_in_hf_cache(hub_cache, repo, {f.name: f for f in work.iterdir()})
     return model
+
+
+def use_sentencepiece_tokenizer(folder: Path, texts: list[str]) -> Path:
+    """Replace a tiny SigLIP folder's WordPiece tokenizer by a SentencePiece one trained on ``texts``
+    (``spiece.model``, as Google publishes SigLIP's); its ids stay below the model's vocabulary size."""
+    import sentencepiece
+    from transformers import SiglipTokenizer
+
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    corpus = folder.parent / "sentencepiece_corpus.txt"
+    corpus.write_text("\n".join(texts * 20) + "\n", encoding="utf-8")
+    prefix = folder.parent / "sentencepiece"
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), vocab_size=40,
+                                             hard_vocab_limit=False, character_coverage=1.0, pad_id=0,
+                                             eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    SiglipTokenizer(str(prefix.with_suffix(".model"))).save_pretrained(folder)
+    return folder

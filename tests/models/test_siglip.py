@@ -18,7 +18,7 @@ from models.image_encoders import build_image_encoder, resolve_image_encoder
 from models import siglip
 from models.names import WeightsNotFoundError
 from models.text_encoders import build_text_encoder, resolve_text_encoder
-from tests.clip_helpers import SIGLIP_MEAN, SIGLIP_STD, make_tiny_siglip
+from tests.clip_helpers import SIGLIP_MEAN, SIGLIP_STD, make_tiny_siglip, use_sentencepiece_tokenizer
 from tests.equivalence import FLOAT32_EPS, assert_same_float64
 from tests.weights_helpers import point_caches_at, put_in_hf_cache
 from utils.errors import ConfigError
@@ -183,6 +183,19 @@ def test_a_sentencepiece_tokenizer_without_its_package_is_one_line_naming_it(tmp
                                                    r"\(SiglipTokenizer requires the SentencePiece library.*\); "
                                                    r"install the package it names \(pip install sentencepiece"):
         siglip.load_tokenizer(str(folder), f"siglip:{folder}", "--text-encoder", "--text-weights")
+
+
+def test_a_sentencepiece_tokenizer_as_google_publishes_siglips_tokenizes_as_transformers(tiny_siglip):
+    from transformers import SiglipTokenizer
+
+    folder = use_sentencepiece_tokenizer(tiny_siglip, TEXTS)
+    encoder = build_text_encoder(f"siglip:{folder}")
+    tokens = encoder.tokenize(TEXTS)["input_ids"]
+    expected = SiglipTokenizer.from_pretrained(folder)(TEXTS, padding="max_length", max_length=64, truncation=True,
+                                                       return_tensors="pt")["input_ids"]
+    assert torch.equal(tokens, expected) and tokens.shape == (len(TEXTS), 64)
+    assert encoder.token_report(TEXTS[0]).n_unknown == 0  # the Chinese characters are in its vocabulary
+    assert torch.isfinite(encoder(tokens)).all()
 
 
 def test_download_of_a_siglip_name_serves_both_towers_offline(tmp_path, monkeypatch, capsys, tiny_siglip):
