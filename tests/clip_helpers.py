@@ -3,11 +3,13 @@ a Chinese-CLIP folder and a SigLIP folder (transformers), and an open_clip hf-hu
 HuggingFace cache."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
 
-from tests.weights_helpers import make_tiny_open_clip, put_in_hf_cache
+from tests.weights_helpers import TINY_OPEN_CLIP_CONFIG, make_tiny_open_clip, put_in_hf_cache
 
 TINY_CLIP_REPO = "someone/tiny-clip"
 TINY_CLIP_NAME = f"clip:hf-hub:{TINY_CLIP_REPO}"
@@ -101,3 +103,33 @@ def use_sentencepiece_tokenizer(folder: Path, texts: list[str]) -> Path:
                                              eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
     SiglipTokenizer(str(prefix.with_suffix(".model"))).save_pretrained(folder)
     return folder
+
+
+# Tiny open_clip model configs of each tower layout (``{bert}``: a HuggingFace text model's folder).
+OPEN_CLIP_LAYOUTS = {
+    "vit": TINY_OPEN_CLIP_CONFIG["model_cfg"],
+    "resnet": {**TINY_OPEN_CLIP_CONFIG["model_cfg"], "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16}},
+    # BiomedCLIP's layout: a timm trunk with open_clip's linear head, a HuggingFace text tower with an MLP
+    "timm-hf": {"embed_dim": 16, "custom_text": True,
+                "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                               "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+                "text_cfg": {"hf_model_name": "{bert}", "hf_tokenizer_name": "{bert}", "hf_proj_type": "mlp",
+                             "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}},
+    # open_clip's SigLIP layout: timm's attention pooling, a text transformer with a linear projection
+    "timm-map": {"embed_dim": 16, "custom_text": True, "init_logit_bias": -10,
+                 "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                                "timm_pool": "map", "timm_proj": "none", "image_size": 32},
+                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1,
+                              "no_causal_mask": True, "proj_bias": True, "pool_type": "last"}},
+}
+
+
+def cache_open_clip_layout(hub_cache: Path, work: Path, layout: str, bert: Path):
+    """OPEN_CLIP_LAYOUTS[layout] published in ``hub_cache`` as ``someone/<layout>``, its HuggingFace text
+    model (if any) the one in ``bert``; returns (its ``clip:`` name, the library's model)."""
+    model_cfg = json.loads(json.dumps(OPEN_CLIP_LAYOUTS[layout]).replace("{bert}", str(bert)))
+    work.mkdir(parents=True)
+    for tokenizer_file in bert.glob("*tok*"):  # open_clip reads an hf tokenizer from the repo
+        shutil.copy(tokenizer_file, work)
+    repo = f"someone/{layout}"
+    return f"clip:hf-hub:{repo}", cache_tiny_open_clip(hub_cache, work, repo=repo, model_cfg=model_cfg)

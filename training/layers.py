@@ -8,6 +8,7 @@ here, and timm's ``group_parameters`` numbers the groups from the input (0) to t
 from __future__ import annotations
 
 from timm.models import group_parameters
+from torch import nn
 
 from models.clip_model import CLIPClassifier
 from utils.errors import ConfigError
@@ -24,6 +25,8 @@ MATCHERS = {
     "SiglipImageTower": {"stem": r"^vision_model\.embeddings",  # no class token, no pre-norm
                          "blocks": [(r"^vision_model\.encoder\.layers\.(\d+)", None),
                                     (r"^(?:vision_model\.post_layernorm|projection)", (99999,))]},
+    "ModifiedResNet": {"stem": r"^(?:conv[123]|bn[123])\.",  # open_clip's CLIP ResNets (RN50 ...)
+                       "blocks": [(r"^layer(\d+)\.(\d+)", None), (r"^attnpool\.", (99999,))]},
 }
 PREFIX = "image_encoder.backbone."
 
@@ -34,6 +37,8 @@ def layer_ids(model: CLIPClassifier) -> dict[str, int] | None:
     backbone, prefix = model.image_encoder.backbone, PREFIX
     if hasattr(backbone, "tower"):  # a CLIP tower behind its renormalisation
         backbone, prefix = backbone.tower, PREFIX + "tower."
+    if type(backbone).__name__ == "TimmModel":  # open_clip's timm tower (BiomedCLIP): a timm trunk, a head
+        return {prefix + name: group for name, group in timm_tower_ids(backbone).items()}
     matcher = (backbone.group_matcher(coarse=False) if hasattr(backbone, "group_matcher")
                else MATCHERS.get(type(backbone).__name__))
     if matcher is None:
@@ -41,12 +46,20 @@ def layer_ids(model: CLIPClassifier) -> dict[str, int] | None:
     return {prefix + name: group for name, group in group_parameters(backbone, matcher, reverse=True).items()}
 
 
+def timm_tower_ids(tower: nn.Module) -> dict[str, int]:
+    """open_clip's ``TimmModel``: its timm trunk's own groups, then open_clip's head as the last group."""
+    trunk = group_parameters(tower.trunk, tower.trunk.group_matcher(coarse=False), reverse=True)
+    head = max(trunk.values()) + 1
+    return {**{f"trunk.{name}": group for name, group in trunk.items()},
+            **{f"head.{name}": head for name, _ in tower.head.named_parameters()}}
+
+
 def layer_groups(model: CLIPClassifier, flag: str, image_encoder: str) -> dict[str, int]:
     ids = layer_ids(model)
     if ids is None:
         raise ConfigError(f"{flag}: the layer groups of --image-encoder {image_encoder} "
                           f"({type(model.image_encoder.backbone).__name__}) are not known; known are timm models, "
-                          f"torchvision ResNet/EfficientNet and CLIP ViT towers")
+                          f"torchvision ResNet/EfficientNet and CLIP towers")
     return ids
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 
 import pytest
 import torch
 
 from models.clip_model import build_clip_model
-from tests.clip_helpers import cache_tiny_open_clip
+from tests.clip_helpers import cache_open_clip_layout
 from tests.equivalence import assert_same_float64
 from tests.training.test_accumulation import batch, tiny_model
-from tests.weights_helpers import TINY_OPEN_CLIP_CONFIG, point_caches_at
+from tests.weights_helpers import point_caches_at
 from training.config import TrainConfig
 from training.engine import train_one_epoch
 from training.finetune import LinearProbe, ScoredModel, wise_ft
@@ -105,27 +103,9 @@ def test_lp_ft_first_phase_moves_only_the_head_then_everything(tiny_text_encoder
         assert not torch.equal(model.state_dict()[key], before[key]), key
 
 
-# open_clip model configs of each tower kind the LP-FT head must find (tiny, random), with the
-# library's names of the parameters its head is: the towers' final projections.
-OPEN_CLIP_HEADS = {
-    "vit": (TINY_OPEN_CLIP_CONFIG["model_cfg"], ("visual.proj", "text_projection")),
-    "resnet": ({**TINY_OPEN_CLIP_CONFIG["model_cfg"], "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16}},
-               ("visual.attnpool.c_proj.", "text_projection")),
-    # BiomedCLIP's layout: a timm trunk with open_clip's linear head, a HuggingFace text tower with an MLP
-    "timm-hf": ({"embed_dim": 16, "custom_text": True,
-                 "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                                "timm_pool": "", "timm_proj": "linear", "image_size": 32},
-                 "text_cfg": {"hf_model_name": "{bert}", "hf_tokenizer_name": "{bert}", "hf_proj_type": "mlp",
-                              "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}},
-                ("visual.head.", "text.proj.")),
-    # open_clip's SigLIP layout: timm's attention pooling, a text transformer with a linear projection
-    "timm-map": ({"embed_dim": 16, "custom_text": True, "init_logit_bias": -10,
-                  "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                                 "timm_pool": "map", "timm_proj": "none", "image_size": 32},
-                  "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1,
-                               "no_causal_mask": True, "proj_bias": True, "pool_type": "last"}},
-                 ("visual.trunk.attn_pool.", "text.text_projection.")),
-}
+# The library's names of each open_clip layout's head: the towers' final projections.
+OPEN_CLIP_HEADS = {"vit": ("visual.proj", "text_projection"), "resnet": ("visual.attnpool.c_proj.", "text_projection"),
+                   "timm-hf": ("visual.head.", "text.proj."), "timm-map": ("visual.trunk.attn_pool.", "text.text_projection.")}
 # Where a paired open_clip model's towers live in the classifier.
 OPEN_CLIP_PREFIXES = (("image_encoder.backbone.tower.", "visual."), ("text_encoder.clip.", ""))
 
@@ -139,18 +119,12 @@ def library_name(name: str) -> str | None:
 
 @pytest.mark.parametrize("kind", OPEN_CLIP_HEADS)
 def test_lp_ft_head_is_each_open_clip_towers_final_projection(kind, tmp_path, monkeypatch, tiny_text_encoder):
-    model_cfg, head_names = OPEN_CLIP_HEADS[kind]
-    model_cfg = json.loads(json.dumps(model_cfg).replace("{bert}", str(tiny_text_encoder)))
-    (tmp_path / kind).mkdir()
-    for tokenizer_file in tiny_text_encoder.glob("*tok*"):  # open_clip reads an hf tokenizer from the repo
-        shutil.copy(tokenizer_file, tmp_path / kind)
     _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
-    library = cache_tiny_open_clip(hub_cache, tmp_path / kind, repo=f"someone/{kind}", model_cfg=model_cfg)
-    name = f"clip:hf-hub:someone/{kind}"
+    name, library = cache_open_clip_layout(hub_cache, tmp_path / kind, kind, tiny_text_encoder)
     model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
     towers = {library_name(n): n for n, _ in model.named_parameters() if library_name(n) is not None}
     assert set(towers) == {n for n, _ in library.named_parameters()}
-    expected = {ours for theirs, ours in towers.items() if theirs.startswith(head_names)}
+    expected = {ours for theirs, ours in towers.items() if theirs.startswith(OPEN_CLIP_HEADS[kind])}
     assert {n.split(".")[0] for n in expected} == {"image_encoder", "text_encoder"}  # both towers have a head
     LinearProbe(model, 1).enter(1)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected | {"logit_scale"}

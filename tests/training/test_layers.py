@@ -10,7 +10,8 @@ from torch import nn
 from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip, make_tiny_siglip
+from tests.clip_helpers import (TINY_CLIP_NAME, cache_open_clip_layout, cache_tiny_open_clip, make_tiny_chinese_clip,
+                                make_tiny_siglip)
 from tests.weights_helpers import point_caches_at
 from training.config import TrainConfig
 from training.engine import parameter_groups, train_one_epoch
@@ -95,3 +96,21 @@ def test_clip_vit_towers_have_their_groups(tmp_path, monkeypatch):
         tower = "image_encoder.backbone.tower."
         assert len(ids) == len(list(model.image_encoder.backbone.tower.parameters()))
         assert (ids[tower + first], ids[tower + block], ids[tower + last]) == (0, 1, max(ids.values()))
+
+
+@pytest.mark.parametrize("layout, first, block, last", [
+    ("resnet", "conv1.weight", "layer1.0.conv1.weight", "attnpool.c_proj.weight"),
+    ("timm-hf", "trunk.patch_embed.proj.weight", "trunk.blocks.0.norm1.weight", "head.proj.weight"),  # BiomedCLIP's
+    ("timm-map", "trunk.patch_embed.proj.weight", "trunk.blocks.0.norm1.weight", "trunk.attn_pool.latent")])
+def test_open_clip_resnet_and_timm_towers_have_their_groups(layout, first, block, last, tmp_path, monkeypatch,
+                                                           tiny_text_encoder):
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    name, _ = cache_open_clip_layout(hub_cache, tmp_path / layout, layout, tiny_text_encoder)
+    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
+    ids = layer_ids(model)
+    tower = "image_encoder.backbone.tower."
+    assert set(ids) == {tower + n for n, _ in model.image_encoder.backbone.tower.named_parameters()}
+    assert (ids[tower + first], ids[tower + block], ids[tower + last]) == (0, 1, max(ids.values()))
+    lock_groups(model, 1, name)
+    assert {n for n, p in model.image_encoder.named_parameters() if p.requires_grad} == {
+        "backbone.tower." + n[len(tower):] for n, group in ids.items() if group == max(ids.values())}
