@@ -15,7 +15,7 @@ from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.loss import class_contrastive_loss
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import TINY_CLIP_NAME, cache_tiny_open_clip, make_tiny_chinese_clip
+from tests.clip_helpers import TINY_CLIP_NAME, cache_open_clip_layout, cache_tiny_open_clip, make_tiny_chinese_clip
 from tests.equivalence import assert_same_float64
 from tests.weights_helpers import point_caches_at
 from training.checkpoint_format import store_frozen_towers
@@ -174,3 +174,17 @@ def test_a_trainable_tower_without_linear_layers_in_blocks_is_refused_and_a_froz
     assert not has_adapters(frozen_image.image_encoder) and has_adapters(frozen_image.text_encoder)
     assert not any(p.requires_grad for p in frozen_image.image_encoder.parameters())
     assert frozen_image.image_proj.weight.requires_grad and frozen_image.text_proj.weight.requires_grad
+
+
+def test_biomedclips_layout_gets_adapters_in_both_towers_and_trains_its_own_heads(tmp_path, monkeypatch,
+                                                                                  tiny_text_encoder):
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    name, _ = cache_open_clip_layout(hub_cache, tmp_path / "timm-hf", "timm-hf", tiny_text_encoder)
+    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
+    adapt_towers(model, 4, {"image_encoder": name, "text_encoder": name})
+    assert has_adapters(model.image_encoder) and has_adapters(model.text_encoder)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    heads = {n for n in trainable if not is_adapter(n)} - {"logit_scale"}
+    # open_clip's linear head on the timm trunk, the HuggingFace tower's MLP projection
+    assert heads == {"image_encoder.backbone.tower.head.proj.weight", "text_encoder.clip.text.proj.0.weight",
+                     "text_encoder.clip.text.proj.2.weight"}
