@@ -105,21 +105,22 @@ def use_sentencepiece_tokenizer(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
-# Tiny open_clip model configs of each tower layout (``{bert}``: a HuggingFace text model's folder).
+# Tiny open_clip model configs of each tower layout (``{bert}``: a HuggingFace text model's folder). open_clip
+# gives timm trunks no image size: they keep timm's 224 px.
 OPEN_CLIP_LAYOUTS = {
     "vit": TINY_OPEN_CLIP_CONFIG["model_cfg"],
     "resnet": {**TINY_OPEN_CLIP_CONFIG["model_cfg"], "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16}},
     # BiomedCLIP's layout: a timm trunk with open_clip's linear head, a HuggingFace text tower with an MLP
     "timm-hf": {"embed_dim": 16, "custom_text": True,
                 "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                               "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+                               "timm_pool": "", "timm_proj": "linear", "image_size": 224},
                 "text_cfg": {"hf_model_name": "{bert}", "hf_tokenizer_name": "{bert}", "hf_proj_type": "mlp",
                              "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32}},
     # open_clip's SigLIP layout: timm's attention pooling, a text transformer with a linear projection
-    "timm-map": {"embed_dim": 16, "custom_text": True, "init_logit_bias": -10,
+    "timm-map": {"embed_dim": 192, "custom_text": True, "init_logit_bias": -10,  # no projection: the trunk's width
                  "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                                "timm_pool": "map", "timm_proj": "none", "image_size": 32},
-                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1,
+                                "timm_pool": "map", "timm_proj": "none", "image_size": 224},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1,
                               "no_causal_mask": True, "proj_bias": True, "pool_type": "last"}},
 }
 

@@ -214,3 +214,20 @@ def test_picture_names_are_safe_unique_and_keep_any_language():
     names = unique_file_names(["病例 1/x", "病例 1_x", "病例 1_x_2", 'a:b*c?"d<e>|f\\g', "../up", "长" * 100])
     assert names[:5] == ["病例 1_x.png", "病例 1_x_2.png", "病例 1_x_2_2.png", "a_b_c_d_e_f_g.png", "up.png"]
     assert names[5].startswith("长") and len(names[5].encode("utf-8")) <= 255
+
+
+@pytest.mark.parametrize("layout, size", [("resnet", 32), ("timm-hf", 224), ("timm-map", 224)])
+def test_open_clip_resnet_and_timm_towers_get_heatmaps(layout, size, tmp_path, monkeypatch, tiny_text_encoder):
+    from tests.clip_helpers import cache_open_clip_layout
+    from tests.weights_helpers import point_caches_at
+
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    name, _ = cache_open_clip_layout(hub_cache, tmp_path / layout, layout, tiny_text_encoder)
+    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]]).eval()
+    visual = model.image_encoder.backbone.tower
+    # a timm trunk: its last block (a ViT); open_clip's ResNet at 32 px: layer2, the deepest map of >= 4x4 cells
+    expected = visual.layer2 if layout == "resnet" else visual.trunk.blocks[-1].norm1
+    assert target_layer(model, size).module is expected
+    torch.manual_seed(0)
+    heatmaps = class_heatmaps(ClassLogits.of(model), torch.randn(2, 3, size, size), [0, 1])
+    assert heatmaps.shape == (2, size, size) and np.isfinite(heatmaps).all() and heatmaps.std() > 0
