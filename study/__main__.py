@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from study.validate import validate_jobs  # loads torch: not for --count-jobs on a login node
 
         validate_jobs(jobs, settings)
-        devices = find_devices(settings)
+        devices = find_devices(settings, environ)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

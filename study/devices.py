@@ -49,18 +49,27 @@ def gpu_groups(gpus: tuple[int, ...], per_job: int) -> list[tuple[int, ...]]:
     return groups
 
 
-def group_slot(group: tuple[int, ...], hide_cuda: bool = False) -> Slot:
+def runner_visible(environ: Mapping[str, str]) -> list[str] | None:
+    """The runner's own CUDA_VISIBLE_DEVICES entries (indices, UUIDs or MIG ids); None when unset."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [entry.strip() for entry in visible.split(",")] if visible else None
+
+
+def group_slot(group: tuple[int, ...], visible: list[str] | None = None, hide_cuda: bool = False) -> Slot:
+    """GPUS are indices into the GPUs the runner sees (``visible``, its CUDA_VISIBLE_DEVICES): a group's
+    jobs get the runner's entries at those indices, not physical GPUs the user did not allow."""
     tag = "gpu" + "+".join(map(str, group))
-    if len(group) == 1:
+    if len(group) == 1:  # inherits the runner's CUDA_VISIBLE_DEVICES: --gpu-id is an index into it
         return Slot(tag, None if hide_cuda else group[0], hide_cuda)
-    return Slot(tag, None, hide_cuda, processes=len(group), visible=",".join(map(str, group)))
+    names = map(str, group) if visible is None else (visible[i] for i in group)
+    return Slot(tag, None, hide_cuda, processes=len(group), visible=",".join(names))
 
 
 def jobs_at_once(jobs_per_gpu: int) -> str:
     return "one job" if jobs_per_gpu == 1 else f"{jobs_per_gpu} jobs (JOBS_PER_GPU)"
 
 
-def find_devices(settings: Settings) -> Devices:
+def find_devices(settings: Settings, environ: Mapping[str, str] = os.environ) -> Devices:
     """One slot per group of GPUS_PER_JOB entries of GPUS, running JOBS_PER_GPU jobs at once; one CPU
     slot, one job at a time, on a machine without CUDA."""
     groups = gpu_groups(settings.gpus, settings.gpus_per_job)
@@ -77,7 +86,8 @@ def find_devices(settings: Settings) -> Devices:
         if gpu >= count:
             raise ConfigError(f"GPUS: there is no GPU {gpu}; this machine has {count} CUDA device(s) "
                               f"(0..{count - 1})")
-    return Devices([group_slot(g) for g in groups],
+    visible = runner_visible(environ)
+    return Devices([group_slot(g, visible) for g in groups],
                    f"on GPUs {' '.join(map(str, settings.gpus))}{per_job}, {at_once} per "
                    f"{'group' if per_job else 'GPU'} at a time", settings.jobs_per_gpu)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from utils.io import WriteError
-from utils.progress import SLOT_VARIABLE, FailureRecord, now_iso, write_record
+from utils.progress import SLOT_VARIABLE, FailureRecord, format_duration, now_iso, write_record
 from utils.run_dir import RunDir
 from utils.run_lock import describe
 
@@ -96,13 +96,6 @@ def console_path(log: Path) -> Path:
 
 def event(out: TextIO, text: str) -> None:
     print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {text}", file=out, flush=True)
-
-
-def format_duration(seconds: float) -> str:
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def describe_status(returncode: int) -> str:

@@ -249,7 +249,7 @@ def test_gpus_per_job_groups_the_gpus_into_torchrun_jobs(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(study.devices, "cuda_device_count", lambda: 4)
     settings = settings_of(GPUS="0 1 2 3", GPUS_PER_JOB="2")
-    slots = find_devices(settings).slots
+    slots = find_devices(settings, {}).slots
     assert [(s.tag, s.processes, s.environment()) for s in slots] == [
         ("gpu0+1", 2, {"CUDA_VISIBLE_DEVICES": "0,1"}), ("gpu2+3", 2, {"CUDA_VISIBLE_DEVICES": "2,3"})]
     command = job_command(plan_jobs(settings)[0], settings, slots[1], Path("j.log"))
@@ -259,6 +259,23 @@ def test_gpus_per_job_groups_the_gpus_into_torchrun_jobs(monkeypatch: pytest.Mon
     single = settings_of(GPUS="0 3")
     plain = job_command(plan_jobs(single)[0], single, find_devices(single).slots[1], Path("j.log"))
     assert plain[:2] == [sys.executable, str(ROOT / "train_clip.py")] and plain[-2:] == ["--gpu-id", "3"]
+
+
+@pytest.mark.parametrize("runner, seen", [
+    ({}, ["0,1", "3,2"]),
+    ({"CUDA_VISIBLE_DEVICES": ""}, ["0,1", "3,2"]),
+    ({"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, ["4,5", "7,6"]),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb,MIG-cc,GPU-dd"}, ["GPU-aa,GPU-bb", "GPU-dd,MIG-cc"]),
+])
+def test_a_group_sees_the_runners_own_gpus_at_its_indices(monkeypatch: pytest.MonkeyPatch, runner: dict,
+                                                          seen: list[str]) -> None:
+    """GPUS are indices into the GPUs the runner sees: with CUDA_VISIBLE_DEVICES=4,5,6,7, GPU 0 is 4."""
+    import study.devices
+
+    monkeypatch.setattr(study.devices, "cuda_device_count", lambda: 4)
+    slots = find_devices(settings_of(GPUS="0 1 3 2", GPUS_PER_JOB="2"), runner).slots
+    assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in slots] == seen
+    assert [s.tag for s in slots] == ["gpu0+1", "gpu3+2"]  # the tag stays the indices
 
 
 @pytest.mark.parametrize("environ, message", [
