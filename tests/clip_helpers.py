@@ -134,3 +134,14 @@ def cache_open_clip_layout(hub_cache: Path, work: Path, layout: str, bert: Path)
         shutil.copy(tokenizer_file, work)
     repo = f"someone/{layout}"
     return f"clip:hf-hub:{repo}", cache_tiny_open_clip(hub_cache, work, repo=repo, model_cfg=model_cfg)
+
+
+def open_clip_layout_pair(tmp_path: Path, monkeypatch, layout: str, bert: Path):
+    """The classifier of OPEN_CLIP_LAYOUTS[layout]'s paired towers (two classes), built from a fresh
+    HuggingFace cache under ``tmp_path``; returns (its ``clip:`` name, the classifier, the library's model)."""
+    from models.clip_model import build_clip_model
+    from tests.weights_helpers import point_caches_at
+
+    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
+    name, library = cache_open_clip_layout(hub_cache, tmp_path / layout, layout, bert)
+    return name, build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]]), library

@@ -218,12 +218,9 @@ def test_picture_names_are_safe_unique_and_keep_any_language():
 
 @pytest.mark.parametrize("layout, size", [("resnet", 32), ("timm-hf", 224), ("timm-map", 224)])
 def test_open_clip_resnet_and_timm_towers_get_heatmaps(layout, size, tmp_path, monkeypatch, tiny_text_encoder):
-    from tests.clip_helpers import cache_open_clip_layout
-    from tests.weights_helpers import point_caches_at
+    from tests.clip_helpers import open_clip_layout_pair
 
-    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
-    name, _ = cache_open_clip_layout(hub_cache, tmp_path / layout, layout, tiny_text_encoder)
-    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]]).eval()
+    model = open_clip_layout_pair(tmp_path, monkeypatch, layout, tiny_text_encoder)[1].eval()
     visual = model.image_encoder.backbone.tower
     # a timm trunk: its last block (a ViT); open_clip's ResNet at 32 px: layer2, the deepest map of >= 4x4 cells
     expected = visual.layer2 if layout == "resnet" else visual.trunk.blocks[-1].norm1

@@ -7,11 +7,9 @@ import copy
 import pytest
 import torch
 
-from models.clip_model import build_clip_model
-from tests.clip_helpers import cache_open_clip_layout
+from tests.clip_helpers import open_clip_layout_pair
 from tests.equivalence import assert_same_float64
 from tests.training.test_accumulation import batch, tiny_model
-from tests.weights_helpers import point_caches_at
 from training.config import TrainConfig
 from training.engine import train_one_epoch
 from training.finetune import LinearProbe, ScoredModel, wise_ft
@@ -119,9 +117,7 @@ def library_name(name: str) -> str | None:
 
 @pytest.mark.parametrize("kind", OPEN_CLIP_HEADS)
 def test_lp_ft_head_is_each_open_clip_towers_final_projection(kind, tmp_path, monkeypatch, tiny_text_encoder):
-    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
-    name, library = cache_open_clip_layout(hub_cache, tmp_path / kind, kind, tiny_text_encoder)
-    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
+    _, model, library = open_clip_layout_pair(tmp_path, monkeypatch, kind, tiny_text_encoder)
     towers = {library_name(n): n for n, _ in model.named_parameters() if library_name(n) is not None}
     assert set(towers) == {n for n, _ in library.named_parameters()}
     expected = {ours for theirs, ours in towers.items() if theirs.startswith(OPEN_CLIP_HEADS[kind])}

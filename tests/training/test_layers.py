@@ -10,7 +10,7 @@ from torch import nn
 from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import (TINY_CLIP_NAME, cache_open_clip_layout, cache_tiny_open_clip, make_tiny_chinese_clip,
+from tests.clip_helpers import (TINY_CLIP_NAME, open_clip_layout_pair, cache_tiny_open_clip, make_tiny_chinese_clip,
                                 make_tiny_siglip)
 from tests.weights_helpers import point_caches_at
 from training.config import TrainConfig
@@ -104,9 +104,7 @@ def test_clip_vit_towers_have_their_groups(tmp_path, monkeypatch):
     ("timm-map", "trunk.patch_embed.proj.weight", "trunk.blocks.0.norm1.weight", "trunk.attn_pool.latent")])
 def test_open_clip_resnet_and_timm_towers_have_their_groups(layout, first, block, last, tmp_path, monkeypatch,
                                                            tiny_text_encoder):
-    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
-    name, _ = cache_open_clip_layout(hub_cache, tmp_path / layout, layout, tiny_text_encoder)
-    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
+    name, model, _ = open_clip_layout_pair(tmp_path, monkeypatch, layout, tiny_text_encoder)
     ids = layer_ids(model)
     tower = "image_encoder.backbone.tower."
     assert set(ids) == {tower + n for n, _ in model.image_encoder.backbone.tower.named_parameters()}

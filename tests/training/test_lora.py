@@ -15,7 +15,7 @@ from models.clip_model import CLIPClassifier, build_clip_model
 from models.image_encoders import ImageEncoder
 from models.loss import class_contrastive_loss
 from models.text_encoders import build_text_encoder
-from tests.clip_helpers import TINY_CLIP_NAME, cache_open_clip_layout, cache_tiny_open_clip, make_tiny_chinese_clip
+from tests.clip_helpers import TINY_CLIP_NAME, open_clip_layout_pair, cache_tiny_open_clip, make_tiny_chinese_clip
 from tests.equivalence import assert_same_float64
 from tests.weights_helpers import point_caches_at
 from training.checkpoint_format import store_frozen_towers
@@ -178,9 +178,7 @@ def test_a_trainable_tower_without_linear_layers_in_blocks_is_refused_and_a_froz
 
 def test_biomedclips_layout_gets_adapters_in_both_towers_and_trains_its_own_heads(tmp_path, monkeypatch,
                                                                                   tiny_text_encoder):
-    _, hub_cache = point_caches_at(monkeypatch, tmp_path / "caches")
-    name, _ = cache_open_clip_layout(hub_cache, tmp_path / "timm-hf", "timm-hf", tiny_text_encoder)
-    model = build_clip_model(name, name, 16, 0.07, [["hip"], ["knee"]])
+    name, model, _ = open_clip_layout_pair(tmp_path, monkeypatch, "timm-hf", tiny_text_encoder)
     adapt_towers(model, 4, {"image_encoder": name, "text_encoder": name})
     assert has_adapters(model.image_encoder) and has_adapters(model.text_encoder)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
